@@ -1,0 +1,62 @@
+"""radiosharp: sharper vision-model features and agglomerative distillation from them.
+
+Public builders go through the registries, so plug-ins (``teachers/``,
+``upsamplers/``, ``students/``) are found by name::
+
+    import radiosharp
+    teacher = radiosharp.build_teacher({"family": "dinov2", "size": "tiny"})
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+__version__ = "0.1.0"
+
+
+def _plugin_args(cfg: Any, name_field: str, where: str) -> tuple[str, dict[str, Any]]:
+    if hasattr(cfg, "model_dump"):
+        cfg = cfg.model_dump()
+    if isinstance(cfg, str):
+        return cfg, {}
+    if not isinstance(cfg, Mapping) or name_field not in cfg:
+        raise ValueError(f"{where}: expected a mapping with '{name_field}', got {cfg!r}")
+    args = dict(cfg)
+    name = args.pop(name_field)
+    return name, args
+
+
+def build_teacher(cfg: Any, where: str = "teacher"):
+    """Build a frozen teacher from a config mapping (``family`` + builder options)."""
+    from radiosharp.registry import TEACHERS
+
+    name, args = _plugin_args(cfg, "family", where)
+    for key in ("upsampler", "phi_s", "summary_weight", "feature_weight"):
+        args.pop(key, None)
+    return TEACHERS.build(name, where, **args)
+
+
+def build_upsampler(cfg: Any, where: str = "upsampler", **extra: Any):
+    """Build an upsampler from a config mapping (``name`` + builder options)."""
+    from radiosharp.registry import UPSAMPLERS
+
+    name, args = _plugin_args(cfg, "name", where)
+    args.pop("run", None)
+    args.update(extra)
+    return UPSAMPLERS.build(name, where, **args)
+
+
+def build_student(cfg: Any, where: str = "student", **extra: Any):
+    from radiosharp.registry import STUDENTS
+
+    name, args = _plugin_args(cfg, "name", where)
+    args.update(extra)
+    return STUDENTS.build(name, where, **args)
+
+
+def build_dataset(cfg: Any, where: str = "data", **extra: Any):
+    """Build a data source (a torch Dataset of ``{"image": [3,H,W] in [0,1], ...}``)."""
+    from radiosharp.registry import DATASETS
+
+    name, args = _plugin_args(cfg, "source", where)
+    args.update(extra)
+    return DATASETS.build(name, where, **args)

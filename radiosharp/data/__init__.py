@@ -1,0 +1,1 @@
+"""Data sources: each module registers one with ``radiosharp.registry.DATASETS``."""

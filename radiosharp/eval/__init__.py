@@ -1,0 +1,1 @@
+"""Evaluation: probes on frozen features and the MTL gain between runs."""

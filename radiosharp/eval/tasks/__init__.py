@@ -1,0 +1,1 @@
+"""Eval tasks: each module registers one with ``radiosharp.registry.TASKS``."""

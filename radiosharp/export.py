@@ -1,0 +1,86 @@
+"""Exported models: ``model.safetensors`` (weights) + ``model.json`` (how to rebuild).
+
+``model.json`` holds ``{"kind": ..., "config": {...}, "radiosharp": version}``; the
+config is whatever the kind's loader needs to rebuild the module before the weights
+are loaded with ``strict=True`` (a mismatch is an error, never silently ignored).
+Writes go to a temporary file first and are renamed into place, so a crash never
+leaves a half-written export.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+WEIGHTS = "model.safetensors"
+CONFIG = "model.json"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_state_dict(path: str | os.PathLike, state: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """Save tensors as safetensors, atomically (contiguous CPU copies, shared storage split)."""
+    path = Path(path)
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    return load_file(str(path))
+
+
+def save_export(run_dir: str | os.PathLike, module: torch.nn.Module, kind: str, config: dict[str, Any]) -> Path:
+    """Write ``model.safetensors`` and ``model.json`` into ``run_dir``."""
+    from radiosharp import __version__
+
+    run_dir = Path(run_dir)
+    save_state_dict(run_dir / WEIGHTS, module.state_dict())
+    meta = {"kind": kind, "config": config, "radiosharp": __version__}
+    atomic_write_bytes(run_dir / CONFIG, json.dumps(meta, indent=2).encode())
+    return run_dir
+
+
+def read_export(run_dir: str | os.PathLike, expect_kind: str | None = None) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]:
+    """Return ``(kind, config, state_dict)`` of an exported run; clear errors when absent."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise FileNotFoundError(f"run folder not found: {run_dir}")
+    cfg_path = run_dir / CONFIG
+    if not cfg_path.is_file() or not (run_dir / WEIGHTS).is_file():
+        raise FileNotFoundError(
+            f"{run_dir} has no exported model ({CONFIG} + {WEIGHTS}); "
+            "train it to the end, or export it from its last checkpoint"
+        )
+    meta = json.loads(cfg_path.read_text())
+    kind = meta.get("kind")
+    if expect_kind is not None and kind != expect_kind:
+        raise ValueError(f"{run_dir} holds a '{kind}' export, expected '{expect_kind}'")
+    return kind, meta.get("config", {}), load_state_dict(run_dir / WEIGHTS)

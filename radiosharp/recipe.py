@@ -1,0 +1,314 @@
+"""YAML recipes: one file is one run.
+
+``load_recipe(path, overrides)`` reads the file, follows ``base:`` (relative to the
+file that names it), applies ``dotted.key=value`` overrides (values parsed as YAML),
+and validates the result into a typed :class:`Recipe`. Every problem is a
+:class:`RecipeError` whose message names the dotted key and the valid choices.
+
+Sections that configure a plug-in (a teacher, an upsampler, a student, a data
+source, an eval task) hold the plug-in's ``name``/``family`` plus the keyword
+arguments of its registered builder; keys the builder does not take are errors.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from radiosharp.registry import (
+    DATASETS,
+    STUDENTS,
+    TASKS,
+    TEACHERS,
+    UPSAMPLERS,
+    BadOptionError,
+    Registry,
+    UnknownNameError,
+)
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used; the message names the key and what would be valid."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PluginConfig(BaseModel):
+    """A registry name plus the builder's keyword arguments (kept as extra fields)."""
+
+    model_config = ConfigDict(extra="allow")
+    registry: ClassVar[Registry]
+    name_field: ClassVar[str] = "name"
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments for the builder (everything but the reserved fields)."""
+        return {k: v for k, v in (self.model_extra or {}).items()}
+
+    def check(self, where: str) -> None:
+        name = getattr(self, self.name_field)
+        self.registry.get(name, f"{where}.{self.name_field}")
+        self.registry.check_options(name, self.options, where)
+
+
+class UpsamplerConfig(PluginConfig):
+    """How a teacher's features are lifted: a registry name or an exported upsampler run.
+
+    A plain string in YAML is shorthand: a path to an exported run (it contains a
+    path separator or exists on disk) or an upsampler name.
+    """
+
+    registry: ClassVar[Registry] = UPSAMPLERS
+    name: str = "bilinear"
+    factor: int | None = Field(default=None, ge=1)
+    run: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if os.sep in value or "/" in value or Path(value).exists():
+                return {"run": value}
+            return {"name": value}
+        return value
+
+    def check(self, where: str) -> None:
+        if self.run is None:
+            super().check(where)
+
+
+class TeacherConfig(PluginConfig):
+    """One teacher: its family's builder options plus how the student learns from it."""
+
+    registry: ClassVar[Registry] = TEACHERS
+    name_field: ClassVar[str] = "family"
+    family: str
+    upsampler: UpsamplerConfig | None = None
+    phi_s: str | None = None
+    summary_weight: float = 1.0
+    feature_weight: float = 1.0
+
+
+class DataConfig(PluginConfig):
+    registry: ClassVar[Registry] = DATASETS
+    name_field: ClassVar[str] = "source"
+    source: str = "synthetic"
+
+
+class StudentConfig(PluginConfig):
+    registry: ClassVar[Registry] = STUDENTS
+    name: str = "radio"
+
+
+class TaskConfig(PluginConfig):
+    registry: ClassVar[Registry] = TASKS
+    name: str
+
+
+class OptimConfig(Strict):
+    name: Literal["adamw", "nadam", "sgd", "lamb"] = "adamw"
+    lr: float = 1e-4
+    weight_decay: float = 0.02
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    grad_clip: float | None = 1.0
+
+
+class TrainConfig(Strict):
+    steps: int = Field(default=100, ge=1)
+    batch_size: int = Field(default=8, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    mixed_precision: Literal["no", "bf16", "fp16", "auto"] = "auto"
+    log_every: int = Field(default=10, ge=1)
+    checkpoint_every: int = Field(default=0, ge=0)
+    keep_checkpoints: int = Field(default=2, ge=1)
+    num_workers: int = Field(default=0, ge=0)
+    optim: OptimConfig = OptimConfig()
+
+
+class StatsConfig(Strict):
+    """PHI-S statistics: streamed over ``num_images`` images of ``data``."""
+
+    num_images: int = Field(default=256, ge=2)
+    batch_size: int = Field(default=8, ge=1)
+    image_size: int | None = None
+
+
+class WandbConfig(Strict):
+    enabled: bool = False
+    project: str = "radiosharp"
+    mode: Literal["offline", "online", "disabled"] | None = None
+
+
+KINDS = ("featurize", "upsampler", "distill")
+
+
+class Recipe(Strict):
+    kind: Literal["featurize", "upsampler", "distill"]
+    name: str | None = None
+    output_dir: str | None = None
+    seed: int = 0
+    resume: bool = False
+    init_from: str | None = None
+    teachers: dict[str, TeacherConfig] = Field(default_factory=dict)
+    data: DataConfig = DataConfig()
+    eval_data: DataConfig | None = None
+    student: StudentConfig | None = None
+    train: TrainConfig = TrainConfig()
+    stats: StatsConfig = StatsConfig()
+    wandb: WandbConfig = WandbConfig()
+    deepspeed: dict[str, Any] | None = None
+    # Free-form sections owned by one kind of run; each trainer validates its own.
+    upsampler_training: dict[str, Any] = Field(default_factory=dict)
+    distill: dict[str, Any] = Field(default_factory=dict)
+    eval: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("teachers", mode="before")
+    @classmethod
+    def _default_family(cls, value: Any) -> Any:
+        """A teacher's family defaults to its key (``teachers: {dinov2: {size: tiny}}``)."""
+        if isinstance(value, Mapping):
+            out = {}
+            for key, cfg in value.items():
+                cfg = dict(cfg or {})
+                cfg.setdefault("family", key)
+                out[key] = cfg
+            return out
+        return value
+
+    def check_names(self) -> None:
+        for key, teacher in self.teachers.items():
+            teacher.check(f"teachers.{key}")
+            if teacher.upsampler is not None:
+                teacher.upsampler.check(f"teachers.{key}.upsampler")
+        self.data.check("data")
+        if self.eval_data is not None:
+            self.eval_data.check("eval_data")
+        if self.student is not None:
+            self.student.check("student")
+
+    @property
+    def run_dir(self) -> Path:
+        if self.output_dir:
+            return Path(self.output_dir)
+        return Path("runs") / (self.name or self.kind)
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise RecipeError(f"recipe file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise RecipeError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """``over`` wins; mappings merge key by key, everything else is replaced."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def read_recipe_dict(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The recipe at ``path`` with its ``base:`` chain merged in (not yet validated)."""
+    path = Path(path).resolve()
+    if path in _seen:
+        chain = " -> ".join(str(p) for p in (*_seen, path))
+        raise RecipeError(f"recipe inheritance loops: {chain}")
+    data = _read_yaml(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    bases = [base] if isinstance(base, str) else list(base)
+    merged: dict[str, Any] = {}
+    for b in bases:
+        merged = deep_merge(merged, read_recipe_dict(path.parent / b, (*_seen, path)))
+    return deep_merge(merged, data)
+
+
+def apply_override(data: dict[str, Any], override: str) -> None:
+    """Apply one ``a.b.c=value`` override in place; the value is parsed as YAML."""
+    if "=" not in override:
+        raise RecipeError(f"override '{override}' must look like dotted.key=value")
+    key, raw = override.split("=", 1)
+    parts = [p for p in key.strip().split(".")]
+    if not all(parts):
+        raise RecipeError(f"override '{override}': empty part in the key '{key}'")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    node = data
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            # `teachers.x.upsampler=featsharp` then `teachers.x.upsampler.factor=3`
+            if isinstance(child, str) and parts[: i + 1][-1] == "upsampler":
+                child = node[part] = UpsamplerConfig._from_string(child)
+            else:
+                raise RecipeError(
+                    f"override '{override}': '{'.'.join(parts[: i + 1])}' is a value, not a section"
+                )
+        node = child
+    node[parts[-1]] = value
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+        if e["type"] == "extra_forbidden":
+            lines.append(f"unknown key '{loc}'")
+        elif e["type"] == "literal_error":
+            lines.append(f"bad value at '{loc}': {e['msg']}")
+        else:
+            lines.append(f"bad value at '{loc}': {e['msg']} (got {e.get('input')!r})")
+    return "; ".join(lines)
+
+
+def validate_recipe(data: Mapping[str, Any]) -> Recipe:
+    """Validate a merged recipe dict: schema first, then registry names and options."""
+    if "kind" not in data:
+        raise RecipeError(f"recipe has no 'kind'; valid kinds: {', '.join(KINDS)}")
+    try:
+        recipe = Recipe.model_validate(dict(data))
+    except ValidationError as err:
+        raise RecipeError(_format_validation_error(err)) from None
+    try:
+        recipe.check_names()
+    except (UnknownNameError, BadOptionError) as err:
+        raise RecipeError(str(err)) from None
+    return recipe
+
+
+def load_recipe(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    data = read_recipe_dict(path)
+    for override in overrides:
+        apply_override(data, override)
+    data.setdefault("name", Path(path).stem)
+    return validate_recipe(data)
+
+
+def recipe_to_yaml(recipe: Recipe) -> str:
+    """The resolved recipe as YAML (what a run folder keeps as recipe.yaml)."""
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
