@@ -1,0 +1,157 @@
+"""DFN CLIP teacher: an open_clip ``VisionTransformer`` (ViT-H/14 at 378 px, DFN-5B weights).
+
+Outputs (the norm applied is the model's final ``ln_post`` LayerNorm):
+
+- ``summary`` = the CLIP image embedding: ``ln_post(CLS) @ proj`` (1024-d for ViT-H),
+  exactly what open_clip's ``encode_image`` returns (before L2 normalisation).
+- ``features`` = the final patch tokens after ``ln_post``, NOT projected (1280-d for
+  ViT-H), as ``[B, C, H/14, W/14]``.
+
+open_clip's own forward adds a fixed-size position table; ours resizes the patch
+part of the table bicubically to the input grid, so any multiple of 14 works (at
+the table's size the result equals open_clip's forward exactly).
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from radiosharp.contracts import CLIP_MEAN, CLIP_STD, TeacherOutput
+from radiosharp.registry import TEACHERS
+from teachers._common import (
+    SIZES,
+    FrozenTeacher,
+    build_open_clip_tower,
+    check_choice,
+    check_weights_path,
+    load_weights_file,
+    open_clip_model_config,
+    open_clip_pretrained,
+    open_clip_weights_file,
+    resize_pos_grid,
+    resolve_native_size,
+    seeded,
+    tokens_to_map,
+)
+
+FAMILY = "dfn_clip"
+REAL_NATIVE = 378
+TINY_NATIVE = 112
+# Tiny dims: width 64 (has a Hadamard matrix), 4 heads of 16, 2 blocks; the CLIP
+# projection maps to 24, so summary_dim != embed_dim as in the real model (1280 -> 1024).
+TINY_VISION = dict(width=64, layers=2, head_width=16)
+TINY_PROJ_DIM = 24
+
+
+class OpenClipViTTeacher(FrozenTeacher):
+    """A frozen open_clip ``VisionTransformer`` with position-table resizing."""
+
+    def __init__(self, visual: nn.Module, name: str, native_size: int, mean, std) -> None:
+        super().__init__(mean, std)
+        if getattr(visual, "attn_pool", None) is not None or getattr(visual, "pool_type", "tok") != "tok":
+            raise ValueError(f"{name}: only open_clip ViTs with a class token pool ('tok') are supported")
+        if getattr(visual, "final_ln_after_pool", False):
+            raise ValueError(f"{name}: open_clip ViTs with final_ln_after_pool are not supported")
+        self.name = name
+        self.model = visual
+        self.patch_size = visual.patch_size[0]
+        self.native_size = native_size
+        self.embed_dim = visual.conv1.out_channels
+        self.summary_dim = visual.proj.shape[1] if visual.proj is not None else self.embed_dim
+
+    def position_table(self, height: int, width: int) -> torch.Tensor:
+        """``[1, 1 + h*w, C]``: the class position plus the patch table resized to ``h x w``."""
+        table = self.model.positional_embedding
+        grid_h, grid_w = self.model.grid_size
+        patches = table[1:].reshape(1, grid_h, grid_w, -1)
+        patches = resize_pos_grid(patches, (height, width)).reshape(1, height * width, -1)
+        return torch.cat([table[:1].unsqueeze(0), patches], dim=1)
+
+    def extract(self, pixels: torch.Tensor) -> TeacherOutput:
+        visual = self.model
+        x = visual.conv1(pixels)  # [B, C, h, w]
+        batch, channels, height, width = x.shape
+        x = x.flatten(2).transpose(1, 2)
+        cls = visual.class_embedding.to(x.dtype).view(1, 1, channels).expand(batch, -1, -1)
+        x = torch.cat([cls, x], dim=1) + self.position_table(height, width).to(x.dtype)
+        x = visual.ln_pre(x)
+        x = visual.transformer(x)
+        x = visual.ln_post(x)
+        summary = x[:, 0] @ visual.proj if visual.proj is not None else x[:, 0]
+        return TeacherOutput(summary=summary, features=tokens_to_map(x[:, 1:], height, width))
+
+
+def build_open_clip_teacher(
+    family: str,
+    size: str,
+    model: str,
+    pretrained: str | None,
+    weights: str | None,
+    native_size: int | None,
+    cache_dir: str | None,
+    seed: int,
+    default_mean,
+    default_std,
+) -> OpenClipViTTeacher:
+    """Build an open_clip ViT teacher (real: config + strict weights; tiny: seeded random)."""
+    check_choice(family, "size", size, SIZES)
+    weights_path = check_weights_path(family, weights)
+    config = open_clip_model_config(family, model, cache_dir)
+    vision = config["vision_cfg"]
+    if vision.get("timm_model_name") or isinstance(vision.get("layers"), (list, tuple)):
+        raise ValueError(f"{family}: '{model}' is not an open_clip VisionTransformer (timm or ResNet tower)")
+    entry = open_clip_pretrained(family, model, pretrained) if weights_path is None else {}
+    quick_gelu = bool(config.get("quick_gelu", False) or entry.get("quick_gelu", False))
+    preprocess = config.get("preprocess_cfg", {})
+    mean = entry.get("mean") or preprocess.get("mean") or default_mean
+    std = entry.get("std") or preprocess.get("std") or default_std
+    patch = vision.get("patch_size", 16)
+    table_size = vision.get("image_size", REAL_NATIVE)
+    table_size = table_size[0] if isinstance(table_size, (list, tuple)) else table_size
+    default_native = TINY_NATIVE if size == "tiny" else (table_size // patch) * patch  # 378 for ViT-H-14-378
+    native = resolve_native_size(family, native_size, default_native, patch)
+
+    if size == "tiny":
+        vision.update(TINY_VISION, image_size=native)
+        config["embed_dim"] = TINY_PROJ_DIM
+        with seeded(seed):
+            visual = build_open_clip_tower(config, quick_gelu)
+        path = weights_path
+    else:
+        # Resolve the checkpoint before building: a missing file fails in milliseconds.
+        path = weights_path or open_clip_weights_file(family, model, pretrained, cache_dir)
+        visual = build_open_clip_tower(config, quick_gelu)
+    if path is not None:
+        load_weights_file(visual, path, family, prefixes=("visual.",))
+    teacher = OpenClipViTTeacher(visual, family, native, mean, std)
+    return teacher.freeze()
+
+
+@TEACHERS.register(FAMILY)
+def build_dfn_clip(
+    size: Literal["tiny", "real"] = "real",
+    model: str = "ViT-H-14-378-quickgelu",
+    pretrained: str | None = "dfn5b",
+    weights: str | None = None,
+    native_size: int | None = None,
+    cache_dir: str | None = None,
+    seed: int = 0,
+) -> OpenClipViTTeacher:
+    """DFN CLIP through open_clip.
+
+    - ``size``: ``real`` (the named model, real weights) or ``tiny`` (same open_clip
+      ViT family: width 64, 2 blocks, 4 heads, projection 24, 112 px, seeded random
+      weights) for tests and demos.
+    - ``model``: an open_clip model name (``ViT-H-14-378-quickgelu``) or ``hf-hub:ORG/REPO``
+      (e.g. ``hf-hub:apple/DFN5B-CLIP-ViT-H-14-378``; then ``pretrained`` is unused).
+    - ``pretrained``: the open_clip pretrained tag (``dfn5b``).
+    - ``weights``: a local state-dict file (whole CLIP or the visual tower); overrides the tag.
+    - ``native_size``: the input side the teacher runs at (378 real, 112 tiny).
+    - ``cache_dir``: the Hugging Face cache to read weights from (default HF_HUB_CACHE).
+    - ``seed``: the random weights of ``size: tiny``.
+    """
+    return build_open_clip_teacher(
+        FAMILY, size, model, pretrained, weights, native_size, cache_dir, seed, CLIP_MEAN, CLIP_STD
+    )

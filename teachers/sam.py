@@ -1,0 +1,119 @@
+"""SAM teacher: the image encoder of Segment Anything (ViT-H/16 at 1024 px), via transformers.
+
+- ``features`` = the output of the last transformer block, BEFORE the neck (the
+  1x1 + 3x3 convolutions to 256 channels): 1280-d for ViT-H, ``[B, C, H/16, W/16]``.
+  No final norm is applied (SAM's encoder has none before the neck).
+- ``summary`` = None (SAM has no image-level embedding); ``summary_dim = None``.
+
+transformers' ``SamVisionEncoder`` insists on its configured input size, so we run
+its parts ourselves: patch projection, the absolute position table resized
+bicubically to the input grid, then its layers (windowed layers pad to whole
+windows; the global layers resize their relative-position tables themselves).
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+from radiosharp.contracts import IMAGENET_MEAN, IMAGENET_STD, TeacherOutput
+from radiosharp.registry import TEACHERS
+from teachers._common import (
+    SIZES,
+    FrozenTeacher,
+    check_choice,
+    check_weights_path,
+    hf_config,
+    hf_from_pretrained,
+    jitter_zero_tables,
+    load_weights_file,
+    resize_pos_grid,
+    resolve_native_size,
+    seeded,
+)
+
+FAMILY = "sam"
+DEFAULT_MODEL = "facebook/sam-vit-huge"
+REAL_NATIVE = 1024
+TINY_NATIVE = 128
+PATCH = 16
+# Tiny dims: width 40 (has a Hadamard matrix), 2 heads of 20, 2 blocks: one windowed
+# (window 3, so an 8x8 grid pads to 9x9 as 64 pads to 70 in ViT-H) and one global.
+TINY_CONFIG = dict(
+    hidden_size=40,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    mlp_dim=160,
+    window_size=3,
+    global_attn_indexes=[1],
+    output_channels=32,
+    initializer_range=0.02,  # the library default (1e-10) would give an all-but-zero model
+)
+HF_MODEL_TYPES = ("sam", "sam_vision_model")
+# Where the encoder sits in a SamModel checkpoint / in a teacher.state_dict().
+WEIGHT_PREFIXES = ("vision_encoder.", "model.vision_encoder.")
+
+
+class SamTeacher(FrozenTeacher):
+    """A frozen transformers ``SamVisionModel``; features before the neck."""
+
+    name = FAMILY
+
+    def __init__(self, model: nn.Module, native_size: int) -> None:
+        super().__init__(IMAGENET_MEAN, IMAGENET_STD)
+        encoder = model.vision_encoder
+        self.model = model
+        self.patch_size = int(encoder.patch_embed.patch_size[0])
+        self.native_size = native_size
+        self.embed_dim = int(model.config.hidden_size)
+        self.summary_dim = None
+
+    def extract(self, pixels: torch.Tensor) -> TeacherOutput:
+        encoder = self.model.vision_encoder
+        x = encoder.patch_embed.projection(pixels).permute(0, 2, 3, 1)  # [B, h, w, C]
+        if encoder.pos_embed is not None:
+            x = x + resize_pos_grid(encoder.pos_embed, tuple(x.shape[1:3])).to(x.dtype)
+        for layer in encoder.layers:
+            x = layer(x)
+            x = x[0] if isinstance(x, tuple) else x
+        return TeacherOutput(summary=None, features=x.permute(0, 3, 1, 2).contiguous())
+
+
+@TEACHERS.register(FAMILY)
+def build_sam(
+    size: Literal["tiny", "real"] = "real",
+    model: str = DEFAULT_MODEL,
+    weights: str | None = None,
+    native_size: int | None = None,
+    cache_dir: str | None = None,
+    seed: int = 0,
+) -> SamTeacher:
+    """SAM's image encoder through transformers ``SamVisionModel``.
+
+    - ``size``: ``real`` or ``tiny`` (a ``SamVisionModel`` of width 40, 2 blocks, 2 heads,
+      one windowed and one global, 128 px, seeded random weights).
+    - ``model``: hub id or local folder (``facebook/sam-vit-huge``, ``-large``, ``-base``).
+    - ``weights``: a local state-dict file in transformers layout (a whole ``SamModel``
+      or the vision model); the architecture comes from ``model``'s config.
+    - ``native_size``: the input side (1024 real, 128 tiny).
+    - ``cache_dir``: the Hugging Face cache to read weights from (default HF_HUB_CACHE).
+    - ``seed``: the random weights of ``size: tiny``.
+    """
+    from transformers import SamVisionConfig, SamVisionModel
+
+    check_choice(FAMILY, "size", size, SIZES)
+    weights_path = check_weights_path(FAMILY, weights)
+    native = resolve_native_size(FAMILY, native_size, TINY_NATIVE if size == "tiny" else REAL_NATIVE, PATCH)
+    if size == "tiny":
+        config = SamVisionConfig(**TINY_CONFIG, image_size=native, patch_size=PATCH)
+        with seeded(seed):
+            net = SamVisionModel(config)
+            jitter_zero_tables(net, ("pos_embed", "rel_pos_h", "rel_pos_w"))
+    else:
+        config = hf_config(FAMILY, model, cache_dir, HF_MODEL_TYPES)
+        config = getattr(config, "vision_config", config)
+        net = SamVisionModel(config) if weights_path is not None else hf_from_pretrained(FAMILY, SamVisionModel, model, cache_dir)
+    if weights_path is not None:
+        load_weights_file(net.vision_encoder, weights_path, FAMILY, prefixes=WEIGHT_PREFIXES)
+    return SamTeacher(net.float(), native).freeze()
