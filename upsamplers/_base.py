@@ -1,0 +1,95 @@
+"""The upsampler contract and the small helpers every upsampler shares.
+
+An upsampler lifts a teacher's low-res features ``[B,C,h,w]`` to ``[B,C,u*h,u*w]``
+for an integer factor ``u >= 1``. It sees three things: the image (the guidance, at
+any resolution at least the teacher's input), the low-res features of that image,
+and ``featurize``, the (de-biased, normalized) teacher call, so tile-based
+upsamplers can run the teacher on crops. The teacher's input size is implied:
+``(h*p, w*p)`` with ``p`` the patch size.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Featurize = Callable[[torch.Tensor], torch.Tensor]
+
+
+def prime_factors(n: int) -> list[int]:
+    """Prime factors of ``n`` in descending order (14 -> [7, 2], 4 -> [2, 2], 1 -> [])."""
+    if n < 1:
+        raise ValueError(f"upsampling factor must be an integer >= 1, got {n}")
+    out, p = [], 2
+    while p * p <= n:
+        while n % p == 0:
+            out.append(p)
+            n //= p
+        p += 1
+    if n > 1:
+        out.append(n)
+    return sorted(out, reverse=True)
+
+
+def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize (align_corners=False), antialiased when shrinking; a no-op at equal size."""
+    size = (int(size[0]), int(size[1]))
+    if tuple(x.shape[-2:]) == size:
+        return x
+    shrink = size[0] < x.shape[-2] or size[1] < x.shape[-1]
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=shrink)
+
+
+class Upsampler(nn.Module):
+    """Base of every upsampler: ``forward(images, lowres, featurize) -> [B,C,u*h,u*w]``.
+
+    ``factor``, ``dim`` and ``patch_size`` are the structural arguments the system
+    passes to every builder; ``build_config`` records the registry name and recipe
+    options so an export can rebuild the module. ``trainable`` says whether the
+    upsampler has weights to learn (bilinear, tiles and S2 do not).
+    """
+
+    trainable: bool = False
+
+    def __init__(self, factor: int, dim: int, patch_size: int) -> None:
+        super().__init__()
+        if not isinstance(factor, int) or factor < 1:
+            raise ValueError(f"upsampler factor must be an integer >= 1, got {factor!r}")
+        if patch_size < 1:
+            raise ValueError(f"upsampler patch_size must be >= 1, got {patch_size}")
+        self.factor = factor
+        self.dim = dim
+        self.patch_size = patch_size
+        self.build_config: dict[str, Any] = {}
+
+    def check_inputs(self, images: torch.Tensor, lowres: torch.Tensor) -> None:
+        """Clear errors for inputs that break the contract (shapes, batch, channels)."""
+        name = type(self).__name__
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"{name}: expected images [B,3,H,W], got {tuple(images.shape)}")
+        if lowres.ndim != 4 or lowres.shape[0] != images.shape[0]:
+            raise ValueError(f"{name}: expected low-res features [B,C,h,w] with B={images.shape[0]}, "
+                             f"got {tuple(lowres.shape)}")
+        if self.dim and lowres.shape[1] != self.dim:
+            raise ValueError(f"{name}: built for {self.dim}-channel features, got {lowres.shape[1]} channels")
+
+    def teacher_input_size(self, lowres: torch.Tensor) -> tuple[int, int]:
+        """The teacher's input size implied by the low-res grid: ``(h*p, w*p)``."""
+        return lowres.shape[-2] * self.patch_size, lowres.shape[-1] * self.patch_size
+
+    def output_size(self, lowres: torch.Tensor) -> tuple[int, int]:
+        return lowres.shape[-2] * self.factor, lowres.shape[-1] * self.factor
+
+    def forward(self, images: torch.Tensor, lowres: torch.Tensor, featurize: Featurize) -> torch.Tensor:
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"factor={self.factor}, dim={self.dim}, patch_size={self.patch_size}"
+
+
+def recorded(name: str, module: Upsampler, **options: Any) -> Upsampler:
+    """Attach the registry name and recipe options a builder was called with."""
+    module.build_config = {"name": name, **options}
+    return module

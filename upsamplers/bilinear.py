@@ -1,0 +1,23 @@
+"""``bilinear``: the training-free baseline every learned upsampler must beat."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from radiosharp.registry import UPSAMPLERS
+from upsamplers._base import Featurize, Upsampler, recorded
+
+
+class BilinearUpsampler(Upsampler):
+    """``F.interpolate(lowres, scale u, bilinear, align_corners=False)``; ignores the image."""
+
+    def forward(self, images: torch.Tensor, lowres: torch.Tensor, featurize: Featurize) -> torch.Tensor:
+        self.check_inputs(images, lowres)
+        if self.factor == 1:
+            return lowres
+        return F.interpolate(lowres, size=self.output_size(lowres), mode="bilinear", align_corners=False)
+
+
+@UPSAMPLERS.register("bilinear")
+def build_bilinear(factor: int = 2, dim: int = 0, patch_size: int = 14) -> BilinearUpsampler:
+    return recorded("bilinear", BilinearUpsampler(factor, dim, patch_size))

@@ -1,0 +1,183 @@
+"""``featsharp``: FeatSharp (Ranzinger et al. 2025) — JBU buffer refined with tiles.
+
+The low-res features are lifted twice to the ``u x`` grid: by a JBU stack (smooth,
+edge-aware) and by a ``u x u`` tile mosaic (detailed, with seams). The two maps are
+concatenated on channels (``2C``) and go through ONE pre-norm transformer block:
+
+    x = [jbu, tiles + tile_pos]                      # [B,H,W,2C]
+    x = x + ls1 * proj(NA(LN(x)))                    # 2-D sliding-window attention
+    y = x[..., :C] + ls2 * swiglu(LN(x))             # SwiGLU 2C -> ~8C/3 -> C
+    out = y                                          # [B,C,H,W]
+
+Only the first ``C`` channels (the JBU buffer) keep their residual, so a block whose
+output projections are zero returns the JBU buffer exactly; training starts there
+(LayerScale ``1e-6``, as NVlabs/FeatSharp) and learns to pull in tile detail.
+
+Choices (facts from the paper and NVlabs/FeatSharp): window 5 by default (the paper's
+ablation finds 3 or 5 best; the reference code defaults to 7); up to 16 heads
+(the reference uses 16; here the largest divisor of 2C not above 16 unless the
+recipe says otherwise); a 2-D ALiBi-style relative position bias
+``-(s_y |dy| + s_x |dx|)`` with learnable per-head slopes, initialized like the
+reference (head pairs share slope 1/2, 1/4, ...; even heads look along rows, odd
+heads along columns); a learned per-tile position embedding (zeros at init) added
+to the mosaic; keys outside the map are masked (see ``upsamplers._kernels``).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from radiosharp.registry import UPSAMPLERS
+from upsamplers._base import Featurize, Upsampler, recorded
+from upsamplers._kernels import neighborhood_attention, window_offsets
+from upsamplers.jbu import JBUStack
+from upsamplers.tiles import tile_mosaic
+
+MAX_AUTO_HEADS = 16
+WINDOW_SIZES = (1, 3, 5, 7, 9, 11)
+
+
+def alibi_slopes_init(num_heads: int) -> torch.Tensor:
+    """``[heads, 2]`` (row, column) slopes: head pairs get 1/2, 1/4, ...; even heads rows, odd columns."""
+    slopes = torch.zeros(num_heads, 2)
+    for h in range(num_heads):
+        slopes[h, h % 2] = 1.0 / 2 ** ((h + 2) // 2)
+    return slopes
+
+
+class NeighborhoodAttention(nn.Module):
+    """Multi-head 2-D sliding-window self-attention on ``[B,H,W,D]`` maps."""
+
+    def __init__(self, dim: int, num_heads: int, window_size: int) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"attention width {dim} is not divisible by num_heads={num_heads}")
+        self.num_heads, self.window_size = num_heads, window_size
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.alibi_slopes = nn.Parameter(alibi_slopes_init(num_heads))
+        offsets = torch.tensor(window_offsets(window_size), dtype=torch.float32).abs()
+        self.register_buffer("abs_offsets", offsets, persistent=False)  # [k*k, 2] = |dy|, |dx|
+
+    def position_bias(self) -> torch.Tensor:
+        """``[heads, k*k]`` = ``-(s_y |dy| + s_x |dx|)`` per head and window offset."""
+        return -(self.alibi_slopes @ self.abs_offsets.T)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, h, w, d = x.shape
+        qkv = self.qkv(x).view(b, h, w, 3, self.num_heads, self.head_dim).permute(3, 0, 4, 5, 1, 2)
+        out = neighborhood_attention(qkv[0], qkv[1], qkv[2], self.window_size, self.position_bias(),
+                                     scale=self.head_dim ** -0.5)
+        return self.proj(out.permute(0, 3, 4, 1, 2).reshape(b, h, w, d))
+
+
+class SwiGLU(nn.Module):
+    """``w_out(silu(a) * b)`` with ``[a, b] = w_in(x)``."""
+
+    def __init__(self, dim: int, hidden: int, out_dim: int) -> None:
+        super().__init__()
+        self.w_in = nn.Linear(dim, 2 * hidden)
+        self.w_out = nn.Linear(hidden, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.w_in(x).chunk(2, dim=-1)
+        return self.w_out(F.silu(a) * b)
+
+
+class LayerScale(nn.Module):
+    def __init__(self, dim: int, init: float) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((dim,), float(init)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+class FeatSharpBlock(nn.Module):
+    """The pre-norm block on ``[B,H,W,2C]`` returning ``[B,H,W,C]`` (residual on the first C only)."""
+
+    def __init__(self, dim: int, num_heads: int, window_size: int, mlp_hidden: int,
+                 layer_scale_init: float = 1e-6, layer_norm: bool = True) -> None:
+        super().__init__()
+        width = 2 * dim
+        self.dim = dim
+        self.norm1 = nn.LayerNorm(width) if layer_norm else nn.Identity()
+        self.attn = NeighborhoodAttention(width, num_heads, window_size)
+        self.ls1 = LayerScale(width, layer_scale_init)
+        self.norm2 = nn.LayerNorm(width) if layer_norm else nn.Identity()
+        self.mlp = SwiGLU(width, mlp_hidden, dim)
+        self.ls2 = LayerScale(dim, layer_scale_init)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.ls1(self.attn(self.norm1(x)))
+        return x[..., : self.dim] + self.ls2(self.mlp(self.norm2(x)))
+
+    @torch.no_grad()
+    def zero_output_projections(self) -> None:
+        """Zero the attention and MLP output layers: the block then passes the JBU buffer through."""
+        for layer in (self.attn.proj, self.mlp.w_out):
+            layer.weight.zero_()
+            layer.bias.zero_()
+
+
+def default_heads(width: int) -> int:
+    """The largest divisor of ``width`` that is at most 16."""
+    return max(h for h in range(1, MAX_AUTO_HEADS + 1) if width % h == 0)
+
+
+def default_mlp_hidden(dim: int) -> int:
+    """SwiGLU hidden width ~ 8C/3 rounded up to a multiple of 8 (timm/DINOv2 SwiGLU rule for 4C)."""
+    return (int(8 * dim / 3) + 7) // 8 * 8
+
+
+class FeatSharpUpsampler(Upsampler):
+    """JBU stack + tile mosaic -> one :class:`FeatSharpBlock` (see the module docstring)."""
+
+    trainable = True
+
+    def __init__(self, factor: int, dim: int, patch_size: int, num_heads: int | None = None,
+                 window_size: int = 5, jbu_kernel_size: int = 7, key_dim: int = 32,
+                 mlp_hidden: int | None = None, layer_scale_init: float = 1e-6, layer_norm: bool = True) -> None:
+        super().__init__(factor, dim, patch_size)
+        if dim < 1:
+            raise ValueError("featsharp: needs the feature width dim >= 1 (the teacher's embed_dim)")
+        if window_size not in WINDOW_SIZES:
+            raise ValueError(f"featsharp: window_size must be odd, one of {WINDOW_SIZES} "
+                             f"(the paper finds 3 or 5 best), got {window_size}")
+        width = 2 * dim
+        heads = default_heads(width) if num_heads is None else num_heads
+        if heads < 1 or width % heads:
+            valid = [h for h in range(1, 65) if width % h == 0]
+            raise ValueError(f"featsharp: num_heads={num_heads} does not divide the block width 2*dim={width}; "
+                             f"valid choices: {', '.join(map(str, valid))}")
+        self.jbu = JBUStack(factor, jbu_kernel_size, key_dim)
+        self.tile_pos = nn.Parameter(torch.zeros(1, dim, factor, factor))
+        self.block = FeatSharpBlock(dim, heads, window_size, mlp_hidden or default_mlp_hidden(dim),
+                                    layer_scale_init, layer_norm)
+
+    def tile_buffer(self, images: torch.Tensor, lowres: torch.Tensor, featurize: Featurize) -> torch.Tensor:
+        """The tile mosaic plus each tile's learned position embedding."""
+        tiles = tile_mosaic(images, self.factor, featurize, self.teacher_input_size(lowres))
+        h, w = lowres.shape[-2:]
+        pos = self.tile_pos.repeat_interleave(h, dim=2).repeat_interleave(w, dim=3)
+        return tiles + pos.to(tiles.dtype)
+
+    def forward(self, images: torch.Tensor, lowres: torch.Tensor, featurize: Featurize) -> torch.Tensor:
+        self.check_inputs(images, lowres)
+        smooth = self.jbu(lowres, images)
+        tiles = self.tile_buffer(images, lowres, featurize)
+        x = torch.cat([smooth, tiles.to(smooth.dtype)], dim=1).permute(0, 2, 3, 1)
+        return self.block(x).permute(0, 3, 1, 2).contiguous()
+
+
+@UPSAMPLERS.register("featsharp")
+def build_featsharp(factor: int = 2, dim: int = 0, patch_size: int = 14, num_heads: int | None = None,
+                    window_size: int = 5, jbu_kernel_size: int = 7, key_dim: int = 32,
+                    mlp_hidden: int | None = None, layer_scale_init: float = 1e-6,
+                    layer_norm: bool = True) -> FeatSharpUpsampler:
+    options = dict(num_heads=num_heads, window_size=window_size, jbu_kernel_size=jbu_kernel_size,
+                   key_dim=key_dim, mlp_hidden=mlp_hidden, layer_scale_init=layer_scale_init,
+                   layer_norm=layer_norm)
+    return recorded("featsharp", FeatSharpUpsampler(factor, dim, patch_size, **options), **options)
