@@ -30,7 +30,7 @@ def build_teacher(cfg: Any, where: str = "teacher"):
     from radiosharp.registry import TEACHERS
 
     name, args = _plugin_args(cfg, "family", where)
-    for key in ("upsampler", "phi_s", "summary_weight", "feature_weight"):
+    for key in ("upsampler", "phi_s", "summary_weight", "feature_weight", "partitions"):
         args.pop(key, None)
     return TEACHERS.build(name, where, **args)
 
@@ -60,3 +60,17 @@ def build_dataset(cfg: Any, where: str = "data", **extra: Any):
     name, args = _plugin_args(cfg, "source", where)
     args.update(extra)
     return DATASETS.build(name, where, **args)
+
+
+def load_upsampled_teacher(run_dir: Any, teacher: Any = None):
+    """Rebuild an exported upsampler run as a teacher at ``u x`` resolution."""
+    from radiosharp.upsampled import load_upsampled_teacher as _load
+
+    return _load(run_dir, teacher)
+
+
+def load_student(run_dir: Any):
+    """Rebuild an exported student run."""
+    from radiosharp.student_io import load_student as _load
+
+    return _load(run_dir)

@@ -90,9 +90,10 @@ class TeacherConfig(PluginConfig):
     name_field: ClassVar[str] = "family"
     family: str
     upsampler: UpsamplerConfig | None = None
-    phi_s: str | None = None
+    phi_s: str | None = None  # PHI-S statistics file (python -m radiosharp.stats); None: computed in-run
     summary_weight: float = 1.0
     feature_weight: float = 1.0
+    partitions: list[str] | None = None  # distillation partitions this teacher teaches in; None: all
 
 
 class DataConfig(PluginConfig):
@@ -217,10 +218,16 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    """``over`` wins; mappings merge key by key, everything else is replaced."""
+    """``over`` wins; mappings merge key by key, everything else is replaced.
+
+    A ``null`` in ``over`` removes the key (a teacher of the base recipe, say), so
+    the field falls back to its default.
+    """
     out = copy.deepcopy(base)
     for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(out.get(key), dict):
             out[key] = deep_merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
@@ -270,7 +277,10 @@ def apply_override(data: dict[str, Any], override: str) -> None:
                     f"override '{override}': '{'.'.join(parts[: i + 1])}' is a value, not a section"
                 )
         node = child
-    node[parts[-1]] = value
+    if value is None:
+        node.pop(parts[-1], None)  # `teachers.sam=null` drops it; a field falls back to its default
+    else:
+        node[parts[-1]] = value
 
 
 def _format_validation_error(err: ValidationError) -> str:

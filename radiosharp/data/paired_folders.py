@@ -1,0 +1,204 @@
+"""``seg_folder`` and ``depth_folder``: images paired with a dense target of the same stem.
+
+Layouts (the eval probes read these)::
+
+    root/images/<rel>/<stem>.jpg  +  root/masks/<rel>/<stem>.png      (ADE20K, VOC)
+    root/images/<rel>/<stem>.jpg  +  root/depth/<rel>/<stem>.png|.npy (NYU-style)
+
+ADE20K (``ADEChallengeData2016``): ``images=images/validation``,
+``masks=annotations/validation``; its masks hold 0 = "other / unlabelled" and the 150
+classes as 1..150. Keep 0 as a class of its own (151 classes) or set
+``reduce_zero_label: true`` to map 0 -> 255 (ignored) and k -> k-1 (150 classes), the
+usual benchmark protocol. VOC: ``images=JPEGImages``, ``masks=SegmentationClass``,
+``list_file=ImageSets/Segmentation/val.txt``; its palette PNGs hold the class index,
+with 255 on object borders (ignored). Images without a target are left out (with one
+warning that counts them), which is how VOC's few segmented images are picked from
+JPEGImages without a list file.
+
+Masks are resized with nearest neighbour; depth with ``depth_resize`` (``nearest`` by
+default, see ``radiosharp.data.transforms``). Depth in metres = stored value *
+``depth_scale``; by default 1/1000 for integer files (NYU's 16-bit PNGs hold
+millimetres) and 1 for float files (``.npy``, float TIFF). A stored 0 stays 0, which
+in NYU-style data means "no measurement".
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from radiosharp.data.decode import (
+    IMAGE_EXTENSIONS,
+    UnreadableFileError,
+    read_depth_array,
+    read_mask,
+    read_rgb,
+)
+from radiosharp.data.folders import existing_folder, list_images
+from radiosharp.data.skipping import SkippedSample
+from radiosharp.data.transforms import DEPTH_RESIZE_MODES, check_size, depth_to_square, image_to_square, mask_to_square
+from radiosharp.registry import DATASETS
+
+IGNORE_INDEX = 255
+MASK_EXTENSIONS = (".png", ".tif", ".tiff", ".bmp")
+DEPTH_EXTENSIONS = (".png", ".npy", ".npz", ".tif", ".tiff")
+
+
+def read_list_file(path: Path) -> set[str]:
+    """Stems (relative paths without extension) listed one per line, e.g. VOC's ``val.txt``."""
+    if not path.is_file():
+        raise FileNotFoundError(f"list_file not found: {path}")
+    stems = set()
+    for line in path.read_text().splitlines():
+        if line.strip():
+            token = Path(line.split()[0])
+            known = token.suffix.lower() in IMAGE_EXTENSIONS + MASK_EXTENSIONS + DEPTH_EXTENSIONS
+            stems.add((token.with_suffix("") if known else token).as_posix())
+    return stems
+
+
+class PairedFolder(Dataset):
+    """Images under ``root/images`` with a target file of the same relative stem under ``root/targets``."""
+
+    kind = "paired_folder"
+    target_extensions: tuple[str, ...] = ()
+
+    def __init__(self, root: str | os.PathLike | None, size: int, images: str, targets: str,
+                 list_file: str | None = None) -> None:
+        base = existing_folder(root, f"{self.kind} root")
+        self.root, self.size = base, check_size(size)
+        self.image_root = existing_folder(base / images, f"{self.kind} images")
+        self.target_root = existing_folder(base / targets, f"{self.kind} targets")
+        wanted = read_list_file(base / Path(list_file).expanduser()) if list_file else None
+        self.pairs: list[tuple[Path, Path]] = []
+        missing = []
+        for image in list_images(self.image_root, IMAGE_EXTENSIONS):
+            stem = image.relative_to(self.image_root).with_suffix("").as_posix()
+            if wanted is not None and stem not in wanted and Path(stem).name not in wanted:
+                continue
+            target = self._find_target(stem)
+            if target is None:
+                missing.append(stem)
+            else:
+                self.pairs.append((image, target))
+        if not self.pairs:
+            raise ValueError(f"{self.kind} {base}: no image in '{self.image_root}' has a target of the same "
+                             f"stem in '{self.target_root}' (target extensions {list(self.target_extensions)})")
+        if missing:
+            warnings.warn(f"{self.kind} {base}: {len(missing)} images have no target and are left out "
+                          f"(first: {missing[:3]})")
+
+    def _find_target(self, stem: str) -> Path | None:
+        for ext in self.target_extensions:
+            candidate = self.target_root / f"{stem}{ext}"
+            if candidate.is_file():
+                return candidate
+        return None
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def read_target(self, path: Path) -> torch.Tensor:
+        raise NotImplementedError
+
+    def target_to_square(self, target: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    target_key = "target"
+
+    def __getitem__(self, index: int) -> dict[str, Any] | SkippedSample:
+        image_path, target_path = self.pairs[index]
+        try:
+            pixels = read_rgb(image_path)  # full resolution: the target is aligned to it
+        except UnreadableFileError as err:
+            return SkippedSample(str(image_path), str(err))
+        try:
+            target = self.read_target(target_path)
+        except UnreadableFileError as err:
+            return SkippedSample(str(target_path), str(err))
+        if tuple(pixels.shape[-2:]) != tuple(target.shape[-2:]):
+            return SkippedSample(str(target_path), f"{self.target_key} is {tuple(target.shape)} but its image "
+                                                   f"{image_path.name} is {tuple(pixels.shape[-2:])}")
+        return {"image": image_to_square(pixels, self.size),
+                self.target_key: self.target_to_square(target),
+                "key": image_path.relative_to(self.image_root).as_posix()}
+
+
+class SegFolder(PairedFolder):
+    """Images + single-channel PNG class masks (255 = ignore); see module doc."""
+
+    kind = "seg_folder"
+    target_key = "mask"
+    target_extensions = MASK_EXTENSIONS
+
+    def __init__(self, root, size=224, images="images", masks="masks", list_file=None,
+                 reduce_zero_label=False, num_classes=None, class_names=None) -> None:
+        super().__init__(root, size, images, masks, list_file)
+        self.reduce_zero_label = reduce_zero_label
+        if class_names is not None and num_classes is not None and len(class_names) != num_classes:
+            raise ValueError(f"seg_folder: {len(class_names)} class_names but num_classes={num_classes}")
+        self.class_names = list(class_names) if class_names is not None else None
+        self.num_classes = num_classes or (len(class_names) if class_names else None)
+
+    def read_target(self, path: Path) -> torch.Tensor:
+        mask = read_mask(path)
+        if self.reduce_zero_label:
+            ignore = (mask == 0) | (mask == IGNORE_INDEX)
+            mask = (mask - 1).masked_fill_(ignore, IGNORE_INDEX)
+        return mask
+
+    def target_to_square(self, target: torch.Tensor) -> torch.Tensor:
+        return mask_to_square(target, self.size)
+
+
+class DepthFolder(PairedFolder):
+    """Images + depth maps (16-bit PNG, ``.npy``, float TIFF); see module doc."""
+
+    kind = "depth_folder"
+    target_key = "depth"
+    target_extensions = DEPTH_EXTENSIONS
+
+    def __init__(self, root, size=224, images="images", depth="depth", depth_scale=None,
+                 depth_resize="nearest", list_file=None) -> None:
+        if depth_resize not in DEPTH_RESIZE_MODES:
+            raise ValueError(f"depth_folder: depth_resize '{depth_resize}' is not valid; "
+                             f"valid: {', '.join(DEPTH_RESIZE_MODES)}")
+        super().__init__(root, size, images, depth, list_file)
+        self.depth_scale, self.depth_resize = depth_scale, depth_resize
+
+    def read_target(self, path: Path) -> torch.Tensor:
+        array, stored_as_int = read_depth_array(path)
+        scale = self.depth_scale if self.depth_scale is not None else (1e-3 if stored_as_int else 1.0)
+        return torch.from_numpy(array.astype(np.float32) * np.float32(scale))
+
+    def target_to_square(self, target: torch.Tensor) -> torch.Tensor:
+        return depth_to_square(target, self.size, self.depth_resize)
+
+
+@DATASETS.register("seg_folder")
+def build_seg_folder(root: str | None = None, size: int = 224, images: str = "images", masks: str = "masks",
+                     list_file: str | None = None, reduce_zero_label: bool = False,
+                     num_classes: int | None = None, class_names: list[str] | None = None) -> SegFolder:
+    """Images + class masks of the same stem (ADE20K/VOC style); ``mask`` [S,S] long, 255 = ignore.
+
+    ``num_classes`` / ``class_names`` tell the probes the label space (else they use the
+    largest class seen); ``reduce_zero_label`` maps ADE20K's 0 = "other" to ignore.
+    """
+    return SegFolder(root, size, images, masks, list_file, reduce_zero_label, num_classes, class_names)
+
+
+@DATASETS.register("depth_folder")
+def build_depth_folder(root: str | None = None, size: int = 224, images: str = "images", depth: str = "depth",
+                       depth_scale: float | None = None, depth_resize: str = "nearest",
+                       list_file: str | None = None) -> DepthFolder:
+    """Images + depth maps of the same stem (NYU style); ``depth`` [S,S] float, metres when scaled.
+
+    ``depth_scale`` multiplies the stored values (default: 1/1000 for integer files,
+    1 for float files); ``depth_resize`` is ``nearest`` (default) or ``bilinear``.
+    """
+    return DepthFolder(root, size, images, depth, depth_scale, depth_resize, list_file)

@@ -1,0 +1,67 @@
+"""Square crops at a fixed side for images, class masks and depth maps.
+
+Every source returns ``S x S`` samples: the shorter side is scaled to ``S`` and the
+centre is cropped square. We crop the centre square first and resize it second, which
+is the same geometry and touches fewer pixels. Images are resized bilinearly with
+antialiasing (no aliasing when a 4000 px photo becomes 224 px). Class masks use nearest
+neighbour, so no pixel gets a class that mixes two neighbours. Depth uses nearest by
+default for the same reason (a bilinear blend across an object edge is a depth that
+exists nowhere in the scene, and it smears the 0 = "no measurement" holes of NYU-style
+maps into valid pixels); ``bilinear`` is available for smooth, hole-free depth.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+DepthResize = Literal["nearest", "bilinear"]
+DEPTH_RESIZE_MODES = ("nearest", "bilinear")
+
+
+def center_square(t: torch.Tensor) -> torch.Tensor:
+    """The centred ``min(H,W)`` square of ``[..., H, W]``."""
+    h, w = t.shape[-2:]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    return t[..., top:top + side, left:left + side]
+
+
+def check_size(size: int) -> int:
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ValueError(f"data size must be a positive integer (the output side in pixels), got {size!r}")
+    return size
+
+
+def image_to_square(image: torch.Tensor, size: int) -> torch.Tensor:
+    """``[3,H,W]`` (uint8 0..255 or float 0..1) -> float ``[3,size,size]`` in [0,1]."""
+    if image.dtype == torch.uint8:
+        image = image.float().div_(255.0)
+    square = center_square(image)
+    if square.shape[-1] != size:
+        square = F.interpolate(square[None], size=(size, size), mode="bilinear", align_corners=False,
+                               antialias=square.shape[-1] > size)[0]
+    return square.clamp_(0.0, 1.0).contiguous()
+
+
+def mask_to_square(mask: torch.Tensor, size: int) -> torch.Tensor:
+    """``[H,W]`` integer class mask -> long ``[size,size]`` (nearest neighbour)."""
+    square = center_square(mask)
+    if square.shape[-1] != size:
+        square = F.interpolate(square[None, None].float(), size=(size, size), mode="nearest-exact")[0, 0]
+    return square.long().contiguous()
+
+
+def depth_to_square(depth: torch.Tensor, size: int, mode: str = "nearest") -> torch.Tensor:
+    """``[H,W]`` depth -> float ``[size,size]``; ``mode`` is ``nearest`` or ``bilinear``."""
+    if mode not in DEPTH_RESIZE_MODES:
+        raise ValueError(f"depth_resize '{mode}' is not valid; valid: {', '.join(DEPTH_RESIZE_MODES)}")
+    square = center_square(depth.float())
+    if square.shape[-1] != size:
+        if mode == "nearest":
+            square = F.interpolate(square[None, None], size=(size, size), mode="nearest-exact")[0, 0]
+        else:
+            square = F.interpolate(square[None, None], size=(size, size), mode="bilinear",
+                                   align_corners=False, antialias=square.shape[-1] > size)[0, 0]
+    return square.contiguous()
