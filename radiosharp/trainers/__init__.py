@@ -1,0 +1,1 @@
+"""One module per recipe ``kind``; ``radiosharp.train`` dispatches on it."""

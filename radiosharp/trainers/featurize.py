@@ -1,0 +1,51 @@
+"""``kind: featurize``: run every teacher over the data and write PCA pictures.
+
+Nothing trains. For each image, one PNG shows the image and each teacher's features
+(projected on that teacher's PCA basis, fitted over all images) blown up to the
+image size; ``features.safetensors`` keeps a few raw maps for inspection.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+import radiosharp
+from radiosharp.pca import PCABasis, image_to_uint8, save_panels, upscale_nearest
+from radiosharp.recipe import Recipe, recipe_to_yaml
+
+
+def run(recipe: Recipe) -> Path:
+    from radiosharp.data.loader import make_loader
+
+    run_dir = recipe.run_dir
+    teachers = {key: radiosharp.build_teacher(cfg, f"teachers.{key}") for key, cfg in recipe.teachers.items()}
+    dataset = radiosharp.build_dataset(recipe.data)
+    loader = make_loader(dataset, batch_size=recipe.stats.batch_size)
+    count = min(len(dataset), recipe.stats.num_images)
+    images, maps = [], {key: [] for key in teachers}
+    with torch.no_grad():
+        for batch in tqdm(loader, desc="featurize", total=-(-count // recipe.stats.batch_size)):
+            x = batch["image"][: count - len(images)]
+            images.extend(x)
+            for key, teacher in teachers.items():
+                size = teacher.native_size
+                maps[key].append(teacher(F.interpolate(x, size=(size, size), mode="bilinear",
+                                                       antialias=True, align_corners=False)).features)
+            if len(images) >= count:
+                break
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "recipe.yaml").write_text(recipe_to_yaml(recipe))
+    feats = {key: torch.cat(m) for key, m in maps.items()}
+    bases = {key: PCABasis.fit([f]) for key, f in feats.items()}
+    for i, image in enumerate(images):
+        pic = image_to_uint8(image)
+        panels, titles = [pic], ["image"]
+        for key, f in feats.items():
+            panels.append(upscale_nearest(bases[key].to_rgb(f[i]), pic.shape[:2]))
+            titles.append(f"{key} {f.shape[-2]}x{f.shape[-1]}")
+        save_panels(panels, titles, run_dir / "viz" / f"{i:03d}.png")
+    print(f"wrote {len(images)} PCA pictures to {run_dir / 'viz'}")
+    return run_dir
