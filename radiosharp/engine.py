@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
 from radiosharp.recipe import OptimConfig, Recipe, RecipeError, recipe_to_yaml
 
@@ -104,10 +104,40 @@ def step_loader(dataset: Dataset, global_batch: int, seed: int, start_step: int,
     """
     from radiosharp.data.loader import collate_skip_bad
 
+    if isinstance(dataset, IterableDataset):
+        return stream_batches(dataset, global_batch // world, start_step, num_workers)
     sampler = StepBatchSampler(len(dataset), global_batch, seed, start_step, None, rank, world, shuffle)
     generator = torch.Generator().manual_seed(seed * 1_000_003 + start_step * 7919 + rank)
     return DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, generator=generator,
                       collate_fn=collate_skip_bad, persistent_workers=num_workers > 0)
+
+
+def stream_batches(dataset: IterableDataset, local_batch: int, start_step: int, num_workers: int = 0
+                   ) -> Iterator[dict[str, Any] | None]:
+    """Endless batches from a streaming source (webdataset shards), epoch after epoch.
+
+    The source splits its shards between processes and workers itself and is seeded
+    per epoch (``set_epoch``), so its order is reproducible; resuming at step ``s``
+    re-reads and drops the first ``s`` batches (exact, at the price of reading them).
+    """
+    from radiosharp.data.loader import collate_skip_bad
+
+    loader = DataLoader(dataset, batch_size=local_batch, num_workers=num_workers,
+                        collate_fn=collate_skip_bad, drop_last=True)
+    epoch, produced = 0, 0
+    while True:
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+        empty = True
+        for batch in loader:
+            empty = False
+            produced += 1
+            if produced > start_step:
+                yield batch
+        if empty:
+            raise RuntimeError("the streaming data source yielded no batch in a whole epoch "
+                               f"(fewer than {local_batch} samples per process?)")
+        epoch += 1
 
 
 def next_readable(batches: Iterator[dict[str, Any] | None], limit: int = 100) -> dict[str, Any]:
