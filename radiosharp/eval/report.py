@@ -1,0 +1,120 @@
+"""Tables of eval results: one row per run, one column per task metric, then the
+per-task deltas and Delta_m against the baseline (text for the terminal, Markdown for
+the report file)."""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+DASH = "-"
+
+
+def _fmt(x: float) -> str:
+    if not math.isfinite(x):
+        return str(x)
+    return f"{x:.4g}" if abs(x) >= 1e-3 or x == 0 else f"{x:.2e}"
+
+
+def metric_columns(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str | None, bool]]:
+    """(task, metric, higher_is_better) in first-seen order over all rows; a task without
+    metrics in any row (skipped everywhere) gets one column with metric None."""
+    seen: dict[tuple[str, str | None], bool] = {}
+    for task in task_names(rows):
+        names = {}
+        for row in rows:
+            for name, entry in ((row["tasks"].get(task) or {}).get("metrics") or {}).items():
+                names.setdefault(name, bool(entry.get("higher_is_better", True)))
+        for name, hib in (names or {None: True}).items():
+            seen[(task, name)] = hib
+    return [(t, m, hib) for (t, m), hib in seen.items()]
+
+
+def task_names(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    names: list[str] = []
+    for row in rows:
+        for task in row["tasks"]:
+            if task not in names:
+                names.append(task)
+    return names
+
+
+def table(rows: Sequence[Mapping[str, Any]], deltas: bool = True) -> tuple[list[str], list[list[str]]]:
+    """Header and cells. ``rows``: ``{"run": name, "tasks": {...}, "mtl": mtl_gain dict or None}``
+    (the baseline's ``mtl`` is None and shows as "baseline"); ``deltas=False`` drops the
+    delta columns (a single run)."""
+    columns = metric_columns(rows)
+    with_metrics = {t for t, m, _ in columns if m is not None}
+    tasks = [t for t in task_names(rows) if t in with_metrics] if deltas else []
+    header = ["run"] + [t if m is None else f"{t}/{m} {'↑' if hib else '↓'}" for t, m, hib in columns]
+    if deltas:
+        header += [f"δ {t} %" for t in tasks] + ["Δm %"]
+    cells = []
+    for row in rows:
+        line = [str(row["run"])]
+        for task, metric, _ in columns:
+            result = row["tasks"].get(task) or {}
+            entry = (result.get("metrics") or {}).get(metric)
+            if result.get("status") == "skipped":
+                line.append("skipped")
+            elif entry is None:
+                line.append(DASH)
+            elif entry.get("std", 0) and math.isfinite(entry["std"]):
+                line.append(f"{_fmt(entry['mean'])} ± {_fmt(entry['std'])}")
+            else:
+                line.append(_fmt(entry["mean"]))
+        mtl = row.get("mtl")
+        for task in tasks:
+            if mtl is None:
+                line.append("baseline")
+            elif task in mtl["task_deltas"]:
+                line.append(f"{mtl['task_deltas'][task]:+.2f}")
+            else:
+                line.append("n/a")
+        if not deltas:
+            pass
+        elif mtl is None:
+            line.append("baseline")
+        else:
+            line.append(DASH if mtl["delta_m"] is None else f"{mtl['delta_m']:+.2f}")
+        cells.append(line)
+    return header, cells
+
+
+def text_table(rows: Sequence[Mapping[str, Any]], deltas: bool = True) -> str:
+    header, cells = table(rows, deltas)
+    widths = [max(len(r[i]) for r in [header, *cells]) for i in range(len(header))]
+    fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, cells)])
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    header, cells = table(rows)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in cells]
+    return "\n".join(lines)
+
+
+def markdown_report(rows: Sequence[Mapping[str, Any]], baseline: str, settings: Mapping[str, Any]) -> str:
+    """The MTL report: the table, what was left out of Delta_m and why, and the settings."""
+    import json
+
+    out = [
+        "# MTL gain report",
+        "",
+        f"Baseline: `{baseline}`. Per metric `delta = 100 * (-1)^lower_is_better * (M - M_B) / M_B`; "
+        "δ of a task = mean over its metrics; Δm = mean over tasks. Values are mean ± std over probe seeds.",
+        "",
+        markdown_table(rows),
+        "",
+    ]
+    notes = []
+    for row in rows:
+        for key, why in ((row.get("mtl") or {}).get("excluded") or {}).items():
+            notes.append(f"- `{row['run']}`: `{key}` left out of Δm: {why}")
+        for task, result in row["tasks"].items():
+            if result.get("status") == "skipped" and row.get("mtl") is None:
+                notes.append(f"- baseline `{row['run']}`: `{task}` skipped: {result.get('reason', '')}")
+    if notes:
+        out += ["## Left out", "", *notes, ""]
+    out += ["## Settings", "", "```json", json.dumps(dict(settings), indent=2, default=str), "```", ""]
+    return "\n".join(out)

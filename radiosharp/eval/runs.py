@@ -1,0 +1,142 @@
+"""Evaluating a run folder: load its exported featurizer, run the tasks, cache the results.
+
+A run's export (``model.json`` + ``model.safetensors``) is turned back into a
+featurizer by the loader registered for its ``kind`` ("student" ->
+``radiosharp.student_io.load_student``, "upsampler" ->
+``radiosharp.upsampled.load_upsampled_teacher``; imported lazily). Results go to
+``RUN/eval/metrics.json``::
+
+    {"run": ..., "kind": ..., "export": {fingerprint}, "context": {settings but tasks},
+     "tasks": {name: {"options": {...}, "status": "ok", "metrics": {...}} | {"status": "skipped", ...}}}
+
+and are reused on the next call for every task whose options, the context and the
+export fingerprint (size + mtime of the export files) are unchanged, unless forced.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from radiosharp.eval.features import FeatureStore
+from radiosharp.eval.settings import EvalError, EvalSettings
+from radiosharp.eval.task import EvalContext
+from radiosharp.export import CONFIG, WEIGHTS, atomic_write_bytes
+
+METRICS_FILE = Path("eval") / "metrics.json"
+
+
+def _load_student(run_dir: Path) -> nn.Module:
+    from radiosharp.student_io import load_student
+
+    return load_student(run_dir)
+
+
+def _load_upsampled(run_dir: Path) -> nn.Module:
+    from radiosharp.upsampled import load_upsampled_teacher
+
+    return load_upsampled_teacher(run_dir)
+
+
+RUN_LOADERS: dict[str, Callable[[Path], nn.Module]] = {"student": _load_student, "upsampler": _load_upsampled}
+
+
+def register_run_loader(kind: str, loader: Callable[[Path], nn.Module]) -> None:
+    """Teach the evaluator a new export kind (``loader(run_dir) -> featurizer``)."""
+    RUN_LOADERS[kind] = loader
+
+
+def check_run(run_dir: str | Path) -> str:
+    """The export kind of ``run_dir``; EvalError (one line, naming the run) when it cannot be evaluated."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise EvalError(f"run folder not found: {run_dir}")
+    if not (run_dir / CONFIG).is_file() or not (run_dir / WEIGHTS).is_file():
+        raise EvalError(f"{run_dir} has no exported model ({CONFIG} + {WEIGHTS}); train it to the end, "
+                        "or export it from its last checkpoint")
+    try:
+        kind = json.loads((run_dir / CONFIG).read_text()).get("kind")
+    except (json.JSONDecodeError, AttributeError) as err:
+        raise EvalError(f"{run_dir / CONFIG}: not a valid export description: {err}") from None
+    if kind not in RUN_LOADERS:
+        raise EvalError(f"{run_dir}: cannot evaluate an export of kind '{kind}'; valid kinds: "
+                        f"{', '.join(sorted(RUN_LOADERS))}")
+    return kind
+
+
+def load_featurizer(run_dir: str | Path) -> tuple[nn.Module, str]:
+    """The run's exported featurizer and its kind; EvalError naming the run when it cannot load."""
+    kind = check_run(run_dir)
+    try:
+        return RUN_LOADERS[kind](Path(run_dir)), kind
+    except (ImportError, RuntimeError, ValueError, KeyError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise EvalError(f"{run_dir}: cannot load its '{kind}' export: {first}") from err
+
+
+def export_fingerprint(run_dir: Path) -> dict[str, list[int]]:
+    out = {}
+    for name in (CONFIG, WEIGHTS):
+        st = (run_dir / name).stat()
+        out[name] = [st.st_size, st.st_mtime_ns]
+    return out
+
+
+def read_cached(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / METRICS_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def evaluate_run(run_dir: str | Path, settings: EvalSettings, tasks: dict[str, dict[str, Any]],
+                 force: bool = False, device: str | None = None, progress: bool = True,
+                 featurizer: nn.Module | None = None) -> dict[str, dict[str, Any]]:
+    """Task name -> result for ``run_dir`` (cached results reused; see module doc).
+
+    Writes ``RUN/eval/metrics.json``. ``featurizer`` skips loading the export (tests).
+    """
+    import radiosharp.registry as registry
+
+    run_dir = Path(run_dir)
+    kind = check_run(run_dir)
+    device = device or default_device()
+    context = settings.context()
+    fingerprint = export_fingerprint(run_dir)
+    cached = None if force else read_cached(run_dir)
+    kept: dict[str, dict[str, Any]] = {}
+    if cached and cached.get("context") == context and cached.get("export") == fingerprint:
+        kept = dict(cached.get("tasks", {}))
+    results: dict[str, dict[str, Any]] = {}
+    todo = [name for name, opts in tasks.items()
+            if name not in kept or kept[name].get("options") != json.loads(json.dumps(opts))]
+    for name in tasks:
+        if name not in todo:
+            results[name] = kept[name]
+    if todo:
+        if featurizer is None:
+            featurizer, _ = load_featurizer(run_dir)
+        featurizer = featurizer.to(device).eval()
+        store = FeatureStore(featurizer, settings.image_size, settings.batch_size, device,
+                             settings.summary, settings.dense, progress)
+        ctx = EvalContext(featurizer, store, settings.data, settings.val_data, kind, device, progress)
+        bar = tqdm(todo, desc=f"tasks {run_dir.name}", leave=False, disable=None if progress else True)
+        for name in bar:
+            bar.set_postfix_str(name)
+            task = registry.TASKS.build(name, f"eval.tasks.{name}", **tasks[name])
+            results[name] = {"options": json.loads(json.dumps(tasks[name])), **task.run(ctx)}
+    kept.update(results)
+    record = {"run": str(run_dir), "kind": kind, "export": fingerprint, "context": context, "tasks": kept}
+    atomic_write_bytes(run_dir / METRICS_FILE, json.dumps(record, indent=2, allow_nan=True).encode())
+    return {name: results[name] for name in tasks}

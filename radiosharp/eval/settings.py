@@ -1,0 +1,113 @@
+"""Eval settings: the ``eval:`` section of a run's ``recipe.yaml``, or the default suite.
+
+Keys (all optional)::
+
+    eval:
+      tasks:                    # task name -> builder options (a list of names = default options)
+        knn: {k: 20}
+        semseg: {steps: 300, seeds: 3}
+        depth: {}
+      image_size: 224           # input side; default: the featurizer's native_size, else the data
+                                # size, rounded to a multiple of its patch size
+      batch_size: 16            # feature extraction batch
+      summary: auto             # student global vector: auto/backbone (mean-pooled) or a teacher name
+      dense: auto               # student dense map: auto/backbone or a teacher's adaptor features
+      data: {source: synthetic, ...}      # default train data of every task
+      val_data: {source: synthetic, ...}  # default val data (null: seeded split of data)
+
+Without ``tasks`` the default suite runs: knn, semseg and depth on the synthetic
+benchmark (train seed 0 / val seed 1, small counts), plus fidelity for upsampler runs.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from radiosharp.registry import TASKS, BadOptionError, UnknownNameError
+
+DEFAULT_DATA = {"source": "synthetic", "num_images": 64, "size": 112, "seed": 0}
+DEFAULT_VAL_DATA = {"source": "synthetic", "num_images": 32, "size": 112, "seed": 1}
+DEFAULT_TASKS = ("knn", "semseg", "depth")
+UPSAMPLER_TASKS = ("fidelity",)
+
+
+class EvalError(ValueError):
+    """A problem with a run or its eval settings; the message names it (CLI exit 2)."""
+
+
+class EvalSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tasks: dict[str, dict[str, Any]] | None = None
+    image_size: int | None = Field(default=None, ge=1)
+    batch_size: int = Field(default=16, ge=1)
+    summary: str = "auto"
+    dense: str = "auto"
+    data: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_DATA))
+    val_data: dict[str, Any] | None = Field(default_factory=lambda: dict(DEFAULT_VAL_DATA))
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _names_to_dict(cls, value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return {name: {} for name in value}
+        if isinstance(value, dict):
+            return {name: dict(opts or {}) for name, opts in value.items()}
+        return value
+
+    def task_options(self, run_kind: str) -> dict[str, dict[str, Any]]:
+        """Task name -> options: the configured tasks, else the default suite for ``run_kind``."""
+        if self.tasks is not None:
+            return {k: dict(v) for k, v in self.tasks.items()}
+        names = DEFAULT_TASKS + (UPSAMPLER_TASKS if run_kind == "upsampler" else ())
+        return {name: {} for name in names}
+
+    def context(self) -> dict[str, Any]:
+        """The settings every task result depends on (a change invalidates cached results)."""
+        return self.model_dump(mode="json", exclude={"tasks"})
+
+
+def read_run_settings(run_dir: str | Path) -> EvalSettings:
+    """The ``eval:`` section of ``run_dir/recipe.yaml`` (defaults when absent)."""
+    path = Path(run_dir) / "recipe.yaml"
+    section: Any = {}
+    if path.is_file():
+        try:
+            recipe = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise EvalError(f"{path}: not valid YAML: {err}") from None
+        section = (recipe.get("eval") if isinstance(recipe, dict) else None) or {}
+    return parse_settings(section, where=str(path))
+
+
+def parse_settings(section: Any, where: str = "eval") -> EvalSettings:
+    if not isinstance(section, dict):
+        raise EvalError(f"{where}: 'eval' must be a mapping, got {type(section).__name__}")
+    try:
+        return EvalSettings.model_validate(section)
+    except ValidationError as err:
+        problems = []
+        for e in err.errors():
+            loc = ".".join(str(p) for p in e["loc"])
+            if e["type"] == "extra_forbidden":
+                valid = ", ".join(EvalSettings.model_fields)
+                problems.append(f"unknown key 'eval.{loc}' (valid keys: {valid})")
+            else:
+                problems.append(f"bad value at 'eval.{loc}': {e['msg']}")
+        raise EvalError(f"{where}: " + "; ".join(problems)) from None
+
+
+def select_tasks(options: dict[str, dict[str, Any]], only: list[str] | None) -> dict[str, dict[str, Any]]:
+    """Restrict to ``only`` (names outside the configured set run with default options),
+    and check every name and option against the task registry."""
+    if only:
+        options = {name: options.get(name, {}) for name in only}
+    for name, opts in options.items():
+        try:
+            TASKS.get(name, "eval.tasks")
+            TASKS.check_options(name, opts, f"eval.tasks.{name}")
+        except (UnknownNameError, BadOptionError) as err:
+            raise EvalError(str(err)) from None
+    return options

@@ -1,0 +1,66 @@
+"""``semseg``: linear segmentation probe on the dense map; mIoU and mIoU of small objects."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from radiosharp.eval.features import train_val_features
+from radiosharp.eval.metrics import confusion_matrix, mean_iou, small_segment_pixels
+from radiosharp.eval.probes import fit_segmentation_probe, predict_segmentation
+from radiosharp.eval.task import EvalContext, EvalTask, over_seeds
+from radiosharp.registry import TASKS
+
+
+class SemsegTask(EvalTask):
+    """A 1x1-conv probe on frozen dense features, logits bilinearly upsampled to the mask,
+    cross-entropy (255 ignored). ``miou`` over all classes; ``miou_small`` is the per-class
+    IoU over the pixels of small ground-truth segments only (connected components of one
+    class with area < ``small_area`` of the image; see ``metrics.small_segment_pixels``).
+    """
+
+    name = "semseg"
+    metrics = {"miou": True, "miou_small": True}
+
+    def __init__(self, data, val_data, steps, lr, weight_decay, batch_size, pixels_per_image, seeds, num_classes,
+                 small_area, ignore_index, val_fraction, split_seed) -> None:
+        self.data, self.val_data = data, val_data
+        self.fit_args = dict(steps=steps, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
+                             pixels_per_image=pixels_per_image)
+        self.seeds, self.num_classes, self.small_area = seeds, num_classes, small_area
+        self.ignore_index, self.val_fraction, self.split_seed = ignore_index, val_fraction, split_seed
+
+    def evaluate(self, ctx: EvalContext) -> dict[str, list[float]]:
+        train, val = train_val_features(ctx, self.data, self.val_data, self.val_fraction, self.split_seed)
+        where = self.data or ctx.default_data
+        train_masks, val_masks = train.require("masks", self.name, where), val.require("masks", self.name, where)
+        num_classes = (self.num_classes or train.num_classes
+                       or _max_class(train_masks, val_masks, ignore_index=self.ignore_index) + 1)
+        small = small_segment_pixels(val_masks, self.small_area, self.ignore_index)
+        size = tuple(val_masks.shape[-2:])
+
+        def one_seed(seed: int) -> dict[str, float]:
+            probe = fit_segmentation_probe(train.dense, train_masks, num_classes, self.ignore_index,
+                                           seed=seed, device=ctx.device, **self.fit_args)
+            pred = predict_segmentation(probe, val.dense, size, device=ctx.device)
+            miou, _ = mean_iou(confusion_matrix(pred, val_masks, num_classes, self.ignore_index))
+            small_conf = confusion_matrix(pred, val_masks, num_classes, self.ignore_index, where=small)
+            miou_small, _ = mean_iou(small_conf)
+            return {"miou": miou, "miou_small": miou_small}
+
+        return over_seeds(self.seeds, one_seed)
+
+
+def _max_class(*masks: torch.Tensor, ignore_index: int = 255) -> int:
+    return max(int(m[m != ignore_index].max()) for m in masks)
+
+
+@TASKS.register("semseg")
+def build_semseg(data: dict[str, Any] | None = None, val_data: dict[str, Any] | None = None, steps: int = 300,
+                 lr: float = 1e-2, weight_decay: float = 1e-4, batch_size: int = 16,
+                 pixels_per_image: int | None = 1024, seeds: int = 3,
+                 num_classes: int | None = None, small_area: float = 0.01, ignore_index: int = 255,
+                 val_fraction: float = 0.25, split_seed: int = 0) -> SemsegTask:
+    """Linear segmentation probe; ``num_classes`` defaults to the data's, else max mask class + 1."""
+    return SemsegTask(data, val_data, steps, lr, weight_decay, batch_size, pixels_per_image, seeds, num_classes,
+                      small_area, ignore_index, val_fraction, split_seed)
