@@ -1,0 +1,20 @@
+"""``python -m radiosharp.bench``: what upsampling and distillation cost.
+
+- ``upsample --teacher CFG --factors 2 3 4``: time and peak memory of the teacher at
+  ``u x`` input, of bilinear, featup and featsharp (teacher calls included and
+  excluded), their ratios to the hi-res teacher, the factor where featsharp gets
+  cheaper (paper eq. 6 / fig. 14), and images/s of a multi-view training step
+  (:mod:`radiosharp.bench.upsample`).
+- ``train RECIPE [k=v ...]``: images/s of a distillation step per partition and the
+  share of step time in teachers, upsamplers, student forward and backward
+  (:mod:`radiosharp.bench.train`).
+
+How time and memory are measured: :mod:`radiosharp.bench.measure`. Benchmarks live
+here, not in timed tests.
+"""
+from radiosharp.bench.crossover import crossover
+from radiosharp.bench.measure import Cost, measure
+from radiosharp.bench.train import bench_train
+from radiosharp.bench.upsample import ReplayFeaturize, bench_upsample
+
+__all__ = ["Cost", "ReplayFeaturize", "bench_train", "bench_upsample", "crossover", "measure"]

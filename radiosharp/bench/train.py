@@ -1,0 +1,206 @@
+"""``python -m radiosharp.bench train RECIPE [k=v ...]``: where a distillation step spends its time.
+
+The distill trainer's own pieces are built (``DistillTrainer.build`` in a temporary
+run folder: the teacher stack with its upsamplers and PHI-S, the student, the data),
+prepared by Accelerate as in a run, and a few steps are run phase by phase, per
+partition, with the device synchronized at every phase boundary:
+
+- ``teachers``: the frozen teachers (a forward hook times every teacher call, also
+  the global view and the tiles an upsampler asks for);
+- ``upsamplers``: the rest of an upsampled teacher's call (JBU, attention block, ...);
+- ``student_forward``; ``loss`` (summary + PHI-S feature losses); ``backward``;
+- ``optimizer`` (clipping + step, once per step) and ``other`` (the remainder).
+
+A measured step here is one micro-batch (``train.batch_size / train.grad_accum``
+images) followed by an optimizer step. Each partition's backward runs on its own
+loss (the partitions' graphs are disjoint, so the gradients are those of the summed
+loss). PHI-S statistics do not change the cost, so when a teacher has no statistics
+file they are computed over only ``stats_images`` images.
+"""
+from __future__ import annotations
+
+import contextlib
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from typing import Any, Iterator
+
+import torch
+
+from radiosharp.bench.measure import synchronize
+from radiosharp.recipe import Recipe, RecipeError
+
+PHASES = ("teachers", "upsamplers", "student_forward", "loss", "backward")
+STEP_PHASES = (*PHASES, "optimizer", "other")
+
+
+class PhaseClock:
+    """Seconds per ``(partition, phase)``, read with the device synchronized."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.seconds: dict[tuple[str, str], float] = defaultdict(float)
+
+    def now(self) -> float:
+        synchronize(self.device)
+        return time.perf_counter()
+
+    @contextlib.contextmanager
+    def phase(self, partition: str, name: str) -> Iterator[None]:
+        start = self.now()
+        try:
+            yield
+        finally:
+            self.seconds[(partition, name)] += self.now() - start
+
+
+class TeacherTimer:
+    """Forward hooks that add up the time spent inside a teacher's forward."""
+
+    def __init__(self, clock: PhaseClock, modules: list[torch.nn.Module]) -> None:
+        self.clock, self.total, self._start = clock, 0.0, 0.0
+        self.handles = []
+        for module in modules:
+            self.handles.append(module.register_forward_pre_hook(self._before))
+            self.handles.append(module.register_forward_hook(self._after))
+
+    def _before(self, *_: Any) -> None:
+        self._start = self.clock.now()
+
+    def _after(self, *_: Any) -> None:
+        self.total += self.clock.now() - self._start
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def _prepared_trainer(recipe: Recipe, run_dir: str, stats_images: int):
+    """A DistillTrainer built in ``run_dir`` with its model and optimizer prepared (no run started)."""
+    from accelerate.utils import set_seed
+
+    from radiosharp.engine import make_optimizer
+    from radiosharp.trainers.distill import DistillTrainer
+
+    if recipe.kind != "distill":
+        raise RecipeError(f"bench train measures distillation steps: the recipe has kind '{recipe.kind}', "
+                          "expected 'distill' (for upsamplers use: python -m radiosharp.bench upsample)")
+    recipe = recipe.model_copy(deep=True)
+    recipe.output_dir, recipe.resume = run_dir, False
+    recipe.wandb.enabled = False
+    if any(t.phi_s is None for t in recipe.teachers.values()):
+        recipe.stats.num_images = max(2, min(recipe.stats.num_images, stats_images))
+    trainer = DistillTrainer(recipe)
+    set_seed(recipe.seed)
+    trainer.build()
+    trainer.optimizer = make_optimizer(list(trainer.model.parameters()), recipe.train.optim)
+    trainer.model, trainer.optimizer = trainer.accelerator.prepare(trainer.model, trainer.optimizer)
+    for module in trainer.frozen:
+        module.to(trainer.accelerator.device)
+    trainer.model.train()
+    return trainer
+
+
+def _timed_step(trainer: Any, batch: dict[str, Any], clock: PhaseClock, teacher_timer: TeacherTimer) -> float:
+    """One micro-batch + optimizer step, phase by phase; returns the step's seconds."""
+    from radiosharp.trainers.common import resize
+    from radiosharp.trainers.distill import feature_loss, summary_loss
+
+    acc, recipe = trainer.accelerator, trainer.recipe
+    student = acc.unwrap_model(trainer.model).student
+    images = batch["image"].to(acc.device)
+    step_start = clock.now()
+    start = 0
+    for part, n in zip(trainer.section.partitions, trainer.local_sizes):
+        x = images[start:start + n]
+        start += n
+        if not len(x):
+            continue
+        targets = {}
+        for key, slot in trainer.stack.items():
+            if slot.config.partitions is not None and part.name not in slot.config.partitions:
+                continue
+            upsampled = part.upsample and slot.upsampled is not None
+            before = teacher_timer.total
+            t0 = clock.now()
+            targets[key] = slot.targets(x, upsample=part.upsample)
+            spent = clock.now() - t0
+            in_teacher = teacher_timer.total - before
+            clock.seconds[(part.name, "teachers")] += in_teacher if upsampled else spent
+            clock.seconds[(part.name, "upsamplers")] += spent - in_teacher if upsampled else 0.0
+        with clock.phase(part.name, "student_forward"), acc.autocast():
+            out = student(resize(x, (part.size, part.size)))
+        with clock.phase(part.name, "loss"):
+            loss = images.new_zeros(())
+            for key, target in targets.items():
+                slot = trainer.stack[key]
+                loss = loss + slot.config.feature_weight * feature_loss(out.features[key], target.features,
+                                                                        slot.phi_s)
+                if target.summary is not None and key in out.summary:
+                    loss = loss + slot.config.summary_weight * summary_loss(out.summary[key], target.summary)
+        with clock.phase(part.name, "backward"):
+            acc.backward(loss)
+    with clock.phase("all", "optimizer"):
+        if recipe.train.optim.grad_clip and not recipe.deepspeed:
+            acc.clip_grad_norm_(trainer.model.parameters(), recipe.train.optim.grad_clip)
+        trainer.optimizer.step()
+        trainer.optimizer.zero_grad(set_to_none=True)
+    return clock.now() - step_start
+
+
+def bench_train(recipe: Recipe, steps: int = 3, warmup: int = 1, stats_images: int = 8) -> dict[str, Any]:
+    """Images/s per partition and the share of step time per phase (see the module docstring)."""
+    from radiosharp.engine import next_readable, step_loader
+
+    if steps < 1 or warmup < 0:
+        raise ValueError(f"steps must be >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
+    with tempfile.TemporaryDirectory(prefix="radiosharp-bench-") as run_dir:
+        trainer = _prepared_trainer(recipe, run_dir, stats_images)
+        acc = trainer.accelerator
+        loader = step_loader(trainer.dataset, trainer.micro_batch, recipe.seed, 0)
+        batches = iter(loader)
+        clock = PhaseClock(acc.device)
+        timer = TeacherTimer(clock, [slot.teacher for slot in trainer.stack.values()])
+        try:
+            step_times = []
+            for i in range(warmup + steps):
+                batch = next_readable(batches)
+                if i == warmup:
+                    clock.seconds.clear()
+                seconds = _timed_step(trainer, batch, clock, timer)
+                if i >= warmup:
+                    step_times.append(seconds)
+        finally:
+            timer.remove()
+        partitions = trainer.section.partitions
+        sizes = dict(zip((p.name for p in partitions), trainer.local_sizes))
+    per_step = {k: v / steps for k, v in clock.seconds.items()}
+    total = sum(step_times) / steps
+    phase_seconds = {ph: sum(v for (_, name), v in per_step.items() if name == ph) for ph in STEP_PHASES}
+    phase_seconds["other"] = max(0.0, total - sum(phase_seconds.values()))
+    total = sum(phase_seconds.values())  # equals the step time unless clock jitter made "other" negative
+    rows = []
+    for part in partitions:
+        seconds = {ph: per_step.get((part.name, ph), 0.0) for ph in PHASES}
+        part_total = sum(seconds.values())
+        rows.append({
+            "name": part.name, "size": part.size, "batch": sizes[part.name], "upsample": part.upsample,
+            "seconds": part_total,
+            "images_per_s": sizes[part.name] / part_total if part_total > 0 else None,
+            "shares": {ph: s / part_total if part_total > 0 else 0.0 for ph, s in seconds.items()},
+        })
+    micro = sum(sizes.values())
+    return {
+        "recipe": recipe.name,
+        "device": str(acc.device),
+        "mixed_precision": acc.mixed_precision,
+        "steps": steps,
+        "warmup": warmup,
+        "micro_batch": micro,
+        "step_s": statistics.median(step_times),
+        "images_per_s": micro / statistics.median(step_times),
+        "seconds": phase_seconds,
+        "shares": {ph: s / total if total > 0 else 0.0 for ph, s in phase_seconds.items()},
+        "partitions": rows,
+    }

@@ -1,0 +1,217 @@
+"""Pieces the trainers share: resizing, PHI-S per teacher, the frozen teacher stack.
+
+A distillation builds its teachers in two passes: :func:`build_teacher_slots` makes
+every teacher and its upsampled view (cheap, and where recipe mistakes show up: an
+unknown name, an untrained upsampler, a missing run), then :func:`attach_phis` loads
+or computes each teacher's PHI-S (expensive: it may stream images through the
+teacher). So a bad recipe fails before anything is computed or written.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import radiosharp
+from radiosharp.contracts import Teacher, TeacherOutput
+from radiosharp.recipe import Recipe, RecipeError, TeacherConfig
+
+TRAINING_FREE = ("bilinear", "tiles", "s2")
+# Builder options that do not change the network (so may differ between an upsampler
+# run and the distillation that uses it).
+LOCATION_OPTIONS = ("cache_dir",)
+
+
+def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize; antialiased when shrinking (images and feature maps alike)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    shrink = size[0] < x.shape[-2] or size[1] < x.shape[-1]
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=shrink)
+
+
+def teacher_phis(key: str, cfg: TeacherConfig, teacher: Teacher, recipe: Recipe, dataset: Any,
+                 run_dir: Path, accelerator: Any = None) -> nn.Module:
+    """The teacher's PHI-S: from ``cfg.phi_s``, else computed now over ``stats.num_images`` images.
+
+    Computed statistics are saved to ``run_dir/phi_s/<key>.safetensors`` so the run
+    can be inspected and resumed with the same normalization.
+    """
+    from radiosharp.phis import PhiS
+    from radiosharp.stats import teacher_moments
+
+    if cfg.phi_s:
+        path = Path(cfg.phi_s)
+        if not path.is_file():
+            raise RecipeError(f"teachers.{key}.phi_s: statistics file not found: {path} "
+                              f"(make it with: python -m radiosharp.stats RECIPE)")
+        try:
+            return PhiS.load(path, expect_dim=teacher.embed_dim)
+        except ValueError as err:
+            raise RecipeError(f"teachers.{key}.phi_s: {err}") from None
+    saved = run_dir / "phi_s" / f"{key}.safetensors"
+    if saved.is_file():
+        return PhiS.load(saved, expect_dim=teacher.embed_dim)
+    moments = teacher_moments(teacher, dataset, recipe.stats.num_images, recipe.stats.batch_size,
+                              recipe.stats.image_size, accelerator, desc=f"PHI-S {key}")
+    if accelerator is None or accelerator.is_main_process:
+        moments.save(saved)
+    return PhiS.from_moments(moments)
+
+
+def teacher_autocast(accelerator: Any) -> contextlib.AbstractContextManager:
+    """Run frozen teachers in the run's reduced precision (bf16/fp16), else a no-op.
+
+    Teachers are not wrapped by ``accelerator.prepare`` (they never train), so they do
+    not get its autocast; under DeepSpeed Accelerate's own autocast is off as well.
+    """
+    precision = str(getattr(accelerator, "mixed_precision", "no")) if accelerator is not None else "no"
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=accelerator.device.type, dtype=dtype)
+
+
+@dataclass
+class TeacherSlot:
+    """One frozen teacher of a distillation, with its optional upsampled view and PHI-S.
+
+    ``low_res_debias``: the de-bias buffer of the teacher's upsampler run, applied to the
+    teacher's own (not upsampled) features too; the buffer is the teacher's fixed
+    positional artifact, which no partition should teach (FeatSharp, appendix C).
+    """
+
+    key: str
+    config: TeacherConfig
+    teacher: Teacher
+    phi_s: nn.Module | None = None
+    upsampled: nn.Module | None = None
+    low_res_debias: nn.Module | None = None
+
+    @torch.no_grad()
+    def targets(self, images: torch.Tensor, upsample: bool = False) -> TeacherOutput:
+        """The teacher's outputs for ``images`` (any size): at its native size, or ``u x`` that
+        through its upsampler when ``upsample`` and it has one."""
+        if upsample and self.upsampled is not None:
+            size = self.upsampled.native_size
+            return self.upsampled(resize(images, (size, size)))
+        size = self.teacher.native_size
+        out = self.teacher(resize(images, (size, size)))
+        if self.low_res_debias is not None:
+            out = TeacherOutput(out.summary, self.low_res_debias(out.features))
+        return out
+
+    @property
+    def factor(self) -> int:
+        """How much finer the upsampled feature grid is (1 without an upsampler)."""
+        return int(self.upsampled.factor) if self.upsampled is not None else 1
+
+    def modules_to_place(self) -> list[nn.Module]:
+        return [m for m in (self.teacher, self.upsampled, self.phi_s) if m is not None]
+
+
+def _builder_options(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A teacher build config with the builder's defaults filled in (for comparing two)."""
+    from radiosharp.registry import TEACHERS
+
+    cfg = dict(cfg)
+    family = cfg.pop("family", None)
+    if family not in TEACHERS:
+        return {"family": family, **cfg}
+    full = {k: p.default for k, p in TEACHERS.options(family).items()}
+    full.update(cfg)
+    for k in LOCATION_OPTIONS:
+        full.pop(k, None)
+    return {"family": family, **full}
+
+
+def check_same_teacher(key: str, cfg: TeacherConfig, run: str) -> None:
+    """An upsampler run must have been trained on the very teacher it lifts."""
+    from radiosharp.export import read_export
+
+    try:
+        _, config, _ = read_export(run, expect_kind="upsampler")
+    except FileNotFoundError as err:
+        raise RecipeError(f"teachers.{key}.upsampler: {err}") from None
+    except ValueError as err:
+        raise RecipeError(f"teachers.{key}.upsampler: {err} (point it at a kind: upsampler run)") from None
+    trained = config.get("teacher")
+    if not trained:
+        return
+    ours, theirs = _builder_options({"family": cfg.family, **cfg.options}), _builder_options(trained)
+    differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+    if differ:
+        detail = ", ".join(f"{k}: {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in differ)
+        raise RecipeError(f"teachers.{key}.upsampler: {run} was trained for another teacher ({detail}); "
+                          f"train one for this teacher or make teachers.{key} match")
+
+
+def build_upsampled(key: str, cfg: TeacherConfig, teacher: Teacher) -> nn.Module | None:
+    """The teacher's upsampled view for hi-res partitions (None when it has no upsampler)."""
+    up = cfg.upsampler
+    if up is None:
+        return None
+    from radiosharp.upsampled import UpsampledTeacher, load_upsampled_teacher
+
+    if up.run is not None:
+        check_same_teacher(key, cfg, up.run)
+        try:
+            model = load_upsampled_teacher(up.run, teacher=teacher)
+        except ValueError as err:
+            raise RecipeError(f"teachers.{key}.upsampler: {err}") from None
+        if up.factor is not None and model.factor != up.factor:
+            raise RecipeError(f"teachers.{key}.upsampler.factor={up.factor} but {up.run} was trained at "
+                              f"{model.factor}x")
+    elif up.name in TRAINING_FREE:
+        factor = up.factor or 2
+        upsampler = radiosharp.build_upsampler(up, f"teachers.{key}.upsampler", factor=factor,
+                                               dim=teacher.embed_dim, patch_size=teacher.patch_size)
+        model = UpsampledTeacher(teacher, upsampler)
+    else:
+        raise RecipeError(
+            f"teachers.{key}.upsampler: '{up.name}' must be trained first (python -m radiosharp.train with "
+            f"kind: upsampler); point teachers.{key}.upsampler at its run folder (e.g. "
+            f"runs/{up.name}_{key}_{up.factor or 2}x), or use one of the training-free upsamplers: "
+            f"{', '.join(TRAINING_FREE)}")
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def build_teacher_slots(recipe: Recipe) -> dict[str, TeacherSlot]:
+    """Every teacher of the recipe with its upsampled view; PHI-S not yet attached."""
+    slots = {}
+    for key, cfg in recipe.teachers.items():
+        try:
+            teacher = radiosharp.build_teacher(cfg, f"teachers.{key}")
+        except RecipeError:
+            raise
+        except ValueError as err:  # a builder's own option check (a bad size, native_size, ...)
+            raise RecipeError(f"teachers.{key}: {err}") from None
+        slots[key] = TeacherSlot(key, cfg, teacher, upsampled=build_upsampled(key, cfg, teacher))
+    return slots
+
+
+def attach_phis(slots: dict[str, TeacherSlot], recipe: Recipe, dataset: Any, run_dir: Path,
+                accelerator: Any = None) -> None:
+    for key, slot in slots.items():
+        slot.phi_s = teacher_phis(key, slot.config, slot.teacher, recipe, dataset, run_dir, accelerator)
+
+
+def build_teacher_stack(recipe: Recipe, dataset: Any, run_dir: Path, accelerator: Any = None
+                        ) -> dict[str, TeacherSlot]:
+    """:func:`build_teacher_slots` then :func:`attach_phis`."""
+    slots = build_teacher_slots(recipe)
+    attach_phis(slots, recipe, dataset, run_dir, accelerator)
+    return slots
+
+
+def iter_frozen(slots: dict[str, TeacherSlot]) -> Iterator[nn.Module]:
+    for slot in slots.values():
+        yield from slot.modules_to_place()

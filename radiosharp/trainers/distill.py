@@ -1,0 +1,229 @@
+"""``kind: distill``: train the RADIO student from frozen (optionally upsampled) teachers.
+
+Each step draws one global batch and splits it between the resolution partitions
+of the ``distill`` section (e.g. 432 px and 1024 px), each with its own share of the
+batch. Teachers see every image at their native size; in a partition with
+``upsample: true`` a teacher with an ``upsampler`` lifts its features first (an
+exported upsampler run, or a training-free one: bilinear, tiles, s2). A teacher map
+whose grid still differs from the student's is then resized to the student's grid.
+
+Loss per partition and teacher: ``summary_weight * (1 - cos)`` on the summary
+(teachers that have one; SAM has none) plus ``feature_weight * MSE`` of the features
+in that teacher's PHI-S space. A partition's loss is weighted by its share of the
+batch, so the total is the per-image mean however the batch is split. A teacher with
+``partitions: [...]`` teaches only there (SAM only at 1024 px, say).
+
+Stages chain with ``init_from: runs/<previous stage>`` (an exported student with the
+same backbone and teachers).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from torch import nn
+
+import radiosharp
+from radiosharp.contracts import check_image_size
+from radiosharp.engine import Trainer
+from radiosharp.recipe import Recipe, RecipeError, _format_validation_error
+from radiosharp.trainers.common import (
+    TeacherSlot,
+    attach_phis,
+    build_teacher_slots,
+    resize,
+    teacher_autocast,
+)
+
+
+class PartitionConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    size: int = Field(ge=1)  # student input side in pixels
+    batch_size: int = Field(ge=1)  # this partition's share of the global batch
+    upsample: bool = False  # teachers with an upsampler use it here
+
+
+class DistillConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    partitions: list[PartitionConfig] = Field(
+        default_factory=lambda: [PartitionConfig(name="low", size=224, batch_size=8)])
+    # Apply a teacher's upsampler-run de-bias buffer in the partitions without upsampling too.
+    debias_low_res: bool = True
+
+    @model_validator(mode="after")
+    def _unique(self) -> "DistillConfig":
+        names = [p.name for p in self.partitions]
+        if not names:
+            raise ValueError("give at least one partition, e.g. [{name: low, size: 224, batch_size: 8}]")
+        if len(set(names)) != len(names):
+            raise ValueError(f"partition names must be unique, got {names}")
+        return self
+
+
+class _Section(BaseModel):
+    """Wraps the section so validation errors name ``distill.<key>``."""
+
+    distill: DistillConfig
+
+
+def parse_section(recipe: Recipe) -> DistillConfig:
+    """The ``distill`` section, checked against ``train`` and ``teachers``."""
+    try:
+        cfg = _Section.model_validate({"distill": recipe.distill}).distill
+    except ValidationError as err:
+        raise RecipeError(_format_validation_error(err)) from None
+    total = sum(p.batch_size for p in cfg.partitions)
+    if total != recipe.train.batch_size:
+        raise RecipeError(f"train.batch_size ({recipe.train.batch_size}) must equal the sum of the partitions' "
+                          f"batch sizes ({' + '.join(str(p.batch_size) for p in cfg.partitions)} = {total})")
+    if recipe.student is None:
+        raise RecipeError("kind: distill needs a 'student' section, e.g. student: {name: radio, size: tiny}")
+    if not recipe.teachers:
+        raise RecipeError("kind: distill needs at least one teacher under 'teachers'")
+    names = [p.name for p in cfg.partitions]
+    for key, t in recipe.teachers.items():
+        if t.partitions is not None and not t.partitions:
+            raise RecipeError(f"teachers.{key}.partitions is empty, so it would teach nowhere; "
+                              f"drop the key (all partitions) or name some of: {', '.join(names)}")
+        for part in t.partitions or []:
+            if part not in names:
+                raise RecipeError(f"teachers.{key}.partitions names '{part}'; valid partitions: {', '.join(names)}")
+    for part in cfg.partitions:
+        if not any(t.partitions is None or part.name in t.partitions for t in recipe.teachers.values()):
+            raise RecipeError(f"distill partition '{part.name}' has no teacher (every teacher's 'partitions' "
+                              "leaves it out); drop the partition or add it to a teacher's partitions")
+    return cfg
+
+
+class MultiPartitionStudent(nn.Module):
+    """Runs the student on every partition's images in one forward (one DDP call per step)."""
+
+    def __init__(self, student: nn.Module) -> None:
+        super().__init__()
+        self.student = student
+
+    def forward(self, images: list[torch.Tensor]) -> list[Any]:
+        return [self.student(x) for x in images]
+
+
+def summary_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean ``1 - cos`` between student and teacher summaries (scale-free, so no PHI-S)."""
+    return (1 - F.cosine_similarity(pred.float(), target.float(), dim=-1)).mean()
+
+
+def feature_loss(pred: torch.Tensor, target: torch.Tensor, phi_s: nn.Module) -> torch.Tensor:
+    """MSE in PHI-S space; a teacher map on another grid is resized to the student's first."""
+    if target.shape[-2:] != pred.shape[-2:]:
+        target = resize(target.float(), tuple(pred.shape[-2:]))
+    return F.mse_loss(phi_s(pred.float()), phi_s(target.float()))
+
+
+def check_init_compatible(student: nn.Module, previous: nn.Module, source: str) -> None:
+    """``init_from`` must hold a student with exactly our parameters (names and shapes)."""
+    ours, theirs = student.state_dict(), previous.state_dict()
+    only = sorted(set(ours) ^ set(theirs))
+    shapes = sorted(k for k in set(ours) & set(theirs) if ours[k].shape != theirs[k].shape)
+    if only or shapes:
+        parts = []
+        if only:
+            parts.append(f"keys on one side only: {only[:4]}{' ...' if len(only) > 4 else ''}")
+        if shapes:
+            parts.append("shapes differ: " + ", ".join(
+                f"{k} {tuple(theirs[k].shape)} there, {tuple(ours[k].shape)} here" for k in shapes[:3]))
+        raise RecipeError(f"init_from {source}: its student does not match this recipe's student "
+                          f"(same backbone, size and teachers needed); {'; '.join(parts)}")
+
+
+class DistillTrainer(Trainer):
+    kind = "distill"
+    # A student head of a teacher limited to some partitions is used on every step (each
+    # partition has images on every process), but keep DDP tolerant of recipes where not.
+    find_unused_parameters = True
+
+    def build(self) -> None:
+        recipe = self.recipe
+        self.section = parse_section(recipe)
+        # Everything that can be wrong with the recipe is checked before PHI-S statistics
+        # are computed (and written to the run folder).
+        self.stack = build_teacher_slots(recipe)
+        dims = {key: {"summary_dim": t.teacher.summary_dim, "feature_dim": t.teacher.embed_dim}
+                for key, t in self.stack.items()}
+        try:
+            student = radiosharp.build_student(recipe.student, teachers=dims)
+        except RecipeError:
+            raise
+        except ValueError as err:
+            raise RecipeError(f"student: {err}") from None
+        for part in self.section.partitions:
+            try:
+                check_image_size(part.size, part.size, student.patch_size, "student")
+            except ValueError as err:
+                raise RecipeError(f"distill.partitions[{part.name}].size: {err}") from None
+        if recipe.init_from:
+            from radiosharp.student_io import load_student
+
+            previous = load_student(recipe.init_from)
+            check_init_compatible(student, previous, recipe.init_from)
+            student.load_state_dict(previous.state_dict(), strict=True)
+        scale = self.accelerator.num_processes * recipe.train.grad_accum
+        bad = [p.name for p in self.section.partitions if p.batch_size % scale]
+        if bad:
+            raise RecipeError(f"distill partitions {bad}: each batch_size must be divisible by "
+                              f"processes x train.grad_accum = {scale}")
+        self.local_sizes = [p.batch_size // scale for p in self.section.partitions]
+        self.shares = [p.batch_size / recipe.train.batch_size for p in self.section.partitions]
+        if self.section.debias_low_res:
+            for slot in self.stack.values():
+                slot.low_res_debias = getattr(slot.upsampled, "debias", None)
+        self.dataset = radiosharp.build_dataset(recipe.data)
+        attach_phis(self.stack, recipe, self.dataset, self.run_dir, self.accelerator)
+        self.student_config = dict(getattr(student, "config", None)
+                                   or {"name": recipe.student.name, **recipe.student.options, "teachers": dims})
+        self.model = MultiPartitionStudent(student)
+        self.frozen = [m for t in self.stack.values() for m in t.modules_to_place()]
+
+    def teachers_of(self, part: PartitionConfig) -> list[TeacherSlot]:
+        return [t for t in self.stack.values() if t.config.partitions is None or part.name in t.config.partitions]
+
+    def train_step(self, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        acc = self.accelerator
+        images = batch["image"].to(acc.device)
+        # DeepSpeed keeps bf16/fp16 weights and casts nothing: feed it its own dtype.
+        dtype = next(self.model.parameters()).dtype
+        chunks, parts, start = [], [], 0
+        for part, n, share in zip(self.section.partitions, self.local_sizes, self.shares):
+            x = images[start:start + n]
+            start += n
+            chunks.append(resize(x, (part.size, part.size)).to(dtype))
+            parts.append((part, x, share))
+        outputs = self.model(chunks)
+        total = images.new_zeros((), dtype=torch.float32)
+        metrics: dict[str, float] = {}
+        for (part, x, share), out in zip(parts, outputs):
+            part_loss = images.new_zeros((), dtype=torch.float32)
+            for t in self.teachers_of(part):
+                with teacher_autocast(acc):
+                    target = t.targets(x, upsample=part.upsample)
+                loss_f = feature_loss(out.features[t.key], target.features, t.phi_s)
+                loss = t.config.feature_weight * loss_f
+                metrics[f"{part.name}/{t.key}/features"] = loss_f.detach()
+                if target.summary is not None and t.key in out.summary:
+                    loss_s = summary_loss(out.summary[t.key], target.summary)
+                    loss = loss + t.config.summary_weight * loss_s
+                    metrics[f"{part.name}/{t.key}/summary"] = loss_s.detach()
+                part_loss = part_loss + loss
+            total = total + share * part_loss
+        return total, metrics
+
+    def export(self) -> None:
+        from radiosharp.student_io import save_student
+
+        save_student(self.run_dir, self.unwrapped().student, self.student_config)
+
+
+def run(recipe: Recipe) -> Path:
+    return DistillTrainer(recipe).run()

@@ -1,0 +1,186 @@
+"""``kind: upsampler``: train a feature upsampler by multi-view consistency.
+
+The recipe names one teacher whose ``upsampler`` section says what to train
+(``{name: featsharp, factor: 2, ...}``); ``upsampler_training`` holds the views and
+the downsampler. Features are compared in the teacher's PHI-S space: the statistics
+file named by ``teachers.<key>.phi_s``, or, when none is given, statistics computed
+at the start of the run over ``stats.num_images`` images and kept in the run folder.
+
+The run exports the upsampled teacher (``model.safetensors`` + ``model.json``,
+loadable with ``radiosharp.load_upsampled_teacher``) and the attention downsampler
+(``downsampler.safetensors``), and logs the held-out multi-view fidelity at the end.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from torch import nn
+
+import radiosharp
+from radiosharp.engine import Trainer
+from radiosharp.multiview import ViewConfig, consistency_step, fidelity_eval, quality_metrics
+from radiosharp.recipe import Recipe, RecipeError, _format_validation_error
+from radiosharp.trainers.common import teacher_phis
+
+
+class UpsamplerTrainingConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    teacher: str | None = None  # key in `teachers`; default: the only teacher
+    views: ViewConfig = ViewConfig()
+    downsampler_kernel: int = Field(default=7, ge=1)
+    debias: bool = True
+    heldout_images: int = Field(default=16, ge=0)  # images of eval_data for the final fidelity
+    heldout_seed: int = 1234
+
+
+class _Section(BaseModel):
+    """Wraps the section so validation errors carry the full dotted path."""
+
+    model_config = ConfigDict(extra="forbid")
+    upsampler_training: UpsamplerTrainingConfig
+
+
+def parse_section(recipe: Recipe) -> UpsamplerTrainingConfig:
+    """The recipe's ``upsampler_training`` section, checked against the recipe's teachers."""
+    try:
+        cfg = _Section.model_validate({"upsampler_training": recipe.upsampler_training}).upsampler_training
+    except ValidationError as err:
+        raise RecipeError(_format_validation_error(err)) from None
+    keys = list(recipe.teachers)
+    if not keys:
+        raise RecipeError("kind: upsampler needs a teacher: add one under 'teachers' with an upsampler, "
+                          "e.g. teachers: {dinov2: {upsampler: {name: featsharp, factor: 2}}}")
+    if cfg.teacher is None:
+        if len(keys) != 1:
+            raise RecipeError(f"kind: upsampler trains one teacher's upsampler; recipe has {keys}: "
+                              "set upsampler_training.teacher")
+        cfg.teacher = keys[0]
+    if cfg.teacher not in recipe.teachers:
+        raise RecipeError(f"upsampler_training.teacher '{cfg.teacher}' is not in teachers; valid: {', '.join(keys)}")
+    up_cfg = recipe.teachers[cfg.teacher].upsampler
+    if up_cfg is None:
+        raise RecipeError(f"teachers.{cfg.teacher}.upsampler is not set; say what to train, "
+                          "e.g. upsampler: {name: featsharp, factor: 2}")
+    if up_cfg.run is not None:
+        raise RecipeError(f"teachers.{cfg.teacher}.upsampler.run: kind: upsampler trains a new upsampler; "
+                          "give its name and factor instead of a run")
+    return cfg
+
+
+class MultiViewModel(nn.Module):
+    """What trains: the upsampler, the de-bias buffer and the attention downsampler.
+
+    The frozen teacher lives inside ``upsampled`` but outside the module tree, so it is
+    neither checkpointed, optimized nor wrapped by DDP.
+    """
+
+    def __init__(self, upsampled: nn.Module, downsampler: nn.Module) -> None:
+        super().__init__()
+        self.upsampled = upsampled  # an UpsampledTeacher whose inner teacher is not a submodule
+        self.downsampler = downsampler
+
+    def forward(self, images: torch.Tensor, views: ViewConfig, generator: torch.Generator | None = None
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return consistency_step(self.upsampled, images, views, self.downsampler, generator)
+
+
+class UpsamplerTrainer(Trainer):
+    kind = "upsampler"
+
+    def build(self) -> None:
+        from radiosharp.upsampled import UpsampledTeacher
+        from upsamplers.debias import Debias
+        from upsamplers.downsampler import AttentionDownsampler
+
+        recipe = self.recipe
+        self.section = parse_section(recipe)
+        key = self.section.teacher
+        cfg = recipe.teachers[key]
+        up_cfg = cfg.upsampler
+        factor = up_cfg.factor or 2
+        self.dataset = radiosharp.build_dataset(recipe.data)
+        teacher = radiosharp.build_teacher(cfg, f"teachers.{key}")
+        phi_s = teacher_phis(key, cfg, teacher, recipe, self.dataset, self.run_dir, self.accelerator)
+        upsampler = radiosharp.build_upsampler(up_cfg, f"teachers.{key}.upsampler", factor=factor,
+                                               dim=teacher.embed_dim, patch_size=teacher.patch_size)
+        debias = Debias(teacher.embed_dim, teacher.feature_grid) if self.section.debias else None
+        upsampled = UpsampledTeacher(teacher, upsampler, debias, phi_s)
+        downsampler = AttentionDownsampler(teacher.embed_dim, self.section.downsampler_kernel)
+        self.model = MultiViewModel(upsampled, downsampler)
+        self.export_config = {
+            "teacher": {"family": cfg.family, **cfg.options},
+            # every option the builder saw, defaults included, so a reload does not drift
+            "upsampler": {"name": up_cfg.name, **up_cfg.options, **getattr(upsampler, "build_config", {})},
+        }
+
+    def train_step(self, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        images = batch["image"].to(self.accelerator.device)
+        loss, extra = self.model(images, self.section.views)
+        metrics: dict[str, float] = {}
+        if (step + 1) % self.recipe.train.log_every == 0 or step + 1 == self.recipe.train.steps:
+            metrics = quality_metrics(extra)
+        return loss, metrics
+
+    def export(self) -> None:
+        from radiosharp.export import save_state_dict
+        from radiosharp.upsampled import save_upsampler
+
+        model = self.unwrapped()
+        save_upsampler(self.run_dir, model.upsampled, self.export_config)
+        save_state_dict(self.run_dir / "downsampler.safetensors", model.downsampler.state_dict(),
+                        {"kernel_size": str(self.section.downsampler_kernel)})
+        if self.section.heldout_images:
+            result = heldout_fidelity(model, self.recipe, self.section)
+            (self.run_dir / "heldout.json").write_text(json.dumps(result, indent=2))
+            print("held-out: " + ", ".join(f"{k} {v:.4g}" for k, v in result.items()))
+
+
+@torch.no_grad()
+def heldout_fidelity(model: MultiViewModel, recipe: Recipe, section: UpsamplerTrainingConfig,
+                     batch_size: int = 4) -> dict[str, float]:
+    """Multi-view metrics over held-out images with fixed views (same for every upsampler).
+
+    Images come from ``eval_data`` (default: the training source with a different
+    seed when it takes one); views are drawn from a generator seeded by
+    ``heldout_seed``, so runs that differ only in the upsampler see the same images
+    and views. The run's trained downsampler brings the features down.
+    """
+    data_cfg = recipe.eval_data
+    if data_cfg is None:
+        options = dict(recipe.data.options)
+        if "seed" in recipe.data.registry.options(recipe.data.source):
+            options["seed"] = int(options.get("seed", 0)) + 1
+        data_cfg = {"source": recipe.data.source, **options}
+    dataset = radiosharp.build_dataset(data_cfg, "eval_data")
+    device = next(model.parameters()).device
+    images = first_images(dataset, section.heldout_images).to(device)
+    generator = torch.Generator().manual_seed(section.heldout_seed)
+    return fidelity_eval(model.upsampled, images, generator, section.views, model.downsampler, batch_size)
+
+
+def first_images(dataset: Any, n: int) -> torch.Tensor:
+    """The first ``n`` readable images of a map-style or streaming (webdataset) source."""
+    from torch.utils.data import IterableDataset
+
+    from radiosharp.data.skipping import SkippedSample
+
+    if isinstance(dataset, IterableDataset):
+        samples = (s for s in dataset if not isinstance(s, SkippedSample))
+    else:
+        samples = (dataset[i] for i in range(min(n, len(dataset))))
+    images = []
+    for sample in samples:
+        if len(images) >= n:
+            break
+        images.append(sample["image"])
+    if not images:
+        raise RecipeError("eval_data: the held-out data source gave no images")
+    return torch.stack(images)
+
+
+def run(recipe: Recipe) -> Path:
+    return UpsamplerTrainer(recipe).run()
