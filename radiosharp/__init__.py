@@ -69,8 +69,8 @@ def load_upsampled_teacher(run_dir: Any, teacher: Any = None):
     return _load(run_dir, teacher)
 
 
-def load_student(run_dir: Any):
-    """Rebuild an exported student run."""
+def load_student(run_dir: Any, text_towers: Any = False):
+    """Rebuild an exported student run (``text_towers=True``: with its CLIP teachers' text towers)."""
     from radiosharp.student_io import load_student as _load
 
-    return _load(run_dir)
+    return _load(run_dir, text_towers)

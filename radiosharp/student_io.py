@@ -3,36 +3,119 @@
 The config stored is the student builder's options (its registry ``name`` plus the
 keyword arguments, teacher dims included), so loading rebuilds the same module
 through the registry and then loads the weights with ``strict=True``.
+
+Optionally the config also holds ``teacher_configs``: each teacher's build config
+(``{"family": ..., **builder options}``, no weights). With them,
+``load_student(run, text_towers=True)`` rebuilds the text towers of the CLIP-like
+teachers built with ``text: true`` and hands them to the student
+(``student.text_towers``), so zero-shot classification runs on the student's
+adaptor summaries. Exports never carry teacher weights: the towers come from the
+teachers' own weights files / pretrained tags at load time.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from torch import nn
 
 from radiosharp.export import read_export, save_export
 
 KIND = "student"
+TEACHER_CONFIGS = "teacher_configs"
+# Recipe keys of a teacher that say how the student learns from it, not how to build it.
+TRAINING_KEYS = ("upsampler", "phi_s", "summary_weight", "feature_weight", "partitions")
 
 
-def save_student(run_dir: str | os.PathLike, student: nn.Module, config: Mapping[str, Any] | None = None) -> Path:
-    """Write the student's weights and ``config`` (default: the config its builder recorded)."""
+def teacher_build_config(cfg: Any, where: str = "teacher") -> dict[str, Any]:
+    """``{"family": ..., **builder options}`` of a recipe teacher (a TeacherConfig or a mapping)."""
+    if hasattr(cfg, "model_dump"):
+        cfg = cfg.model_dump()
+    if not isinstance(cfg, Mapping) or not isinstance(cfg.get("family"), str):
+        raise ValueError(f"{where}: a teacher config needs its 'family' (a registered teacher name), got {cfg!r}")
+    return {k: v for k, v in cfg.items() if k not in TRAINING_KEYS}
+
+
+def save_student(run_dir: str | os.PathLike, student: nn.Module, config: Mapping[str, Any] | None = None,
+                 teacher_configs: Mapping[str, Any] | None = None) -> Path:
+    """Write the student's weights and ``config`` (default: the config its builder recorded).
+
+    ``teacher_configs``: ``{teacher name: its recipe config}`` (training-only keys are
+    dropped), stored so that :func:`load_student` can rebuild the teachers' text towers;
+    by default the ones the student was loaded with, if any.
+    """
     if config is None:
         config = getattr(student, "config", None)
         if config is None:
             raise ValueError("save_student: this student has no recorded builder config; pass config=")
-    return save_export(run_dir, student, KIND, dict(config))
+    config = dict(config)
+    if teacher_configs is None:
+        teacher_configs = getattr(student, "teacher_configs", None)
+    if teacher_configs:
+        config[TEACHER_CONFIGS] = {name: teacher_build_config(cfg, f"save_student: teacher '{name}'")
+                                   for name, cfg in teacher_configs.items()}
+    return save_export(run_dir, student, KIND, config)
 
 
-def load_student(run_dir: str | os.PathLike) -> nn.Module:
-    """Rebuild an exported student from ``run_dir`` and load its weights strictly (eval mode)."""
+def text_capable_families() -> list[str]:
+    """Teacher families whose builder can build the text tower alone (``builder.build_text_tower``)."""
+    from radiosharp.registry import TEACHERS
+
+    return [name for name in TEACHERS.names() if callable(getattr(TEACHERS.get(name), "build_text_tower", None))]
+
+
+def build_text_towers(teacher_configs: Mapping[str, Mapping[str, Any]], names: bool | str | Sequence[str] = True,
+                      where: str = "student") -> dict[str, nn.Module]:
+    """Text towers of the named teachers (``True``: those stored with ``text: true``).
+
+    Each is built by its family's ``build_text_tower(**the teacher's options)``, found
+    through the registry; no vision tower is built.
+    """
+    from radiosharp.registry import TEACHERS
+
+    if names is True:
+        names = [name for name, cfg in teacher_configs.items() if cfg.get("text")]
+    elif isinstance(names, str):
+        names = [names]
+    towers: dict[str, nn.Module] = {}
+    for name in names or ():
+        if name not in teacher_configs:
+            stored = ", ".join(teacher_configs) or "(none: export it with save_student(..., teacher_configs=))"
+            raise ValueError(f"{where}: no teacher config for '{name}' to build a text tower from; stored: {stored}")
+        options = dict(teacher_configs[name])
+        family = options.pop("family")
+        build_text = getattr(TEACHERS.get(family, f"{where}.{TEACHER_CONFIGS}.{name}"), "build_text_tower", None)
+        if not callable(build_text):
+            raise ValueError(f"{where}: teacher '{name}' (family '{family}') has no text tower; families with one: "
+                             f"{', '.join(text_capable_families()) or '(none)'}")
+        TEACHERS.check_options(family, options, f"{where}.{TEACHER_CONFIGS}.{name}")
+        towers[name] = build_text(**options)
+    return towers
+
+
+def load_student(run_dir: str | os.PathLike, text_towers: bool | str | Sequence[str] = False) -> nn.Module:
+    """Rebuild an exported student from ``run_dir`` and load its weights strictly (eval mode).
+
+    ``text_towers``: ``True`` attaches the text towers of the stored teachers built with
+    ``text: true`` (none when the export names none: zero-shot then skips); a teacher
+    name or list of names attaches those (their family must have a text tower).
+    """
     from radiosharp.registry import STUDENTS
 
     _, config, state = read_export(run_dir, expect_kind=KIND)
     options = dict(config)
     name = options.pop("name", "radio")
-    student = STUDENTS.build(name, f"{run_dir}/model.json", **options)
+    teacher_configs = options.pop(TEACHER_CONFIGS, None) or {}
+    where = f"{run_dir}/model.json"
+    student = STUDENTS.build(name, where, **options)
     student.load_state_dict(state, strict=True)
+    student.teacher_configs = teacher_configs
+    if text_towers:
+        towers = build_text_towers(teacher_configs, text_towers, where)
+        if towers:
+            attach = getattr(student, "attach_text_towers", None)
+            if not callable(attach):
+                raise ValueError(f"{where}: a '{name}' student cannot take text towers (no attach_text_towers)")
+            attach(towers)
     return student.eval()

@@ -95,6 +95,7 @@ class RadioStudent(nn.Module):
         self.patch_size = int(self.patch_embed.patch_size[0])
         self.embed_dim = int(vit.embed_dim)
         self.teacher_names = list(teachers)
+        self.summary_dims = {name: dims["summary_dim"] for name, dims in teachers.items()}
         self.grad_checkpointing = grad_checkpointing
         if self.patch_embed.patch_size[0] != self.patch_embed.patch_size[1]:
             raise ValueError(f"student needs a square patch, got {self.patch_embed.patch_size}")
@@ -127,6 +128,32 @@ class RadioStudent(nn.Module):
         })
         self.register_buffer("pixel_mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
+        # Frozen teacher text towers for zero-shot (see attach_text_towers); a plain dict,
+        # so they stay out of parameters(), state_dict() and exports.
+        self.text_towers: dict[str, nn.Module] = {}
+
+    def attach_text_towers(self, towers: Mapping[str, nn.Module]) -> None:
+        """Give the student the text towers of its CLIP-like teachers, by teacher name.
+
+        ``summary[name]`` is trained to match that teacher's image embedding, so the
+        tower's ``encode_text`` output lives in the same space and zero-shot
+        classification works on the student. Each tower must give ``summary_dim`` wide
+        embeddings. They are not submodules: the student's weights and exports stay
+        free of teacher weights, and ``.to(device)`` leaves them where they are (their
+        ``encode_text`` moves the tokens to them).
+        """
+        checked = {}
+        with_summary = {n: d for n, d in self.summary_dims.items() if d is not None}
+        for name, tower in towers.items():
+            if name not in with_summary:
+                raise ValueError(f"student: no summary head '{name}' for a text tower; teachers with one: "
+                                 f"{', '.join(with_summary) or '(none)'}")
+            width, expected = getattr(tower, "output_dim", None), with_summary[name]
+            if width != expected:
+                raise ValueError(f"student: the text tower of '{name}' gives {width}-d embeddings but the "
+                                 f"summary head '{name}' is {expected}-d")
+            checked[name] = tower
+        self.text_towers = checked
 
     @property
     def num_prefix_tokens(self) -> int:

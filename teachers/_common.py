@@ -12,6 +12,9 @@ Weights reach a teacher in one of three ways, tried in this order:
    ``HF_HUB_OFFLINE``).
 3. otherwise :class:`MissingWeightsError`, saying which repo is missing and how to
    provide it.
+
+CLIP-like teachers built with ``text: true`` read their text tower from the same file
+(read once; see ``teachers/_text.py``) and expose it as ``text_tower``.
 """
 from __future__ import annotations
 
@@ -112,6 +115,36 @@ class FrozenTeacher(Teacher):
     def forward(self, images: torch.Tensor) -> TeacherOutput:
         with torch.no_grad():
             return super().forward(images)
+
+    # A CLIP-like teacher built with ``text: true`` holds its frozen text tower as the
+    # submodule ``text_tower`` (``teachers/_text.py``). The zero-shot task looks for a
+    # callable ``encode_text`` and ``tokenize``: both are None without a text tower, so
+    # a teacher without one is never mistaken for a CLIP.
+
+    @property
+    def text_tower(self) -> nn.Module | None:
+        return self._modules.get("text_tower")
+
+    @text_tower.setter
+    def text_tower(self, tower: nn.Module | None) -> None:
+        self._modules["text_tower"] = tower
+
+    @property
+    def encode_text(self) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """Token ids ``[K, L]`` -> text embeddings ``[K, summary_dim]`` in the summary's space."""
+        return None if self.text_tower is None else self.text_tower.encode_text
+
+    @property
+    def tokenize(self) -> Callable[[Sequence[str]], torch.Tensor] | None:
+        """Prompts -> token ids ``[K, L]`` for :attr:`encode_text`."""
+        return None if self.text_tower is None else self.text_tower.tokenize
+
+    def attach_text_tower(self, tower: nn.Module) -> None:
+        """Hold ``tower`` (frozen) as this teacher's text tower; its width must be ``summary_dim``."""
+        if getattr(tower, "output_dim", None) != self.summary_dim:
+            raise ValueError(f"{self.name}: the text tower gives {getattr(tower, 'output_dim', None)}-d "
+                             f"embeddings but the image summary is {self.summary_dim}-d; they must share a space")
+        self.text_tower = tower
 
     def extra_repr(self) -> str:
         return (
@@ -271,12 +304,23 @@ def load_weights_file(
     open_clip CLIP); ``model.`` (a ``teacher.state_dict()``) is always tried.
     ``convert`` maps a foreign key layout to the module's (e.g. timm's checkpoint filter).
     """
-    state = read_weights_file(path)
+    load_weights_state(module, read_weights_file(path), family, f"file {path}", prefixes, convert)
+
+
+def load_weights_state(
+    module: nn.Module,
+    state: dict[str, torch.Tensor],
+    family: str,
+    source: str,
+    prefixes: Sequence[str] = (),
+    convert: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None,
+) -> None:
+    """:func:`load_weights_file` on a state dict already read (one read serves several towers)."""
     own_keys = set(module.state_dict())
     _, state = select_tower(state, own_keys, (*prefixes, "model."))
     if convert is not None:
         state = convert(state)
-    load_state_strict(module, state, family, f"file {path}")
+    load_state_strict(module, state, family, source)
 
 
 def check_weights_path(family: str, weights: str | os.PathLike | None) -> Path | None:

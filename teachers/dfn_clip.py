@@ -10,10 +10,15 @@ Outputs (the norm applied is the model's final ``ln_post`` LayerNorm):
 open_clip's own forward adds a fixed-size position table; ours resizes the patch
 part of the table bicubically to the input grid, so any multiple of 14 works (at
 the table's size the result equals open_clip's forward exactly).
+
+With ``text: true`` the CLIP text tower comes too (``teachers/_text.py``):
+``encode_text`` equals open_clip's ``CLIP.encode_text`` (projected, not normalised),
+in the space of ``summary``.
 """
 from __future__ import annotations
 
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal, NamedTuple, Sequence
 
 import torch
 from torch import nn
@@ -26,15 +31,17 @@ from teachers._common import (
     build_open_clip_tower,
     check_choice,
     check_weights_path,
-    load_weights_file,
+    load_weights_state,
     open_clip_model_config,
     open_clip_pretrained,
     open_clip_weights_file,
+    read_weights_file,
     resize_pos_grid,
     resolve_native_size,
     seeded,
     tokens_to_map,
 )
+from teachers._text import TextTower, Tokenizer, open_clip_text_tokenizer, open_clip_text_tower
 
 FAMILY = "dfn_clip"
 REAL_NATIVE = 378
@@ -83,19 +90,22 @@ class OpenClipViTTeacher(FrozenTeacher):
         return TeacherOutput(summary=summary, features=tokens_to_map(x[:, 1:], height, width))
 
 
-def build_open_clip_teacher(
-    family: str,
-    size: str,
-    model: str,
-    pretrained: str | None,
-    weights: str | None,
-    native_size: int | None,
-    cache_dir: str | None,
-    seed: int,
-    default_mean,
-    default_std,
-) -> OpenClipViTTeacher:
-    """Build an open_clip ViT teacher (real: config + strict weights; tiny: seeded random)."""
+class OpenClipSetup(NamedTuple):
+    """What both towers of an open_clip teacher are built from (resolved once)."""
+
+    config: dict[str, Any]
+    quick_gelu: bool
+    mean: Sequence[float]
+    std: Sequence[float]
+    native: int
+    weights: Path | None  # the local weights file: `weights:`, or the tag's cached checkpoint (real)
+
+
+def open_clip_setup(
+    family: str, size: str, model: str, pretrained: str | None, weights: str | None,
+    native_size: int | None, cache_dir: str | None, default_mean, default_std,
+) -> OpenClipSetup:
+    """Check the options, read the model config and find the weights file (before any build)."""
     check_choice(family, "size", size, SIZES)
     weights_path = check_weights_path(family, weights)
     config = open_clip_model_config(family, model, cache_dir)
@@ -112,20 +122,53 @@ def build_open_clip_teacher(
     table_size = table_size[0] if isinstance(table_size, (list, tuple)) else table_size
     default_native = TINY_NATIVE if size == "tiny" else (table_size // patch) * patch  # 378 for ViT-H-14-378
     native = resolve_native_size(family, native_size, default_native, patch)
-
     if size == "tiny":
         vision.update(TINY_VISION, image_size=native)
         config["embed_dim"] = TINY_PROJ_DIM
-        with seeded(seed):
-            visual = build_open_clip_tower(config, quick_gelu)
         path = weights_path
     else:
         # Resolve the checkpoint before building: a missing file fails in milliseconds.
-        path = weights_path or open_clip_weights_file(family, model, pretrained, cache_dir)
-        visual = build_open_clip_tower(config, quick_gelu)
-    if path is not None:
-        load_weights_file(visual, path, family, prefixes=("visual.",))
-    teacher = OpenClipViTTeacher(visual, family, native, mean, std)
+        path = weights_path or Path(open_clip_weights_file(family, model, pretrained, cache_dir))
+    return OpenClipSetup(config, quick_gelu, mean, std, native, path)
+
+
+def open_clip_text(family: str, setup: OpenClipSetup, model: str, size: str, seed: int,
+                   state: dict[str, torch.Tensor] | None, tokenizer: Tokenizer) -> TextTower:
+    """The CLIP text tower (``encode_text`` = open_clip's), projected to ``embed_dim``."""
+    return open_clip_text_tower(family, model, setup.config, setup.quick_gelu, setup.config["embed_dim"], size,
+                                seed, state, f"file {setup.weights}", tokenizer)
+
+
+def build_open_clip_teacher(
+    family: str,
+    size: str,
+    model: str,
+    pretrained: str | None,
+    weights: str | None,
+    native_size: int | None,
+    cache_dir: str | None,
+    seed: int,
+    default_mean,
+    default_std,
+    text: bool = False,
+) -> OpenClipViTTeacher:
+    """Build an open_clip ViT teacher (real: config + strict weights; tiny: seeded random).
+
+    With ``text`` the text tower is built too, from the same weights file (read once).
+    """
+    setup = open_clip_setup(family, size, model, pretrained, weights, native_size, cache_dir, default_mean, default_std)
+    tokenizer = open_clip_text_tokenizer(family, model, setup.config, size, cache_dir) if text else None
+    if size == "tiny":
+        with seeded(seed):
+            visual = build_open_clip_tower(setup.config, setup.quick_gelu)
+    else:
+        visual = build_open_clip_tower(setup.config, setup.quick_gelu)
+    state = read_weights_file(setup.weights) if setup.weights is not None else None
+    if state is not None:
+        load_weights_state(visual, state, family, f"file {setup.weights}", prefixes=("visual.",))
+    teacher = OpenClipViTTeacher(visual, family, setup.native, setup.mean, setup.std)
+    if text:
+        teacher.attach_text_tower(open_clip_text(family, setup, model, size, seed, state, tokenizer))
     return teacher.freeze()
 
 
@@ -138,12 +181,14 @@ def build_dfn_clip(
     native_size: int | None = None,
     cache_dir: str | None = None,
     seed: int = 0,
+    text: bool = False,
 ) -> OpenClipViTTeacher:
     """DFN CLIP through open_clip.
 
     - ``size``: ``real`` (the named model, real weights) or ``tiny`` (same open_clip
       ViT family: width 64, 2 blocks, 4 heads, projection 24, 112 px, seeded random
-      weights) for tests and demos.
+      weights; with ``text``, a text transformer of width 32, 2 blocks, 16 tokens,
+      projected to 24) for tests and demos.
     - ``model``: an open_clip model name (``ViT-H-14-378-quickgelu``) or ``hf-hub:ORG/REPO``
       (e.g. ``hf-hub:apple/DFN5B-CLIP-ViT-H-14-378``; then ``pretrained`` is unused).
     - ``pretrained``: the open_clip pretrained tag (``dfn5b``).
@@ -151,7 +196,33 @@ def build_dfn_clip(
     - ``native_size``: the input side the teacher runs at (378 real, 112 tiny).
     - ``cache_dir``: the Hugging Face cache to read weights from (default HF_HUB_CACHE).
     - ``seed``: the random weights of ``size: tiny``.
+    - ``text``: also load the (frozen) text tower and its tokenizer, exposing
+      ``encode_text(tokens) -> [K, summary_dim]`` and ``tokenize(prompts)`` for zero-shot
+      classification (needs a whole-CLIP weights file).
     """
     return build_open_clip_teacher(
-        FAMILY, size, model, pretrained, weights, native_size, cache_dir, seed, CLIP_MEAN, CLIP_STD
+        FAMILY, size, model, pretrained, weights, native_size, cache_dir, seed, CLIP_MEAN, CLIP_STD, text
     )
+
+
+def build_dfn_clip_text_tower(
+    size: Literal["tiny", "real"] = "real",
+    model: str = "ViT-H-14-378-quickgelu",
+    pretrained: str | None = "dfn5b",
+    weights: str | None = None,
+    native_size: int | None = None,
+    cache_dir: str | None = None,
+    seed: int = 0,
+    text: bool = False,  # noqa: ARG001 - the teacher's options, taken as they are stored
+) -> TextTower:
+    """Only the text tower of ``build_dfn_clip(**same options, text=True)`` (no vision tower built).
+
+    What ``load_student(run, text_towers=True)`` uses to give a student its teacher's text tower.
+    """
+    setup = open_clip_setup(FAMILY, size, model, pretrained, weights, native_size, cache_dir, CLIP_MEAN, CLIP_STD)
+    tokenizer = open_clip_text_tokenizer(FAMILY, model, setup.config, size, cache_dir)
+    state = read_weights_file(setup.weights) if setup.weights is not None else None
+    return open_clip_text(FAMILY, setup, model, size, seed, state, tokenizer)
+
+
+build_dfn_clip.build_text_tower = build_dfn_clip_text_tower

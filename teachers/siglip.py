@@ -10,11 +10,15 @@ and no projection; we build that trunk directly with ``dynamic_img_size`` and lo
 the ``visual.trunk.*`` weights of the open_clip checkpoint. transformers resizes its
 table with ``interpolate_pos_encoding``. At the default 378 px the 27x27 grid is the
 table's own size (SO400M-384 models cut 384 px into 27 patches of 14 and drop 6 px).
+
+With ``text: true`` the text tower comes too (``teachers/_text.py``): open_clip's
+SigLIP text transformer (``text.*``) or transformers' ``SiglipTextModel``
+(``text_model.*``), whose pooled output is in the space of the image ``summary``.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, NamedTuple, Sequence
 
 import torch
 from torch import nn
@@ -30,13 +34,26 @@ from teachers._common import (
     create_timm_vit,
     hf_config,
     hf_from_pretrained,
-    load_weights_file,
+    load_weights_state,
     open_clip_model_config,
     open_clip_pretrained,
     open_clip_weights_file,
+    read_weights_file,
     resolve_native_size,
     seeded,
     tokens_to_map,
+)
+from teachers._text import (
+    TINY_CONTEXT,
+    TINY_TEXT,
+    HFTextTower,
+    TextTower,
+    Tokenizer,
+    hf_tokenizer,
+    load_text_state,
+    open_clip_text_tokenizer,
+    open_clip_text_tower,
+    simple_tokenizer,
 )
 
 FAMILY = "siglip"
@@ -76,10 +93,18 @@ def _default_native(image_size: int, patch: int, size: str) -> int:
     return TINY_NATIVE if size == "tiny" else (image_size // patch) * patch
 
 
-def _build_open_clip(
-    size: str, model: str, pretrained: str | None, weights: Path | None,
-    native_size: int | None, cache_dir: str | None, seed: int,
-) -> TimmViTTeacher:
+class OpenClipSiglipSetup(NamedTuple):
+    """What both towers of an open_clip SigLIP are built from (resolved before any build)."""
+
+    config: dict[str, Any]
+    timm_name: str
+    mean: Sequence[float]
+    std: Sequence[float]
+    weights: Path | None  # `weights:`, or the tag's cached checkpoint (real)
+
+
+def _open_clip_setup(size: str, model: str, pretrained: str | None, weights: Path | None,
+                     cache_dir: str | None) -> OpenClipSiglipSetup:
     config = open_clip_model_config(FAMILY, model, cache_dir)
     vision = config["vision_cfg"]
     timm_name = vision.get("timm_model_name")
@@ -93,34 +118,102 @@ def _build_open_clip(
     mean = entry.get("mean") or preprocess.get("mean") or HALF_MEAN
     std = entry.get("std") or preprocess.get("std") or HALF_STD
     if size == "tiny":
+        path = weights
+    else:
+        path = weights or Path(open_clip_weights_file(FAMILY, model, pretrained, cache_dir))  # before the build
+    return OpenClipSiglipSetup(config, timm_name, mean, std, path)
+
+
+def _open_clip_text(setup: OpenClipSiglipSetup, model: str, size: str, seed: int,
+                    state: dict[str, torch.Tensor] | None, tokenizer: Tokenizer) -> TextTower:
+    """SigLIP's text transformer (``text.*`` of open_clip's CustomTextCLIP), width = the image embedding's."""
+    output_dim = TINY_WIDTH if size == "tiny" else setup.config["embed_dim"]
+    quick_gelu = bool(setup.config.get("quick_gelu", False))
+    return open_clip_text_tower(FAMILY, model, setup.config, quick_gelu, output_dim, size, seed, state,
+                                f"file {setup.weights}", tokenizer)
+
+
+def _build_open_clip(
+    size: str, model: str, pretrained: str | None, weights: Path | None,
+    native_size: int | None, cache_dir: str | None, seed: int, text: bool,
+) -> TimmViTTeacher:
+    setup = _open_clip_setup(size, model, pretrained, weights, cache_dir)
+    tokenizer = open_clip_text_tokenizer(FAMILY, model, setup.config, size, cache_dir) if text else None
+    if size == "tiny":
         native = resolve_native_size(FAMILY, native_size, TINY_NATIVE, PATCH)
         with seeded(seed):
             trunk = create_timm_vit(
-                timm_name, global_pool="map", img_size=native,
+                setup.timm_name, global_pool="map", img_size=native,
                 embed_dim=TINY_WIDTH, depth=TINY_DEPTH, num_heads=TINY_HEADS,
             )
-        path = weights
     else:
-        path = weights or open_clip_weights_file(FAMILY, model, pretrained, cache_dir)  # before the build
-        trunk = create_timm_vit(timm_name, global_pool="map")
+        trunk = create_timm_vit(setup.timm_name, global_pool="map")
         patch = trunk.patch_embed.patch_size[0]
         native = resolve_native_size(FAMILY, native_size, _default_native(trunk.patch_embed.img_size[0], patch, size), patch)
-    if path is not None:
-        load_weights_file(trunk, path, FAMILY, prefixes=("visual.trunk.", "trunk."))
-    return TimmViTTeacher(trunk, FAMILY, native, mean, std, summary="head")
+    state = read_weights_file(setup.weights) if setup.weights is not None else None
+    if state is not None:
+        load_weights_state(trunk, state, FAMILY, f"file {setup.weights}", prefixes=("visual.trunk.", "trunk."))
+    teacher = TimmViTTeacher(trunk, FAMILY, native, setup.mean, setup.std, summary="head")
+    if text:
+        teacher.attach_text_tower(_open_clip_text(setup, model, size, seed, state, tokenizer))
+    return teacher
 
 
-def _build_hf(
-    size: str, model: str, pretrained: str | None, weights: Path | None,
-    native_size: int | None, cache_dir: str | None, seed: int,
-) -> HFSiglipTeacher:
-    from transformers import SiglipVisionConfig, SiglipVisionModel
-
+def _check_hf_options(pretrained: str | None) -> None:
     if pretrained is not None:
         raise ValueError(
             f"{FAMILY}: `pretrained` is an open_clip tag; with `source: hf` the weights come from "
             f"the hub id `model` (or `weights:`), so leave `pretrained` unset"
         )
+
+
+def _hf_model_config(model: str, cache_dir: str | None, text: bool) -> Any:
+    """The hub config of a real HF SigLIP; with ``text`` it must be a whole (vision + text) model."""
+    config = hf_config(FAMILY, model, cache_dir, HF_MODEL_TYPES)
+    if text and getattr(config, "text_config", None) is None:
+        raise ValueError(f"{FAMILY}: '{model}' is a '{config.model_type}' model without a text tower; "
+                         f"`text: true` needs a whole SigLIP model id (e.g. {DEFAULT_MODELS['hf']})")
+    return config
+
+
+def _hf_text(size: str, model: str, config: Any, seed: int, state: dict[str, torch.Tensor] | None,
+             source: str, tokenizer: Tokenizer, cache_dir: str | None) -> HFTextTower:
+    """transformers' ``SiglipTextModel``: ``pooler_output`` = the text head on the last token."""
+    from transformers import SiglipTextConfig, SiglipTextModel
+
+    if size == "tiny":
+        tiny = SiglipTextConfig(
+            vocab_size=simple_tokenizer(FAMILY).vocab_size, hidden_size=TINY_TEXT["width"],
+            intermediate_size=4 * TINY_TEXT["width"], num_hidden_layers=TINY_TEXT["layers"],
+            num_attention_heads=TINY_TEXT["heads"], max_position_embeddings=TINY_CONTEXT,
+            projection_size=TINY_WIDTH,
+        )
+        with seeded(seed):
+            net = SiglipTextModel(tiny)
+    elif state is not None:
+        net = SiglipTextModel(config.text_config)
+    else:
+        net = hf_from_pretrained(FAMILY, SiglipTextModel, model, cache_dir)
+    if state is not None:
+        load_text_state(net, state, FAMILY, source)
+    return HFTextTower(net.float(), tokenizer, net.config.projection_size, FAMILY)
+
+
+def _hf_tokenizer(size: str, model: str, config: Any, cache_dir: str | None) -> Tokenizer:
+    if size == "tiny":
+        return simple_tokenizer(FAMILY)
+    return hf_tokenizer(FAMILY, model, config.text_config.max_position_embeddings, cache_dir)
+
+
+def _build_hf(
+    size: str, model: str, pretrained: str | None, weights: Path | None,
+    native_size: int | None, cache_dir: str | None, seed: int, text: bool,
+) -> HFSiglipTeacher:
+    from transformers import SiglipVisionConfig, SiglipVisionModel
+
+    _check_hf_options(pretrained)
+    full = None if size == "tiny" else _hf_model_config(model, cache_dir, text)
+    tokenizer = _hf_tokenizer(size, model, full, cache_dir) if text else None
     if size == "tiny":
         native = resolve_native_size(FAMILY, native_size, TINY_NATIVE, PATCH)
         config = SiglipVisionConfig(
@@ -134,15 +227,30 @@ def _build_hf(
         with seeded(seed):
             net = SiglipVisionModel(config)
     else:
-        config = hf_config(FAMILY, model, cache_dir, HF_MODEL_TYPES)
-        config = getattr(config, "vision_config", config)
+        config = getattr(full, "vision_config", full)
         native = resolve_native_size(
             FAMILY, native_size, _default_native(config.image_size, config.patch_size, size), config.patch_size
         )
         net = SiglipVisionModel(config) if weights is not None else hf_from_pretrained(FAMILY, SiglipVisionModel, model, cache_dir)
-    if weights is not None:
-        load_weights_file(net, weights, FAMILY, prefixes=("vision_model.",))
-    return HFSiglipTeacher(net.float(), native)
+    state = read_weights_file(weights) if weights is not None else None
+    if state is not None:
+        load_weights_state(net, state, FAMILY, f"file {weights}", prefixes=("vision_model.",))
+    teacher = HFSiglipTeacher(net.float(), native)
+    if text:
+        teacher.attach_text_tower(_hf_text(size, model, full, seed, state, f"file {weights}", tokenizer, cache_dir))
+    return teacher
+
+
+def _resolve(size: str, source: str, model: str | None, pretrained: str | None, weights: str | None
+             ) -> tuple[str, str | None, Path | None]:
+    """Checked options: (model, pretrained tag, weights path)."""
+    check_choice(FAMILY, "size", size, SIZES)
+    check_choice(FAMILY, "source", source, SOURCES)
+    weights_path = check_weights_path(FAMILY, weights)
+    model = model or DEFAULT_MODELS[source]
+    if source == "open_clip" and pretrained is None and not model.startswith("hf-hub:"):
+        pretrained = DEFAULT_PRETRAINED
+    return model, pretrained, weights_path
 
 
 @TEACHERS.register(FAMILY)
@@ -155,12 +263,14 @@ def build_siglip(
     native_size: int | None = None,
     cache_dir: str | None = None,
     seed: int = 0,
+    text: bool = False,
 ) -> FrozenTeacher:
     """SigLIP / SigLIP 2.
 
     - ``size``: ``real`` or ``tiny`` (same family as the source: a timm ViT with a MAP
       head for open_clip, a ``SiglipVisionModel`` for hf; width 48, 2 blocks, 4 heads,
-      112 px, seeded random weights).
+      112 px, seeded random weights; with ``text``, a SigLIP text transformer of width
+      32, 2 blocks, 16 tokens, projected to 48).
     - ``source``: ``open_clip`` (default model ``ViT-SO400M-14-SigLIP-384``, tag ``webli``)
       or ``hf`` (default ``google/siglip2-so400m-patch14-384``; fixed-resolution SigLIP /
       SigLIP 2 ids, not the NaFlex ones).
@@ -171,14 +281,44 @@ def build_siglip(
       378 for SO400M-384; 112 tiny).
     - ``cache_dir``: the Hugging Face cache to read weights from (default HF_HUB_CACHE).
     - ``seed``: the random weights of ``size: tiny``.
+    - ``text``: also load the (frozen) text tower and its tokenizer (open_clip's, or the
+      hub id's for hf), exposing ``encode_text(tokens) -> [K, summary_dim]`` and
+      ``tokenize(prompts)`` for zero-shot classification (needs a whole-model weights file).
     """
-    check_choice(FAMILY, "size", size, SIZES)
-    check_choice(FAMILY, "source", source, SOURCES)
-    weights_path = check_weights_path(FAMILY, weights)
-    model = model or DEFAULT_MODELS[source]
+    model, pretrained, weights_path = _resolve(size, source, model, pretrained, weights)
     if source == "open_clip":
-        tag = pretrained if pretrained is not None else (None if model.startswith("hf-hub:") else DEFAULT_PRETRAINED)
-        teacher = _build_open_clip(size, model, tag, weights_path, native_size, cache_dir, seed)
+        teacher = _build_open_clip(size, model, pretrained, weights_path, native_size, cache_dir, seed, text)
     else:
-        teacher = _build_hf(size, model, pretrained, weights_path, native_size, cache_dir, seed)
+        teacher = _build_hf(size, model, pretrained, weights_path, native_size, cache_dir, seed, text)
     return teacher.freeze()
+
+
+def build_siglip_text_tower(
+    size: Literal["tiny", "real"] = "real",
+    source: Literal["open_clip", "hf"] = "open_clip",
+    model: str | None = None,
+    pretrained: str | None = None,
+    weights: str | None = None,
+    native_size: int | None = None,  # noqa: ARG001 - the teacher's options, taken as they are stored
+    cache_dir: str | None = None,
+    seed: int = 0,
+    text: bool = False,  # noqa: ARG001
+) -> TextTower:
+    """Only the text tower of ``build_siglip(**same options, text=True)`` (no vision tower built).
+
+    What ``load_student(run, text_towers=True)`` uses to give a student its teacher's text tower.
+    """
+    model, pretrained, weights_path = _resolve(size, source, model, pretrained, weights)
+    if source == "open_clip":
+        setup = _open_clip_setup(size, model, pretrained, weights_path, cache_dir)
+        tokenizer = open_clip_text_tokenizer(FAMILY, model, setup.config, size, cache_dir)
+        state = read_weights_file(setup.weights) if setup.weights is not None else None
+        return _open_clip_text(setup, model, size, seed, state, tokenizer)
+    _check_hf_options(pretrained)
+    full = None if size == "tiny" else _hf_model_config(model, cache_dir, text=True)
+    tokenizer = _hf_tokenizer(size, model, full, cache_dir)
+    state = read_weights_file(weights_path) if weights_path is not None else None
+    return _hf_text(size, model, full, seed, state, f"file {weights_path}", tokenizer, cache_dir)
+
+
+build_siglip.build_text_tower = build_siglip_text_tower

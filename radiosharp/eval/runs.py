@@ -33,7 +33,7 @@ METRICS_FILE = Path("eval") / "metrics.json"
 def _load_student(run_dir: Path) -> nn.Module:
     from radiosharp.student_io import load_student
 
-    return load_student(run_dir)
+    return load_student(run_dir, text_towers=True)
 
 
 def _load_upsampled(run_dir: Path) -> nn.Module:

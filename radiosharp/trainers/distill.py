@@ -140,9 +140,11 @@ def check_init_compatible(student: nn.Module, previous: nn.Module, source: str) 
 
 class DistillTrainer(Trainer):
     kind = "distill"
-    # A student head of a teacher limited to some partitions is used on every step (each
-    # partition has images on every process), but keep DDP tolerant of recipes where not.
-    find_unused_parameters = True
+    # Every parameter gets a gradient on every step: each partition has images on every
+    # process (batch sizes divisible by processes x grad_accum) and every teacher teaches in
+    # at least one partition (parse_section), so each adaptor head is always used. DDP's
+    # search for unused parameters would only cost a graph traversal per step.
+    find_unused_parameters = False
 
     def build(self) -> None:
         recipe = self.recipe
@@ -222,7 +224,8 @@ class DistillTrainer(Trainer):
     def export(self) -> None:
         from radiosharp.student_io import save_student
 
-        save_student(self.run_dir, self.unwrapped().student, self.student_config)
+        save_student(self.run_dir, self.unwrapped().student, self.student_config,
+                     teacher_configs={key: t.config for key, t in self.stack.items()})
 
 
 def run(recipe: Recipe) -> Path:
