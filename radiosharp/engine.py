@@ -336,6 +336,37 @@ def _has_accelerator() -> bool:
     return torch.cuda.is_available()
 
 
+def deepspeed_config(recipe: Recipe, world: int, on_cpu: bool) -> dict[str, Any]:
+    """The recipe's ``deepspeed:`` block, checked and completed from ``train``.
+
+    Batch sizes, gradient accumulation and clipping come from the recipe (no
+    dataloader is handed to Accelerate, so its "auto" values could not be filled).
+    Only ZeRO stages 0-2 are supported: under ZeRO-3 every process holds a slice of
+    the weights and the single-process export would save a partial model.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("deepspeed") is None:
+        raise RecipeError("the recipe has a 'deepspeed:' block but the deepspeed package is not installed: "
+                          "pip install radiosharp[deepspeed] (or drop the 'deepspeed:' block to train with DDP)")
+    if on_cpu:
+        raise RecipeError("the recipe has a 'deepspeed:' block, which needs CUDA GPUs; on a CPU drop it "
+                          "(deepspeed=null) to train with one process or DDP")
+    ds = dict(recipe.deepspeed or {})
+    stage = int((ds.get("zero_optimization") or {}).get("stage", 0))
+    if stage not in (0, 1, 2):
+        raise RecipeError(f"deepspeed.zero_optimization.stage={stage} is not supported; use 0, 1 or 2 "
+                          "(ZeRO-2 shards optimizer state and gradients, enough for ViT-L/H students)")
+    train = recipe.train
+    micro = train.batch_size // train.grad_accum // max(world, 1)
+    ds.setdefault("train_micro_batch_size_per_gpu", max(micro, 1))
+    ds.setdefault("gradient_accumulation_steps", train.grad_accum)
+    ds.setdefault("train_batch_size", max(micro, 1) * train.grad_accum * max(world, 1))
+    if train.optim.grad_clip:
+        ds.setdefault("gradient_clipping", train.optim.grad_clip)
+    return ds
+
+
 def make_accelerator(recipe: Recipe, find_unused_parameters: bool = False):
     """The run's Accelerator; ``find_unused_parameters`` is passed on to DDP.
 
@@ -355,11 +386,7 @@ def make_accelerator(recipe: Recipe, find_unused_parameters: bool = False):
     if on_cpu:
         kwargs["cpu"] = True
     if recipe.deepspeed:
-        ds = dict(recipe.deepspeed)
-        ds.setdefault("gradient_accumulation_steps", recipe.train.grad_accum)
-        if recipe.train.optim.grad_clip:
-            ds.setdefault("gradient_clipping", recipe.train.optim.grad_clip)
-        kwargs["deepspeed_plugin"] = DeepSpeedPlugin(hf_ds_config=ds)
+        kwargs["deepspeed_plugin"] = DeepSpeedPlugin(hf_ds_config=deepspeed_config(recipe, world, on_cpu))
     accelerator = Accelerator(**kwargs)
     if accelerator.num_processes != world:
         raise RuntimeError(f"the launcher started {world} processes but Accelerate joined "
@@ -507,6 +534,9 @@ class Trainer:
         bar = tqdm(total=total, initial=start, desc=f"{self.kind} {recipe.name}", disable=not self.is_main,
                    dynamic_ncols=True)
         window_t, window_n = time.perf_counter(), 0
+        # Logged values are means over the steps since the last log (not the last step alone).
+        window_sum: dict[str, float] = {}
+        window_count: dict[str, int] = {}
         self.model.train()
         while self.state.step < total:
             step = self.state.step
@@ -526,9 +556,13 @@ class Trainer:
                     metrics_sum[k] = metrics_sum.get(k, 0.0) + float(v) / recipe.train.grad_accum
             self.state.step += 1
             done = self.state.step
+            for k, v in metrics_sum.items():
+                window_sum[k] = window_sum.get(k, 0.0) + v
+                window_count[k] = window_count.get(k, 0) + 1
             if done % recipe.train.log_every == 0 or done == total:
-                reduced = {k: acc.reduce(torch.tensor(v, device=acc.device), "mean").item()
-                           for k, v in metrics_sum.items()}
+                reduced = {k: acc.reduce(torch.tensor(v / window_count[k], device=acc.device), "mean").item()
+                           for k, v in sorted(window_sum.items())}
+                window_sum, window_count = {}, {}
                 elapsed = time.perf_counter() - window_t
                 reduced.update(lr=lr, images_per_s=window_n / max(elapsed, 1e-9))
                 reduced.update(self.log_extra(done))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -22,9 +22,9 @@ from radiosharp.contracts import Teacher, TeacherOutput
 from radiosharp.recipe import Recipe, RecipeError, TeacherConfig
 
 TRAINING_FREE = ("bilinear", "tiles", "s2")
-# Builder options that do not change the network (so may differ between an upsampler
+# Builder options that do not change the vision network (so may differ between an upsampler
 # run and the distillation that uses it).
-LOCATION_OPTIONS = ("cache_dir",)
+NON_NETWORK_OPTIONS = ("cache_dir", "text")
 
 
 def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -125,7 +125,7 @@ def _builder_options(cfg: dict[str, Any]) -> dict[str, Any]:
         return {"family": family, **cfg}
     full = {k: p.default for k, p in TEACHERS.options(family).items()}
     full.update(cfg)
-    for k in LOCATION_OPTIONS:
+    for k in NON_NETWORK_OPTIONS:
         full.pop(k, None)
     return {"family": family, **full}
 
@@ -210,8 +210,3 @@ def build_teacher_stack(recipe: Recipe, dataset: Any, run_dir: Path, accelerator
     slots = build_teacher_slots(recipe)
     attach_phis(slots, recipe, dataset, run_dir, accelerator)
     return slots
-
-
-def iter_frozen(slots: dict[str, TeacherSlot]) -> Iterator[nn.Module]:
-    for slot in slots.values():
-        yield from slot.modules_to_place()

@@ -165,10 +165,13 @@ class DistillTrainer(Trainer):
                 check_image_size(part.size, part.size, student.patch_size, "student")
             except ValueError as err:
                 raise RecipeError(f"distill.partitions[{part.name}].size: {err}") from None
-        if recipe.init_from:
+        if recipe.init_from and not recipe.resume:  # a resumed run takes its weights from its checkpoint
             from radiosharp.student_io import load_student
 
-            previous = load_student(recipe.init_from)
+            try:
+                previous = load_student(recipe.init_from)
+            except ValueError as err:  # e.g. an upsampler run where a student run belongs
+                raise RecipeError(f"init_from: {err}") from None
             check_init_compatible(student, previous, recipe.init_from)
             student.load_state_dict(previous.state_dict(), strict=True)
         scale = self.accelerator.num_processes * recipe.train.grad_accum
@@ -181,7 +184,10 @@ class DistillTrainer(Trainer):
         if self.section.debias_low_res:
             for slot in self.stack.values():
                 slot.low_res_debias = getattr(slot.upsampled, "debias", None)
-        self.dataset = radiosharp.build_dataset(recipe.data)
+        try:
+            self.dataset = radiosharp.build_dataset(recipe.data)
+        except ValueError as err:
+            raise RecipeError(f"data: {err}") from None
         attach_phis(self.stack, recipe, self.dataset, self.run_dir, self.accelerator)
         self.student_config = dict(getattr(student, "config", None)
                                    or {"name": recipe.student.name, **recipe.student.options, "teachers": dims})
