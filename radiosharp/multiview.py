@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class ViewConfig(BaseModel):
@@ -36,6 +36,14 @@ class ViewConfig(BaseModel):
     rotate_deg: float = Field(default=5.0, ge=0)
     perspective: float = Field(default=0.05, ge=0)
     hflip: float = Field(default=0.5, ge=0, le=1)  # probability
+
+    @field_validator("zoom")
+    @classmethod
+    def _zoom_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = value
+        if not 1.0 <= lo <= hi:
+            raise ValueError(f"zoom must be [low, high] with 1 <= low <= high (1 = the whole image), got {list(value)}")
+        return value
 
 
 def _eye(n: int, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -119,11 +127,15 @@ def multiview_views(images: torch.Tensor, cfg: ViewConfig, base_size: tuple[int,
     exactly as the upsampler's own low-res input is made from the base; warping
     directly to the small size would alias (a plain ``grid_sample`` reads one point
     per output pixel). Views are row-major per image: index ``b*V + v``.
+
+    Random numbers are drawn image by image (its crop, then its V jitters), so with a
+    seeded generator an image's views do not depend on how the images are batched.
     """
     B, V = len(images), cfg.num_views
-    crops = base_crops(B, cfg, generator).to(images.device)
+    drawn = [(base_crops(1, cfg, generator), view_jitters(V, cfg, generator)) for _ in range(B)]
+    crops = torch.cat([c for c, _ in drawn]).to(images.device)
+    jit = torch.cat([j for _, j in drawn]).to(images.device)
     base = warp(images, crops, base_size)
-    jit = view_jitters(B * V, cfg, generator).to(images.device)
     composed = crops.repeat_interleave(V, 0) @ jit
     views = shrink(warp(images.repeat_interleave(V, 0), composed, base_size), view_size)
     return base, views, jit

@@ -6,9 +6,16 @@ the downsampler. Features are compared in the teacher's PHI-S space: the statist
 file named by ``teachers.<key>.phi_s``, or, when none is given, statistics computed
 at the start of the run over ``stats.num_images`` images and kept in the run folder.
 
-The run exports the upsampled teacher (``model.safetensors`` + ``model.json``,
-loadable with ``radiosharp.load_upsampled_teacher``) and the attention downsampler
-(``downsampler.safetensors``), and logs the held-out multi-view fidelity at the end.
+Every ``train.log_every`` steps the loss and the batch's fidelity, TV, CRF and MMD
+are logged (``metrics.jsonl``, progress bar). The run exports the upsampled teacher
+(``model.safetensors`` + ``model.json``, loadable with
+``radiosharp.load_upsampled_teacher``) and the attention downsampler
+(``downsampler.safetensors``), then scores the result on ``heldout_images`` images of
+``eval_data`` with views seeded by ``heldout_seed`` (``heldout.json``): runs that
+differ only in the upsampler are scored on the same images and views.
+
+Training-free upsamplers (``bilinear``, ...) can be "trained" too: only the de-bias
+buffer and the downsampler learn, which makes them the fair baseline of a comparison.
 """
 from __future__ import annotations
 
