@@ -75,7 +75,7 @@ def save_panels(panels: Sequence[np.ndarray], titles: Sequence[str], path: str |
     import matplotlib.pyplot as plt
 
     cols = -(-len(panels) // rows)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * cell / 100, rows * (cell + 24) / 100), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * cell / 100, rows * (cell + 40) / 100), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, panel, title in zip(axes.flat, panels, titles):
