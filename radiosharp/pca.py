@@ -66,6 +66,9 @@ def upscale_nearest(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return F.interpolate(t, size=size, mode="nearest")[0].permute(1, 2, 0).byte().numpy()
 
 
+TITLE_BAND = 40  # pixels above each row of panels for the titles
+
+
 def save_panels(panels: Sequence[np.ndarray], titles: Sequence[str], path: str | Path,
                 rows: int = 1, cell: int = 256) -> Path:
     """Save uint8 pictures side by side (``rows`` rows) with a title over each."""
@@ -75,7 +78,7 @@ def save_panels(panels: Sequence[np.ndarray], titles: Sequence[str], path: str |
     import matplotlib.pyplot as plt
 
     cols = -(-len(panels) // rows)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * cell / 100, rows * (cell + 40) / 100), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * cell / 100, rows * (cell + TITLE_BAND) / 100), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, panel, title in zip(axes.flat, panels, titles):

@@ -15,13 +15,13 @@ import torch
 from PIL import Image
 
 import radiosharp
-from radiosharp.pca import PCABasis
+from radiosharp.pca import TITLE_BAND, PCABasis
 from radiosharp.upsampled import UpsampledTeacher, save_upsampler
 from radiosharp.viz import feature_panels, figure_maps, make_figure, same_teacher
 from radiosharp.viz import main as viz_main
 
 TINY = {"family": "dinov2", "size": "tiny"}
-CELL, TITLE = 256, 24  # radiosharp.pca.save_panels: one 256 px cell per panel + a 24 px title band
+CELL, TITLE = 256, TITLE_BAND  # radiosharp.pca.save_panels: one 256 px cell per panel + a title band
 
 
 def panel_count(png: Path) -> int:
