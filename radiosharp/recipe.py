@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Mapping
 
@@ -294,6 +295,21 @@ def _format_validation_error(err: ValidationError) -> str:
         else:
             lines.append(f"bad value at '{loc}': {e['msg']} (got {e.get('input')!r})")
     return "; ".join(lines)
+
+
+def validate_section(section: str, model: type[BaseModel], data: Any) -> Any:
+    """Validate a kind's free-form section (``distill``, ``upsampler_training``) with ``model``.
+
+    Errors name the full dotted path (``distill.partitions.0.size``).
+    """
+    try:
+        return model.model_validate(data if data is not None else {})
+    except ValidationError as err:
+        raise RecipeError(_prefix_paths(_format_validation_error(err), section)) from None
+
+
+def _prefix_paths(message: str, section: str) -> str:
+    return re.sub(r"(unknown key|bad value at) '", lambda m: f"{m.group(0)}{section}.", message)
 
 
 def validate_recipe(data: Mapping[str, Any]) -> Recipe:

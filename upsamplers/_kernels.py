@@ -214,7 +214,7 @@ def neighborhood_attention_reference(
     """The naive version (unfold every window; memory ``k*k`` times the map). For tests only."""
     _check(q, k, v, bias, kernel_size)
     b, n, d, h, w = q.shape
-    dv, kk, r = v.shape[2], kernel_size * kernel_size, kernel_size // 2
+    kk, r = kernel_size * kernel_size, kernel_size // 2
 
     def windows(x: torch.Tensor) -> torch.Tensor:  # [B,N,D,H,W] -> [B,N,D,k*k,H,W]
         c = x.shape[2]

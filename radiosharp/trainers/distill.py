@@ -23,13 +23,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 import radiosharp
 from radiosharp.contracts import check_image_size
 from radiosharp.engine import Trainer
-from radiosharp.recipe import Recipe, RecipeError, _format_validation_error
+from radiosharp.recipe import Recipe, RecipeError, validate_section
 from radiosharp.trainers.common import (
     TeacherSlot,
     attach_phis,
@@ -64,18 +64,9 @@ class DistillConfig(BaseModel):
         return self
 
 
-class _Section(BaseModel):
-    """Wraps the section so validation errors name ``distill.<key>``."""
-
-    distill: DistillConfig
-
-
 def parse_section(recipe: Recipe) -> DistillConfig:
     """The ``distill`` section, checked against ``train`` and ``teachers``."""
-    try:
-        cfg = _Section.model_validate({"distill": recipe.distill}).distill
-    except ValidationError as err:
-        raise RecipeError(_format_validation_error(err)) from None
+    cfg = validate_section("distill", DistillConfig, recipe.distill)
     total = sum(p.batch_size for p in cfg.partitions)
     if total != recipe.train.batch_size:
         raise RecipeError(f"train.batch_size ({recipe.train.batch_size}) must equal the sum of the partitions' "

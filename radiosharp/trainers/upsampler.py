@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 import radiosharp
 from radiosharp.engine import Trainer
 from radiosharp.multiview import ViewConfig, consistency_step, fidelity_eval, quality_metrics
-from radiosharp.recipe import Recipe, RecipeError, _format_validation_error
+from radiosharp.recipe import Recipe, RecipeError, validate_section
 from radiosharp.trainers.common import teacher_phis
 
 
@@ -44,19 +44,9 @@ class UpsamplerTrainingConfig(BaseModel):
     heldout_seed: int = 1234
 
 
-class _Section(BaseModel):
-    """Wraps the section so validation errors carry the full dotted path."""
-
-    model_config = ConfigDict(extra="forbid")
-    upsampler_training: UpsamplerTrainingConfig
-
-
 def parse_section(recipe: Recipe) -> UpsamplerTrainingConfig:
     """The recipe's ``upsampler_training`` section, checked against the recipe's teachers."""
-    try:
-        cfg = _Section.model_validate({"upsampler_training": recipe.upsampler_training}).upsampler_training
-    except ValidationError as err:
-        raise RecipeError(_format_validation_error(err)) from None
+    cfg = validate_section("upsampler_training", UpsamplerTrainingConfig, recipe.upsampler_training)
     keys = list(recipe.teachers)
     if not keys:
         raise RecipeError("kind: upsampler needs a teacher: add one under 'teachers' with an upsampler, "
