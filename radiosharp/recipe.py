@@ -264,24 +264,35 @@ def apply_override(data: dict[str, Any], override: str) -> None:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
-    node = data
-    for i, part in enumerate(parts[:-1]):
+    node: Any = data
+    for i, part in enumerate(parts):
+        where = ".".join(parts[: i + 1])
+        last = i == len(parts) - 1
+        if isinstance(node, list):  # `distill.partitions.1.size=384`
+            if not part.isdigit() or int(part) >= len(node):
+                raise RecipeError(f"override '{override}': '{where}' needs an index below {len(node)}")
+            if last:
+                if value is None:
+                    raise RecipeError(f"override '{override}': cannot remove list item '{where}'")
+                node[int(part)] = value
+                return
+            node = node[int(part)]
+            continue
+        if last:
+            if value is None:
+                node.pop(part, None)  # `teachers.sam=null` drops it; a field falls back to its default
+            else:
+                node[part] = value
+            return
         child = node.get(part)
         if child is None:
             child = node[part] = {}
-        if not isinstance(child, dict):
+        if isinstance(child, str) and part == "upsampler":
             # `teachers.x.upsampler=featsharp` then `teachers.x.upsampler.factor=3`
-            if isinstance(child, str) and parts[: i + 1][-1] == "upsampler":
-                child = node[part] = UpsamplerConfig._from_string(child)
-            else:
-                raise RecipeError(
-                    f"override '{override}': '{'.'.join(parts[: i + 1])}' is a value, not a section"
-                )
+            child = node[part] = UpsamplerConfig._from_string(child)
+        if not isinstance(child, (dict, list)):
+            raise RecipeError(f"override '{override}': '{where}' is a value, not a section")
         node = child
-    if value is None:
-        node.pop(parts[-1], None)  # `teachers.sam=null` drops it; a field falls back to its default
-    else:
-        node[parts[-1]] = value
 
 
 def _format_validation_error(err: ValidationError) -> str:

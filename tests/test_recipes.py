@@ -136,3 +136,13 @@ def test_all_shipped_recipes_validate():
         if path.name.startswith("_"):
             continue  # fragments meant only as a base
         load_recipe(path)
+
+
+def test_overrides_index_into_lists(tmp_path):
+    data = {**BASE, "kind": "distill", "distill": {"partitions": [{"name": "low", "size": 128, "batch_size": 4},
+                                                                  {"name": "hi", "size": 256, "batch_size": 4}]}}
+    path = write(tmp_path / "r.yaml", data)
+    recipe = load_recipe(path, ["distill.partitions.1.size=320"])
+    assert recipe.distill["partitions"][1]["size"] == 320 and recipe.distill["partitions"][0]["size"] == 128
+    with pytest.raises(RecipeError, match=r"'distill\.partitions\.2' needs an index below 2"):
+        load_recipe(path, ["distill.partitions.2.size=3"])
