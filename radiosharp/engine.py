@@ -169,11 +169,25 @@ def lr_at(step: int, total: int, optim: OptimConfig) -> float:
     return floor + (optim.lr - floor) * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def make_optimizer(params: list[torch.nn.Parameter], optim: OptimConfig) -> torch.optim.Optimizer:
-    """The recipe's optimizer; no weight decay on biases, norms and 1-D parameters."""
-    params = [p for p in params if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
+NO_DECAY_NAMES = ("token", "pos", "table", "debias", "alibi", "tap_", "register")
+
+
+def make_optimizer(params: list[torch.nn.Parameter] | list[tuple[str, torch.nn.Parameter]],
+                   optim: OptimConfig) -> torch.optim.Optimizer:
+    """The recipe's optimizer; no weight decay on biases, norms, 1-D parameters, and on
+    learned tokens, position tables and de-bias buffers (named ones: ``NO_DECAY_NAMES``),
+    which decay would pull toward zero for no benefit. Pass ``named_parameters()`` so
+    names can be read; bare parameters fall back to the 1-D rule alone.
+    """
+    named = [item if isinstance(item, tuple) else ("", item) for item in params]
+    named = [(n, p) for n, p in named if p.requires_grad]
+
+    def decays(name: str, p: torch.nn.Parameter) -> bool:
+        leaf = name.lower()
+        return p.ndim >= 2 and not any(key in leaf for key in NO_DECAY_NAMES)
+
+    decay = [p for n, p in named if decays(n, p)]
+    no_decay = [p for n, p in named if not decays(n, p)]
     groups = [{"params": decay, "weight_decay": optim.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
@@ -513,7 +527,7 @@ class Trainer:
         recipe, acc = self.recipe, self.accelerator
         set_seed(recipe.seed)  # the same model on every process
         self.build()
-        self.optimizer = make_optimizer(list(self.model.parameters()), recipe.train.optim)
+        self.optimizer = make_optimizer(list(self.model.named_parameters()), recipe.train.optim)
         self.model, self.optimizer = acc.prepare(self.model, self.optimizer)
         for module in getattr(self, "frozen", []):
             module.to(acc.device)

@@ -110,6 +110,22 @@ def valid_mask(A: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return (grid.abs() <= 1).all(-1, keepdim=True).permute(0, 3, 1, 2).float()
 
 
+def covered_mask(A: torch.Tensor, size_hi: tuple[int, int], size_lo: tuple[int, int], reach: int = 7
+                 ) -> torch.Tensor:
+    """[n,1,h,w] 1 for low-res cells whose downsampling reads only warped-in content.
+
+    Warping hi-res features by ``A`` fills what lies outside the source with zeros
+    (fading in over the last pixel). A low-res cell is kept only if no hi-res pixel
+    within ``reach`` (the downsampler's kernel) of its footprint is such padding;
+    otherwise the loss would teach the upsampler to darken its borders.
+    """
+    ones = torch.ones(len(A), 1, *size_hi, device=A.device)
+    outside = (warp(ones, A, size_hi) < 1 - 1e-3).float()
+    if reach > 1:
+        outside = F.max_pool2d(outside, reach, stride=1, padding=reach // 2)
+    return (F.adaptive_max_pool2d(outside, size_lo) == 0).float()
+
+
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over channels and valid cells of (pred - target)^2."""
     err = (pred - target).pow(2).mean(1, keepdim=True)
@@ -153,10 +169,12 @@ def multiview_loss(
     jitters: torch.Tensor,
     view_targets: torch.Tensor,
     downsample: Callable[[torch.Tensor], torch.Tensor],
+    reach: int = 7,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The consistency loss of hi-res features [B,C,U,U] against teacher views [B*V,C,h,w].
 
-    Also returns the warped-down predictions and targets (for fidelity) and the mask.
+    Also returns the warped-down predictions and targets (for fidelity) and the mask
+    of cells the loss counts (:func:`covered_mask`; ``reach`` = the downsampler's kernel).
     """
     V = len(jitters) // len(hires)
     size_hi, size_lo = tuple(hires.shape[-2:]), tuple(view_targets.shape[-2:])
@@ -164,7 +182,7 @@ def multiview_loss(
     pred = downsample(warped)
     if tuple(pred.shape[-2:]) != size_lo:
         pred = F.interpolate(pred, size=size_lo, mode="bilinear", align_corners=False)
-    mask = valid_mask(jitters, size_lo)
+    mask = covered_mask(jitters, size_hi, size_lo, reach)
     loss = masked_mse(pred, view_targets, mask)
     return loss, {"pred": pred, "target": view_targets, "mask": mask}
 
@@ -189,7 +207,8 @@ def consistency_step(up: Any, images: torch.Tensor, cfg: ViewConfig, downsample:
     hires = up.upsampler(base, lowres, up.featurize)
     targets = up.featurize(view_images)
     grid = tuple(lowres.shape[-2:])
-    loss, extra = multiview_loss(hires, jitters, targets, lambda f: downsample(f, grid))
+    reach = int(getattr(downsample, "kernel_size", 1))
+    loss, extra = multiview_loss(hires, jitters, targets, lambda f: downsample(f, grid), reach)
     extra.update(hires=hires, lowres=lowres, base=base)
     return loss, extra
 

@@ -329,6 +329,13 @@ def _incompatible_init(r, tmp):
     r["init_from"] = str(tmp / "other_student")
 
 
+def _reordered_init(r, tmp):
+    dims = {"dinov2": {"feature_dim": 32, "summary_dim": 32}, "dfn_clip": {"feature_dim": 64, "summary_dim": 24}}
+    other = radiosharp.build_student({"name": "radio", "size": "tiny"}, teachers=dims)
+    save_student(tmp / "reordered_student", other)
+    r["init_from"] = str(tmp / "reordered_student")
+
+
 def _upsampler_for_another_teacher(r, tmp):
     run = export_featsharp(tmp / "up_seed1", {"family": "dfn_clip", "size": "tiny", "seed": 1})
     r["teachers"]["dfn_clip"]["upsampler"] = str(run)
@@ -353,6 +360,7 @@ def _no_teacher_for_a_partition(r, tmp):
     (_missing_run, r"teachers\.dfn_clip\.upsampler: run folder not found: .*nope"),
     (_unknown_key, r"unknown key 'distill\.partitions\.0\.sise'"),
     (_incompatible_init, r"init_from .*other_student: its student does not match.*adaptors\.dfn_clip"),
+    (_reordered_init, r"learned teachers \['dinov2', 'dfn_clip'\] in that order"),
     (_upsampler_for_another_teacher, r"trained for another teacher \(seed: 1 there, 0 here\)"),
     (_init_from_an_upsampler_run, r"init_from: .*holds a 'upsampler' export, expected 'student'"),
     (_no_teacher_for_a_partition, r"distill partition 'sam' has no teacher"),
@@ -441,3 +449,12 @@ def test_demo_stages_chain_as_shipped(tmp_path, phis):
     for run in s3:  # the student has never seen 256 px before stage 3: the hi partition learns
         hi = [r["hi/dfn_clip/features"] for r in read_metrics(run)]
         assert sum(hi[-3:]) / 3 < sum(hi[:2]) / 2, hi
+
+
+def test_fill_batch_tops_up_a_short_batch_with_good_samples():
+    from radiosharp.trainers.distill import fill_batch
+
+    images = torch.arange(3.0).view(3, 1, 1, 1)
+    filled = fill_batch(images, 8)
+    assert filled.shape[0] == 8 and filled.flatten().tolist() == [0, 1, 2, 0, 1, 2, 0, 1]
+    assert fill_batch(images, 2) is images

@@ -37,3 +37,18 @@ def test_stream_batches_cycle_epochs_and_resume_skips_exactly():
     assert sorted(k for batch in straight[:3] for k in batch) == [f"0/{i}" for i in range(6)]
     resumed = keys(step_loader(Counting(), 2, seed=0, start_step=4), 3)
     assert resumed == straight[4:7]
+
+
+def test_no_weight_decay_on_tokens_tables_and_1d_parameters():
+    from torch import nn
+
+    from radiosharp.engine import make_optimizer
+    from radiosharp.recipe import OptimConfig
+
+    model = nn.Module()
+    model.proj = nn.Linear(4, 4)
+    model.prefix_tokens = nn.Parameter(torch.zeros(1, 3, 4))
+    model.pos_table = nn.Parameter(torch.zeros(1, 4, 5, 5))
+    opt = make_optimizer(list(model.named_parameters()), OptimConfig(weight_decay=0.1))
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert decayed == {id(model.proj.weight)}

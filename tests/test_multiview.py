@@ -272,3 +272,15 @@ def test_fidelity_eval_ranks_a_pixel_perfect_upsampler_above_bilinear():
         assert set(scores[name]) == {"loss", "fidelity", "tv", "crf", "mmd"}
     assert scores["pixel"]["fidelity"] > 2 * scores["bilinear"]["fidelity"] > 2, scores
     assert scores["pixel"]["loss"] < scores["bilinear"]["loss"]
+
+
+def test_covered_mask_drops_cells_whose_downsampling_reads_padding():
+    from radiosharp.multiview import covered_mask
+
+    identity = torch.eye(3)[None]
+    assert covered_mask(identity, (16, 16), (8, 8), reach=7).all()
+    zoom_out = torch.diag(torch.tensor([1.25, 1.25, 1.0]))[None]  # views 25 % beyond the source
+    narrow = covered_mask(zoom_out, (16, 16), (8, 8), reach=1)
+    wide = covered_mask(zoom_out, (16, 16), (8, 8), reach=7)
+    assert narrow[..., 0, :].sum() == 0 and narrow[..., 3:5, 3:5].all()  # border out, centre in
+    assert wide.sum() < narrow.sum()  # a wider downsampler window loses more border cells

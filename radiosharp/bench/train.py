@@ -94,7 +94,7 @@ def _prepared_trainer(recipe: Recipe, run_dir: str, stats_images: int):
     trainer = DistillTrainer(recipe)
     set_seed(recipe.seed)
     trainer.build()
-    trainer.optimizer = make_optimizer(list(trainer.model.parameters()), recipe.train.optim)
+    trainer.optimizer = make_optimizer(list(trainer.model.named_parameters()), recipe.train.optim)
     trainer.model, trainer.optimizer = trainer.accelerator.prepare(trainer.model, trainer.optimizer)
     for module in trainer.frozen:
         module.to(trainer.accelerator.device)

@@ -90,6 +90,17 @@ def parse_section(recipe: Recipe) -> DistillConfig:
     return cfg
 
 
+def fill_batch(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Top a micro-batch shortened by unreadable samples back up by repeating its good ones.
+
+    Every partition then gets its full share, so no partition's loss is taken over an
+    empty slice (a NaN) and every process builds the same graph (DDP stays in step).
+    """
+    if len(images) >= size:
+        return images
+    return images[torch.arange(size) % len(images)]
+
+
 class MultiPartitionStudent(nn.Module):
     """Runs the student on every partition's images in one forward (one DDP call per step)."""
 
@@ -127,6 +138,12 @@ def check_init_compatible(student: nn.Module, previous: nn.Module, source: str) 
                 f"{k} {tuple(theirs[k].shape)} there, {tuple(ours[k].shape)} here" for k in shapes[:3]))
         raise RecipeError(f"init_from {source}: its student does not match this recipe's student "
                           f"(same backbone, size and teachers needed); {'; '.join(parts)}")
+    ours_order = list(getattr(student, "teacher_names", []))
+    theirs_order = list(getattr(previous, "teacher_names", []))
+    if ours_order != theirs_order:
+        # summary token i feeds teacher i's head: a reordered list would load silently but wrongly
+        raise RecipeError(f"init_from {source}: its student learned teachers {theirs_order} in that order; "
+                          f"this recipe lists {ours_order}. List the teachers in the same order")
 
 
 class DistillTrainer(Trainer):
@@ -190,7 +207,7 @@ class DistillTrainer(Trainer):
 
     def train_step(self, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         acc = self.accelerator
-        images = batch["image"].to(acc.device)
+        images = fill_batch(batch["image"], sum(self.local_sizes)).to(acc.device)
         # DeepSpeed keeps bf16/fp16 weights and casts nothing: feed it its own dtype.
         dtype = next(self.model.parameters()).dtype
         chunks, parts, start = [], [], 0
