@@ -235,6 +235,47 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
 RUN_MARKERS = ("recipe.yaml", "metrics.jsonl", "model.safetensors")
 
 
+# What a resumed run may change: how long it runs and how it logs, never what it trains.
+RESUMABLE_CHANGES = ("resume", "train.steps", "train.log_every", "train.checkpoint_every",
+                     "train.keep_checkpoints", "train.num_workers", "wandb.")
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: data}
+
+
+def check_resumed_recipe(recipe: Recipe, run_dir: Path) -> None:
+    """A resumed run must be the run it resumes: only length and logging may change.
+
+    Anything else (teachers, student, data, optimizer, ...) would make the checkpoint
+    load into a different model or silently change the training. Allowed changes are
+    printed and recorded when the run writes its recipe again.
+    """
+    import yaml
+
+    saved_path = run_dir / "recipe.yaml"
+    if not saved_path.is_file():
+        return
+    saved = _flatten(yaml.safe_load(saved_path.read_text()) or {})
+    now = _flatten(recipe.model_dump(mode="json"))
+    changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    blocked = [k for k in changed if not any(k == a or k.startswith(a) for a in RESUMABLE_CHANGES)]
+    if blocked:
+        shown = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in blocked[:4])
+        raise RecipeError(
+            f"resume=true but the recipe differs from the one {run_dir} was started with ({shown}"
+            f"{' ...' if len(blocked) > 4 else ''}); a resumed run may change only "
+            f"{', '.join(a.rstrip('.') for a in RESUMABLE_CHANGES[1:])}")
+    allowed = [k for k in changed if k != "resume"]
+    if allowed:
+        print("resuming with changes: " + ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in allowed))
+
+
 def prepare_run_dir(recipe: Recipe) -> Path:
     """Check that the run folder may be used; never clobber an earlier run.
 
@@ -247,6 +288,7 @@ def prepare_run_dir(recipe: Recipe) -> Path:
             raise RecipeError(f"resume=true but {run_dir} has no complete checkpoint to resume from "
                               f"(looked for {run_dir / CHECKPOINTS}/step_N/DONE); drop resume=true "
                               "to start a fresh run")
+        check_resumed_recipe(recipe, run_dir)
         return run_dir
     if not run_dir.exists():
         return run_dir
@@ -535,8 +577,7 @@ class Trainer:
         acc.register_for_checkpointing(self.state)
         if recipe.resume:
             self.load_checkpoint()
-        else:
-            self._write_recipe()
+        self._write_recipe()  # on resume: records the allowed changes (check_resumed_recipe)
         wandb_run = _start_wandb(recipe, self.run_dir) if self.is_main else None
         log = MetricsLog(self.run_dir / "metrics.jsonl", self.is_main, wandb_run)
 

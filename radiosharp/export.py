@@ -77,7 +77,7 @@ def read_export(run_dir: str | os.PathLike, expect_kind: str | None = None) -> t
     if not cfg_path.is_file() or not (run_dir / WEIGHTS).is_file():
         raise FileNotFoundError(
             f"{run_dir} has no exported model ({CONFIG} + {WEIGHTS}); "
-            "train it to the end, or export it from its last checkpoint"
+            "train it to the end (a killed run continues with resume=true)"
         )
     meta = json.loads(cfg_path.read_text())
     kind = meta.get("kind")

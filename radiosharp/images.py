@@ -30,7 +30,7 @@ def load_image(spec: str, size: int | None = None) -> torch.Tensor:
             raise FileNotFoundError(f"image not found: {path}")
         try:
             with Image.open(path) as im:
-                array = np.asarray(im.convert("RGB"))
+                array = np.array(im.convert("RGB"))
         except (UnidentifiedImageError, OSError) as err:
             raise ValueError(f"cannot read {path} as an image: {err}") from None
     if array.ndim == 2:

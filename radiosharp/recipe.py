@@ -295,12 +295,36 @@ def apply_override(data: dict[str, Any], override: str) -> None:
         node = child
 
 
-def _format_validation_error(err: ValidationError) -> str:
+def _model_at(model: type[BaseModel], path: list[Any]) -> type[BaseModel] | None:
+    """The pydantic model that holds the field at ``path`` (list indices and dict keys skipped)."""
+    import typing
+
+    def models_in(annotation: Any) -> list[type[BaseModel]]:
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            return [annotation]
+        return [m for arg in typing.get_args(annotation) for m in models_in(arg)]
+
+    current: type[BaseModel] | None = model
+    for part in path:
+        if current is None:
+            return None
+        field = current.model_fields.get(str(part))
+        if field is None:
+            continue  # a list index or a dict key: stay on the item model
+        found = models_in(field.annotation)
+        current = found[0] if found else None
+    return current
+
+
+def _format_validation_error(err: ValidationError, model: type[BaseModel] | None = None) -> str:
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+        parts = [p for p in e["loc"] if not str(p).startswith("function-")]
+        loc = ".".join(str(p) for p in parts)
         if e["type"] == "extra_forbidden":
-            lines.append(f"unknown key '{loc}'")
+            owner = _model_at(model, parts[:-1]) if model is not None else None
+            valid = f"; valid keys: {', '.join(owner.model_fields)}" if owner is not None else ""
+            lines.append(f"unknown key '{loc}'{valid}")
         elif e["type"] == "literal_error":
             lines.append(f"bad value at '{loc}': {e['msg']}")
         else:
@@ -316,7 +340,7 @@ def validate_section(section: str, model: type[BaseModel], data: Any) -> Any:
     try:
         return model.model_validate(data if data is not None else {})
     except ValidationError as err:
-        raise RecipeError(_prefix_paths(_format_validation_error(err), section)) from None
+        raise RecipeError(_prefix_paths(_format_validation_error(err, model), section)) from None
 
 
 def _prefix_paths(message: str, section: str) -> str:
@@ -330,7 +354,7 @@ def validate_recipe(data: Mapping[str, Any]) -> Recipe:
     try:
         recipe = Recipe.model_validate(dict(data))
     except ValidationError as err:
-        raise RecipeError(_format_validation_error(err)) from None
+        raise RecipeError(_format_validation_error(err, Recipe)) from None
     try:
         recipe.check_names()
     except (UnknownNameError, BadOptionError) as err:

@@ -146,6 +146,11 @@ def compute_stats(recipe: Recipe, accelerator: Any = None) -> dict[str, Path]:
     """
     if not recipe.teachers:
         raise RecipeError("teachers: the recipe has no teachers; PHI-S statistics are per teacher")
+    run_dir = recipe.run_dir
+    held = [m for m in ("checkpoints", "model.safetensors", "metrics.jsonl") if (run_dir / m).exists()]
+    if held:
+        raise RecipeError(f"{run_dir} holds a training run ({', '.join(held)}); write statistics to their "
+                          f"own folder (output_dir=runs/stats) and point teachers.<key>.phi_s at them")
     teachers = {}
     for key, cfg in recipe.teachers.items():
         teachers[key] = _built(f"teachers.{key}", radiosharp.build_teacher, cfg, f"teachers.{key}")

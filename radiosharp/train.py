@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from pathlib import Path
 
@@ -38,12 +39,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m radiosharp.train", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("recipe", help="a YAML recipe (see recipes/)")
-    parser.add_argument("overrides", nargs="*", help="dotted.key=value overrides, e.g. train.steps=10")
+    parser.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE", help="dotted.key=value overrides, e.g. train.steps=10")
     args = parser.parse_args(argv)
     try:
         recipe = load_recipe(args.recipe, args.overrides)
         run_dir = run_recipe(recipe)
-    except (RecipeError, FileNotFoundError) as err:
+    except (RecipeError, FileNotFoundError, ValueError) as err:
+        # Bad input (a recipe value a builder rejects, an unreadable file): one line, exit 2.
+        # RADIOSHARP_DEBUG=1 shows the traceback.
+        if os.environ.get("RADIOSHARP_DEBUG"):
+            raise
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"run folder: {run_dir}")

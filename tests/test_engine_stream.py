@@ -52,3 +52,23 @@ def test_no_weight_decay_on_tokens_tables_and_1d_parameters():
     opt = make_optimizer(list(model.named_parameters()), OptimConfig(weight_decay=0.1))
     decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
     assert decayed == {id(model.proj.weight)}
+
+
+def test_resume_refuses_a_changed_recipe_but_allows_a_longer_run(tmp_path):
+    from radiosharp.engine import check_resumed_recipe
+    from radiosharp.recipe import RecipeError, recipe_to_yaml, validate_recipe
+
+    import pytest
+
+    base = {"kind": "featurize", "output_dir": str(tmp_path), "teachers": {"dinov2": {"size": "tiny"}},
+            "train": {"steps": 10}}
+    (tmp_path / "recipe.yaml").write_text(recipe_to_yaml(validate_recipe(base)))
+    longer = validate_recipe({**base, "resume": True, "train": {"steps": 20}})
+    check_resumed_recipe(longer, tmp_path)  # allowed: only the length changes
+    other_lr = validate_recipe({**base, "resume": True, "train": {"steps": 10, "optim": {"lr": 0.5}}})
+    with pytest.raises(RecipeError, match=r"train\.optim\.lr: 0\.0001 -> 0\.5"):
+        check_resumed_recipe(other_lr, tmp_path)
+    more_teachers = validate_recipe({**base, "resume": True, "teachers": {"dinov2": {"size": "tiny"},
+                                                                          "sam": {"size": "tiny"}}})
+    with pytest.raises(RecipeError, match=r"teachers\.sam"):
+        check_resumed_recipe(more_teachers, tmp_path)

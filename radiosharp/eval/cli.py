@@ -63,6 +63,11 @@ def _evaluate(runs: list[str], settings: EvalSettings, kinds: dict[str, str], ar
 def cmd_mtl(args: argparse.Namespace) -> int:
     runs = [args.baseline] + [r for r in args.runs if r != args.baseline]
     kinds = {run: check_run(run) for run in runs}
+    mixed = {run: kind for run, kind in kinds.items() if kind != kinds[args.baseline]}
+    if mixed:
+        raise EvalError(f"the baseline {args.baseline} is a '{kinds[args.baseline]}' run but "
+                        + ", ".join(f"{r} is a '{k}' run" for r, k in mixed.items())
+                        + "; MTL gain compares runs of one kind")
     settings = read_run_settings(args.baseline)
     for run in runs[1:]:
         try:

@@ -56,8 +56,8 @@ def check_run(run_dir: str | Path) -> str:
     if not run_dir.is_dir():
         raise EvalError(f"run folder not found: {run_dir}")
     if not (run_dir / CONFIG).is_file() or not (run_dir / WEIGHTS).is_file():
-        raise EvalError(f"{run_dir} has no exported model ({CONFIG} + {WEIGHTS}); train it to the end, "
-                        "or export it from its last checkpoint")
+        raise EvalError(f"{run_dir} has no exported model ({CONFIG} + {WEIGHTS}); train it to the end "
+                        "(a killed run continues with resume=true)")
     try:
         kind = json.loads((run_dir / CONFIG).read_text()).get("kind")
     except (json.JSONDecodeError, AttributeError) as err:

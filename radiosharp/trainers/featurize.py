@@ -14,13 +14,15 @@ from tqdm.auto import tqdm
 
 import radiosharp
 from radiosharp.pca import PCABasis, image_to_uint8, save_panels, upscale_nearest
-from radiosharp.recipe import Recipe, recipe_to_yaml
+from radiosharp.recipe import Recipe, RecipeError, recipe_to_yaml
 
 
 def run(recipe: Recipe) -> Path:
     from radiosharp.data.loader import make_loader
 
-    run_dir = recipe.run_dir
+    from radiosharp.engine import prepare_run_dir
+
+    run_dir = prepare_run_dir(recipe)  # never writes over an earlier run
     teachers = {key: radiosharp.build_teacher(cfg, f"teachers.{key}") for key, cfg in recipe.teachers.items()}
     dataset = radiosharp.build_dataset(recipe.data)
     loader = make_loader(dataset, batch_size=recipe.stats.batch_size)
@@ -28,6 +30,8 @@ def run(recipe: Recipe) -> Path:
     images, maps = [], {key: [] for key in teachers}
     with torch.no_grad():
         for batch in tqdm(loader, desc="featurize", total=-(-count // recipe.stats.batch_size)):
+            if batch is None:  # every image of the batch was unreadable (already warned)
+                continue
             x = batch["image"][: count - len(images)]
             images.extend(x)
             for key, teacher in teachers.items():
@@ -36,6 +40,8 @@ def run(recipe: Recipe) -> Path:
                                                        antialias=True, align_corners=False)).features)
             if len(images) >= count:
                 break
+    if not images:
+        raise RecipeError(f"data: no readable image in {dict(recipe.data)} (see the warnings above)")
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "recipe.yaml").write_text(recipe_to_yaml(recipe))
     feats = {key: torch.cat(m) for key, m in maps.items()}
