@@ -9,7 +9,12 @@ embeddings from that table:
   grid. The model never sees the same absolute positions twice, so it cannot tie
   features to an input size and it generalises across resolutions (and ignores
   the "mode switch" between low and high resolution).
-* evaluation: the whole table is resampled to the input grid, deterministically.
+* evaluation: the largest window of the input's aspect ratio, anchored top-left
+  (the whole table for a square input), is resampled to the input grid,
+  deterministically.
+
+Windows follow the input's aspect ratio (training jitters it by up to
+``max_aspect``), so a non-square input never sees a stretched table.
 
 Both cases are one batched ``F.grid_sample`` with one affine grid per sample; the
 evaluation grid is the identity window, which equals ``F.interpolate(...,
@@ -50,7 +55,12 @@ class CroppedPositionEmbedding(nn.Module):
     def table_grid(self) -> tuple[int, int]:
         return tuple(self.table.shape[-2:])  # type: ignore[return-value]
 
-    def sample_windows(self, batch: int, device: torch.device) -> torch.Tensor:
+    def relative_aspect(self, grid: tuple[int, int]) -> float:
+        """The input grid's aspect (cols/rows) in units of the table's own aspect."""
+        rows, cols = self.table_grid
+        return (grid[1] / grid[0]) / (cols / rows)
+
+    def sample_windows(self, batch: int, device: torch.device, relative_aspect: float = 1.0) -> torch.Tensor:
         """Random windows ``[B, 4]`` as (x0, y0, width, height) fractions of the table.
 
         Area is uniform in [min_area, 1]; the aspect ratio (width/height, in table
@@ -60,15 +70,17 @@ class CroppedPositionEmbedding(nn.Module):
         """
         area = torch.empty(batch, device=device).uniform_(self.min_area, 1.0)
         log_aspect = math.log(self.max_aspect)
-        aspect = torch.empty(batch, device=device).uniform_(-log_aspect, log_aspect).exp()
+        aspect = torch.empty(batch, device=device).uniform_(-log_aspect, log_aspect).exp() * relative_aspect
         width = (area * aspect).sqrt().clamp(max=1.0)
         height = (area / aspect).sqrt().clamp(max=1.0)
         x0 = torch.rand(batch, device=device) * (1 - width)
         y0 = torch.rand(batch, device=device) * (1 - height)
         return torch.stack([x0, y0, width, height], dim=-1)
 
-    def full_windows(self, batch: int, device: torch.device) -> torch.Tensor:
-        return torch.tensor([[0.0, 0.0, 1.0, 1.0]], device=device).expand(batch, 4)
+    def full_windows(self, batch: int, device: torch.device, relative_aspect: float = 1.0) -> torch.Tensor:
+        """The largest top-left window of the input's aspect (the whole table when square)."""
+        width, height = (1.0, 1.0 / relative_aspect) if relative_aspect >= 1 else (relative_aspect, 1.0)
+        return torch.tensor([[0.0, 0.0, width, height]], device=device).expand(batch, 4)
 
     def read(self, windows: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """Resample the table inside each window to ``grid``: ``[B, D, rows, cols]``.
@@ -95,6 +107,7 @@ class CroppedPositionEmbedding(nn.Module):
     def forward(self, batch: int, grid: tuple[int, int], device: torch.device | None = None) -> torch.Tensor:
         """Position embeddings ``[B, D, rows, cols]`` for ``batch`` inputs of patch grid ``grid``."""
         device = device or self.table.device
+        aspect = self.relative_aspect(grid)
         if self.training:
-            return self.read(self.sample_windows(batch, device), grid)
-        return self.read(self.full_windows(1, device), grid).expand(batch, -1, -1, -1)
+            return self.read(self.sample_windows(batch, device, aspect), grid)
+        return self.read(self.full_windows(1, device, aspect), grid).expand(batch, -1, -1, -1)

@@ -131,8 +131,9 @@ def test_eval_mode_is_deterministic_and_equal_for_identical_images(student):
 
 
 def test_eval_position_embedding_is_bilinear_resize_of_table():
+    """Square inputs read the whole table (non-square ones: see the unstretched-table test)."""
     cpe = CroppedPositionEmbedding(8, (32, 32)).eval()
-    for grid in [(4, 6), (32, 32), (48, 40)]:
+    for grid in [(4, 4), (32, 32), (48, 48)]:
         expected = F.interpolate(cpe.table, size=grid, mode="bilinear", align_corners=False)
         assert torch.allclose(cpe(2, grid), expected.expand(2, -1, -1, -1), atol=1e-5)
     assert torch.allclose(cpe(1, (32, 32)), cpe.table, atol=1e-6)  # the table's own grid reads it as is
@@ -322,3 +323,18 @@ def test_real_backbones_build_and_run(backbone, embed_dim):
         out = student(images(1, 32, 48))
     assert out.backbone.shape == (1, embed_dim, 2, 3)
     assert out.features["sam"].shape == (1, 12, 2, 3)
+
+
+def test_cpe_keeps_the_table_unstretched_for_non_square_inputs():
+    from students.cpe import CroppedPositionEmbedding
+
+    cpe = CroppedPositionEmbedding(8, (16, 16)).eval()
+    wide = cpe(1, (4, 8))  # twice as wide as tall: the top half of the table, not a squashed whole
+    top_half = torch.nn.functional.interpolate(cpe.table[:, :, :8, :], size=(4, 8), mode="bilinear",
+                                               align_corners=False)
+    assert torch.allclose(wide, top_half, atol=1e-5)
+    cpe.train()
+    windows = cpe.sample_windows(4096, torch.device("cpu"), cpe.relative_aspect((4, 8)))
+    ratio = windows[:, 2] / windows[:, 3]  # width / height in table fractions
+    # aspect jitter around the input's 2:1, clamped where a side hits the table
+    assert ratio.median() > 1.5 and ratio.max() <= 2 * 4 / 3 + 1e-4
