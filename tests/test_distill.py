@@ -22,26 +22,12 @@ from radiosharp.engine import checkpoint_dirs, read_metrics
 from radiosharp.export import load_state_dict
 from radiosharp.recipe import RecipeError, load_recipe
 from radiosharp.student_io import load_student, save_student
+from conftest import fresh_process
 from radiosharp.train import main as train_main
 from radiosharp.trainers import distill
 from radiosharp.trainers.common import build_teacher_slots
 from radiosharp.trainers.distill import DistillTrainer
 
-
-def fresh_process() -> None:
-    """Forget Accelerate's process-wide state, as a new process would."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state(monkeypatch):
-    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
-    fresh_process()
-    yield
-    fresh_process()
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from conftest import fresh_process
 from _toy_trainer import Interrupted, ToyDataset, ToyMLP, ToyTrainer, toy_recipe
 from radiosharp.engine import (
     StepBatchSampler,
@@ -35,23 +36,6 @@ from radiosharp.recipe import OptimConfig, Recipe, RecipeError
 
 REPO = Path(__file__).resolve().parents[1]
 
-
-def fresh_process() -> None:
-    """Forget Accelerate's process-wide state, so the next run builds its Accelerator anew
-    as a new process would."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state(monkeypatch):
-    """A fresh Accelerate state per test, on the CPU even where a GPU is present."""
-    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
-    fresh_process()
-    yield
-    fresh_process()
 
 
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:

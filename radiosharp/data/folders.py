@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 
 from radiosharp.data.decode import IMAGE_EXTENSIONS, UnreadableFileError, is_image_file, normalize_extensions, read_rgb
 from radiosharp.data.skipping import SkippedSample
+from radiosharp.data.transforms import LabelledSource
 from radiosharp.data.transforms import check_size, image_to_square
 from radiosharp.registry import DATASETS
 
@@ -44,7 +45,7 @@ def existing_folder(path: str | os.PathLike | None, what: str) -> Path:
     return folder
 
 
-class ImageFolder(Dataset):
+class ImageFolder(LabelledSource, Dataset):
     """Images (and labels from class sub-folders) below ``root``; see module doc."""
 
     def __init__(self, root: str | os.PathLike | None, size: int = 224, recursive: bool = True,
@@ -76,14 +77,6 @@ class ImageFolder(Dataset):
             self.classes, self.files, self.labels = [], top_level, None
         if not self.files:
             raise ValueError(f"image_folder {self.root}: no images with extensions {list(self.extensions)}")
-
-    @property
-    def class_names(self) -> list[str] | None:
-        return self.classes or None
-
-    @property
-    def num_classes(self) -> int | None:
-        return len(self.classes) or None
 
     def __len__(self) -> int:
         return len(self.files)

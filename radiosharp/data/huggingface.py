@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 
 from radiosharp.data.decode import UnreadableFileError, read_depth_array, read_mask, read_rgb
 from radiosharp.data.skipping import SkippedSample
+from radiosharp.data.transforms import LabelledSource
 from radiosharp.data.transforms import check_size, depth_to_square, image_to_square, mask_to_square
 from radiosharp.registry import DATASETS
 
@@ -61,7 +62,7 @@ def _array(value: Any, what: str, reader) -> Any:
     return np.asarray(value)  # also a PIL image from a custom dataset
 
 
-class HFImages(Dataset):
+class HFImages(LabelledSource, Dataset):
     """Samples of one split of a ``datasets`` dataset (see module doc)."""
 
     def __init__(self, name_or_path: str, split: str = "train", image_column: str = "image",
@@ -85,14 +86,6 @@ class HFImages(Dataset):
         self.mask_column, self.depth_column, self.depth_scale = mask_column, depth_column, depth_scale
         feature = ds.features.get(label_column) if label_column else None
         self.classes = list(feature.names) if isinstance(feature, datasets.ClassLabel) else []
-
-    @property
-    def class_names(self) -> list[str] | None:
-        return self.classes or None
-
-    @property
-    def num_classes(self) -> int | None:
-        return len(self.classes) or None
 
     def __len__(self) -> int:
         return len(self.ds)

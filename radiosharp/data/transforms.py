@@ -65,3 +65,17 @@ def depth_to_square(depth: torch.Tensor, size: int, mode: str = "nearest") -> to
             square = F.interpolate(square[None, None], size=(size, size), mode="bilinear",
                                    align_corners=False, antialias=square.shape[-1] > size)[0, 0]
     return square.contiguous()
+
+
+class LabelledSource:
+    """``class_names`` / ``num_classes`` for sources with a ``classes`` list (empty: unlabelled)."""
+
+    classes: list[str]
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return self.classes or None
+
+    @property
+    def num_classes(self) -> int | None:
+        return len(self.classes) or None
