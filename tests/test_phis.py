@@ -356,4 +356,8 @@ def test_stats_two_processes_equal_one(tmp_path: Path) -> None:
         one = FeatureMoments.load(tmp_path / "one" / "phi_s" / f"{name}.safetensors")
         two = FeatureMoments.load(tmp_path / "two" / "phi_s" / f"{name}.safetensors")
         assert one.count == two.count and two.metadata["num_images"] == "11"
-        torch.testing.assert_close(two.covariance, one.covariance, rtol=1e-9, atol=1e-12)
+        # The sums are float64 and all-reduced exactly, but the teachers run in float32 on
+        # batches split differently, so features agree only to float32 rounding (BLAS
+        # picks kernels by batch shape and thread count).
+        torch.testing.assert_close(two.mean, one.mean, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(two.covariance, one.covariance, rtol=1e-4, atol=1e-6)
