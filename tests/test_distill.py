@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import math
+
 import torch
 import yaml
 
@@ -444,3 +446,16 @@ def test_fill_batch_tops_up_a_short_batch_with_good_samples():
     filled = fill_batch(images, 8)
     assert filled.shape[0] == 8 and filled.flatten().tolist() == [0, 1, 2, 0, 1, 2, 0, 1]
     assert fill_batch(images, 2) is images
+
+
+def test_bf16_mixed_precision_trains_and_exports_float32_weights(tmp_path, phis):
+    """The bf16 path (autocast; on a CPU here, on GPUs with bf16 in real runs)."""
+    recipe = base_recipe(tmp_path / "run", phis)
+    recipe["train"].update(steps=12, mixed_precision="bf16")
+    trainer = DistillTrainer(load_recipe(write(tmp_path / "r.yaml", recipe)))
+    assert trainer.accelerator.mixed_precision == "bf16"
+    run_dir = trainer.run()
+    losses = [r["loss"] for r in read_metrics(run_dir)]
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
+    reloaded = load_student(run_dir)
+    assert all(p.dtype == torch.float32 for p in reloaded.parameters())
