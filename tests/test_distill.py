@@ -9,13 +9,12 @@ Everything is tiny: random-init tiny teachers (112-128 px native), the tiny stud
 from __future__ import annotations
 
 import importlib.util
+import math
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
-import math
-
 import torch
 import yaml
 
