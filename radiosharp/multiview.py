@@ -203,9 +203,9 @@ def consistency_step(up: Any, images: torch.Tensor, cfg: ViewConfig, downsample:
     native, factor = up.teacher.native_size, up.upsampler.factor
     base, view_images, jitters = multiview_views(images, cfg, (native * factor, native * factor),
                                                  (native, native), generator)
-    lowres = up.featurize(shrink(base, (native, native)))
-    hires = up.upsampler(base, lowres, up.featurize)
-    targets = up.featurize(view_images)
+    # one teacher call: the base's own view, the V jittered views and (for tile upsamplers) the tiles
+    (lowres, targets), _, tiles = up.featurize_batched([shrink(base, (native, native)), view_images], base)
+    hires = up.upsample(base, lowres, tiles)
     grid = tuple(lowres.shape[-2:])
     reach = int(getattr(downsample, "kernel_size", 1))
     loss, extra = multiview_loss(hires, jitters, targets, lambda f: downsample(f, grid), reach)

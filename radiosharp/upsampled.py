@@ -82,11 +82,37 @@ class UpsampledTeacher(Teacher):
     # -- the contract
     def featurize(self, images: torch.Tensor) -> torch.Tensor:
         """The de-biased, normalized teacher features of images at the teacher's input size."""
+        return self.featurize_with_summary(images)[1]
+
+    def featurize_with_summary(self, images: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
         with torch.no_grad():
-            features = self.teacher(images).features
-        if self.debias is not None:
-            features = self.debias(features)
-        return self.phi_s(features)
+            out = self.teacher(images)
+        features = out.features if self.debias is None else self.debias(out.features)
+        return out.summary, self.phi_s(features)
+
+    def featurize_batched(self, inputs: list[torch.Tensor], images: torch.Tensor
+                          ) -> tuple[list[torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
+        """Featurize several teacher-size batches and, for tile upsamplers, the tiles of
+        ``images``, in ONE teacher call (as NVlabs/FeatSharp batches the global view
+        with the tiles). Returns the features of each input, the summaries of the first
+        input, and the tile features (None for upsamplers without tiles).
+        """
+        size = tuple(inputs[0].shape[-2:])
+        parts = list(inputs)
+        uses_tiles = getattr(self.upsampler, "uses_tiles", False)  # any module with the contract works
+        if uses_tiles:
+            parts.append(self.upsampler.tile_inputs(images, size))
+        summary, feats = self.featurize_with_summary(torch.cat(parts) if len(parts) > 1 else parts[0])
+        pieces = list(feats.split([len(p) for p in parts]))
+        tiles = pieces.pop() if uses_tiles else None
+        first = None if summary is None else summary[: len(inputs[0])]
+        return pieces, first, tiles
+
+    def upsample(self, images: torch.Tensor, lowres: torch.Tensor, tiles: torch.Tensor | None) -> torch.Tensor:
+        """The upsampler on normalized features, handing it precomputed tile features if any."""
+        if tiles is None:
+            return self.upsampler(images, lowres, self.featurize)
+        return self.upsampler(images, lowres, self.featurize, tile_features=tiles)
 
     def check_size(self, images: torch.Tensor) -> None:
         if images.ndim != 4 or images.shape[1] != 3:
@@ -99,14 +125,9 @@ class UpsampledTeacher(Teacher):
         self.check_size(images)
         height, width = images.shape[-2:]
         global_view = _resize(images, (height // self.factor, width // self.factor))
-        with torch.no_grad():
-            out = self.teacher(global_view)
-        lowres = out.features
-        if self.debias is not None:
-            lowres = self.debias(lowres)
-        lowres = self.phi_s(lowres)
-        hires = self.upsampler(images, lowres, self.featurize)
-        return TeacherOutput(summary=out.summary, features=self.phi_s.inverse(hires))
+        (lowres,), summary, tiles = self.featurize_batched([global_view], images)
+        hires = self.upsample(images, lowres, tiles)
+        return TeacherOutput(summary=summary, features=self.phi_s.inverse(hires))
 
     def extra_repr(self) -> str:
         return f"teacher={getattr(self.teacher, 'name', type(self.teacher).__name__)}, factor={self.factor}"

@@ -284,3 +284,21 @@ def test_covered_mask_drops_cells_whose_downsampling_reads_padding():
     wide = covered_mask(zoom_out, (16, 16), (8, 8), reach=7)
     assert narrow[..., 0, :].sum() == 0 and narrow[..., 3:5, 3:5].all()  # border out, centre in
     assert wide.sum() < narrow.sum()  # a wider downsampler window loses more border cells
+
+
+def test_consistency_step_makes_one_teacher_call_for_views_base_and_tiles():
+    import radiosharp
+    from radiosharp.multiview import ViewConfig, consistency_step
+    from radiosharp.upsampled import UpsampledTeacher
+
+    teacher = radiosharp.build_teacher({"family": "dinov2", "size": "tiny"})
+    up = UpsampledTeacher(teacher, radiosharp.build_upsampler({"name": "featsharp"}, factor=2,
+                                                              dim=teacher.embed_dim, patch_size=teacher.patch_size))
+    calls = []
+    original = teacher.forward
+    teacher.forward = lambda x: (calls.append(len(x)), original(x))[1]
+    images = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    loss, extra = consistency_step(up, images, ViewConfig(num_views=3), lambda f, grid: F.adaptive_avg_pool2d(f, grid),
+                                   torch.Generator().manual_seed(0))
+    assert calls == [2 + 2 * 3 + 2 * 4]  # base views + jittered views + tiles, together
+    assert torch.isfinite(loss) and extra["hires"].shape == (2, teacher.embed_dim, 16, 16)

@@ -410,3 +410,24 @@ def test_export_loading_is_strict(tmp_path, teacher):
     (tmp_path / "model.json").write_text(json.dumps(meta))
     with pytest.raises(RuntimeError, match="Unexpected key"):
         load_upsampled_teacher(tmp_path, teacher=teacher)
+
+
+@pytest.mark.parametrize("name", ["featsharp", "tiles", "bilinear"])
+def test_upsampled_teacher_runs_global_view_and_tiles_in_one_teacher_call(name):
+    import radiosharp
+
+    teacher = radiosharp.build_teacher({"family": "dinov2", "size": "tiny"})
+    up = UpsampledTeacher(teacher, radiosharp.build_upsampler({"name": name}, factor=2, dim=teacher.embed_dim,
+                                                              patch_size=teacher.patch_size))
+    calls = []
+    original = teacher.forward
+    teacher.forward = lambda x: (calls.append(len(x)), original(x))[1]
+    images = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = up(images)
+        assert calls == [2 + (8 if up.upsampler.uses_tiles else 0)]  # 2 global views (+ 2*2*2 tiles)
+        # the same result as featurizing the global view and the tiles separately
+        lowres = up.featurize(torch.nn.functional.interpolate(images, size=(112, 112), mode="bilinear",
+                                                              antialias=True, align_corners=False))
+        separate = up.upsampler(images, lowres, up.featurize)
+    torch.testing.assert_close(out.features, separate, rtol=1e-4, atol=1e-4)

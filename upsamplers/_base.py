@@ -49,9 +49,15 @@ class Upsampler(nn.Module):
     passes to every builder; ``build_config`` records the registry name and recipe
     options so an export can rebuild the module. ``trainable`` says whether the
     upsampler has weights to learn (bilinear, tiles and S2 do not).
+
+    ``uses_tiles`` upsamplers (tiles, s2, featsharp) run the teacher on the ``u x u``
+    tiles of the image. Their ``forward`` also takes ``tile_features``: the teacher's
+    features of :meth:`tile_inputs`, for callers that batch the tiles into the same
+    teacher call as their other inputs (the global view, the training views).
     """
 
     trainable: bool = False
+    uses_tiles: bool = False
 
     def __init__(self, factor: int, dim: int, patch_size: int) -> None:
         super().__init__()
@@ -78,6 +84,12 @@ class Upsampler(nn.Module):
     def teacher_input_size(self, lowres: torch.Tensor) -> tuple[int, int]:
         """The teacher's input size implied by the low-res grid: ``(h*p, w*p)``."""
         return lowres.shape[-2] * self.patch_size, lowres.shape[-1] * self.patch_size
+
+    def tile_inputs(self, images: torch.Tensor, teacher_size: tuple[int, int]) -> torch.Tensor:
+        """The tiles this upsampler would featurize for ``images`` (``[B*u*u,3,*teacher_size]``)."""
+        from upsamplers.tiles import cut_tiles
+
+        return cut_tiles(images, self.factor, teacher_size)
 
     def output_size(self, lowres: torch.Tensor) -> tuple[int, int]:
         return lowres.shape[-2] * self.factor, lowres.shape[-1] * self.factor

@@ -157,17 +157,21 @@ class FeatSharpUpsampler(Upsampler):
         self.block = FeatSharpBlock(dim, heads, window_size, mlp_hidden or default_mlp_hidden(dim),
                                     layer_scale_init, layer_norm)
 
-    def tile_buffer(self, images: torch.Tensor, lowres: torch.Tensor, featurize: Featurize) -> torch.Tensor:
+    uses_tiles = True
+
+    def tile_buffer(self, images: torch.Tensor, lowres: torch.Tensor, featurize: Featurize,
+                    tile_features: torch.Tensor | None = None) -> torch.Tensor:
         """The tile mosaic plus each tile's learned position embedding."""
-        tiles = tile_mosaic(images, self.factor, featurize, self.teacher_input_size(lowres))
+        tiles = tile_mosaic(images, self.factor, featurize, self.teacher_input_size(lowres), tile_features)
         h, w = lowres.shape[-2:]
         pos = self.tile_pos.repeat_interleave(h, dim=2).repeat_interleave(w, dim=3)
         return tiles + pos.to(tiles.dtype)
 
-    def forward(self, images: torch.Tensor, lowres: torch.Tensor, featurize: Featurize) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, lowres: torch.Tensor, featurize: Featurize,
+                tile_features: torch.Tensor | None = None) -> torch.Tensor:
         self.check_inputs(images, lowres)
         smooth = self.jbu(lowres, images)
-        tiles = self.tile_buffer(images, lowres, featurize)
+        tiles = self.tile_buffer(images, lowres, featurize, tile_features)
         x = torch.cat([smooth, tiles.to(smooth.dtype)], dim=1).permute(0, 2, 3, 1)
         return self.block(x).permute(0, 3, 1, 2).contiguous()
 

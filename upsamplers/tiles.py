@@ -13,14 +13,11 @@ from radiosharp.registry import UPSAMPLERS
 from upsamplers._base import Featurize, Upsampler, recorded, resize
 
 
-def tile_mosaic(images: torch.Tensor, u: int, featurize: Featurize, tile_size: tuple[int, int]) -> torch.Tensor:
-    """Features of a ``u x u`` tiling of ``images``, stitched back into one map.
+def cut_tiles(images: torch.Tensor, u: int, tile_size: tuple[int, int]) -> torch.Tensor:
+    """The ``u x u`` tiles of ``images`` [B,3,H,W], each resized to ``tile_size``: ``[B*u*u,3,th,tw]``.
 
-    images ``[B,3,H,W]`` are cut into ``u x u`` tiles of ``H/u x W/u`` (if H or W is
-    not a multiple of u, the image is first resized to ``u * tile_size``); every tile
-    is resized to ``tile_size`` (the teacher's input), and the ``B*u*u`` tiles run in a
-    single ``featurize`` call whose ``[B*u*u,C,h,w]`` output is stitched into
-    ``[B,C,u*h,u*w]`` (tile (i,j) lands at rows ``i*h..``, columns ``j*w..``).
+    Tile (i,j) of image b is row ``b*u*u + i*u + j``. If H or W is not a multiple of u
+    the image is first resized to ``u * tile_size``.
     """
     if u < 1:
         raise ValueError(f"tile_mosaic: u must be >= 1, got {u}")
@@ -32,22 +29,42 @@ def tile_mosaic(images: torch.Tensor, u: int, featurize: Featurize, tile_size: t
     tiles = (images.reshape(b, c, u, height // u, u, width // u)
              .permute(0, 2, 4, 1, 3, 5)
              .reshape(b * u * u, c, height // u, width // u))
-    feats = featurize(resize(tiles, (th, tw)))
-    if feats.ndim != 4 or feats.shape[0] != b * u * u:
-        raise ValueError(f"tile_mosaic: featurize returned {tuple(feats.shape)} for {b * u * u} tiles; "
-                         f"expected [{b * u * u},C,h,w]")
+    return resize(tiles, (th, tw))
+
+
+def stitch_tiles(feats: torch.Tensor, batch: int, u: int) -> torch.Tensor:
+    """``[B*u*u,C,h,w]`` tile features (order of :func:`cut_tiles`) -> one ``[B,C,u*h,u*w]`` map."""
+    if feats.ndim != 4 or feats.shape[0] != batch * u * u:
+        raise ValueError(f"tile_mosaic: got tile features {tuple(feats.shape)} for {batch * u * u} tiles; "
+                         f"expected [{batch * u * u},C,h,w]")
     fc, fh, fw = feats.shape[1:]
-    return (feats.reshape(b, u, u, fc, fh, fw)
+    return (feats.reshape(batch, u, u, fc, fh, fw)
             .permute(0, 3, 1, 4, 2, 5)
-            .reshape(b, fc, u * fh, u * fw))
+            .reshape(batch, fc, u * fh, u * fw))
+
+
+def tile_mosaic(images: torch.Tensor, u: int, featurize: Featurize, tile_size: tuple[int, int],
+                tile_features: torch.Tensor | None = None) -> torch.Tensor:
+    """Features of a ``u x u`` tiling of ``images``, stitched back into one map.
+
+    All ``B*u*u`` tiles go through a single ``featurize`` call, unless the caller
+    already featurized :func:`cut_tiles` of these images together with other teacher
+    inputs and passes the result as ``tile_features`` (one teacher call per step).
+    """
+    if tile_features is None:
+        tile_features = featurize(cut_tiles(images, u, tile_size))
+    return stitch_tiles(tile_features, images.shape[0], u)
 
 
 class TilesUpsampler(Upsampler):
     """The ``u x u`` mosaic; at ``u = 1`` it is the teacher itself (one call on the resized image)."""
 
-    def forward(self, images: torch.Tensor, lowres: torch.Tensor, featurize: Featurize) -> torch.Tensor:
+    uses_tiles = True
+
+    def forward(self, images: torch.Tensor, lowres: torch.Tensor, featurize: Featurize,
+                tile_features: torch.Tensor | None = None) -> torch.Tensor:
         self.check_inputs(images, lowres)
-        return tile_mosaic(images, self.factor, featurize, self.teacher_input_size(lowres))
+        return tile_mosaic(images, self.factor, featurize, self.teacher_input_size(lowres), tile_features)
 
 
 class S2Upsampler(Upsampler):
@@ -59,9 +76,12 @@ class S2Upsampler(Upsampler):
             raise ValueError(f"s2: beta must be in [0, 1], got {beta}")
         self.beta = beta
 
-    def forward(self, images: torch.Tensor, lowres: torch.Tensor, featurize: Featurize) -> torch.Tensor:
+    uses_tiles = True
+
+    def forward(self, images: torch.Tensor, lowres: torch.Tensor, featurize: Featurize,
+                tile_features: torch.Tensor | None = None) -> torch.Tensor:
         self.check_inputs(images, lowres)
-        tiles = tile_mosaic(images, self.factor, featurize, self.teacher_input_size(lowres))
+        tiles = tile_mosaic(images, self.factor, featurize, self.teacher_input_size(lowres), tile_features)
         smooth = torch.nn.functional.interpolate(lowres, size=tiles.shape[-2:], mode="bilinear",
                                                  align_corners=False)
         return self.beta * smooth + (1 - self.beta) * tiles
