@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 def _plugin_args(cfg: Any, name_field: str, where: str) -> tuple[str, dict[str, Any]]:

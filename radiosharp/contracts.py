@@ -98,8 +98,13 @@ class Teacher(nn.Module):
         raise NotImplementedError
 
     def forward(self, images: torch.Tensor) -> TeacherOutput:
+        """Features of ``images`` in [0, 1]; a teacher cast to bf16/fp16 takes float32 images too."""
         self.check_size(images)
-        return self.extract(self.normalize(images))
+        pixels = self.normalize(images)
+        weight = next(self.parameters(), None)
+        if weight is not None and weight.is_floating_point() and pixels.dtype != weight.dtype:
+            pixels = pixels.to(weight.dtype)
+        return self.extract(pixels)
 
     @property
     def feature_grid(self) -> int:

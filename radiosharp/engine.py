@@ -26,6 +26,7 @@ metrics rows logged after its checkpoint (they are logged again).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -385,6 +386,14 @@ def launched_world_size() -> int:
     return 1
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _has_accelerator() -> bool:
     current = getattr(torch, "accelerator", None)
     if current is not None and hasattr(current, "is_available"):
@@ -392,34 +401,40 @@ def _has_accelerator() -> bool:
     return torch.cuda.is_available()
 
 
-def deepspeed_config(recipe: Recipe, world: int, on_cpu: bool) -> dict[str, Any]:
+def deepspeed_config(recipe: Recipe, world: int) -> dict[str, Any]:
     """The recipe's ``deepspeed:`` block, checked and completed from ``train``.
 
     Batch sizes, gradient accumulation and clipping come from the recipe (no
-    dataloader is handed to Accelerate, so its "auto" values could not be filled).
-    Only ZeRO stages 0-2 are supported: under ZeRO-3 every process holds a slice of
-    the weights and the single-process export would save a partial model.
+    dataloader is handed to Accelerate, so its "auto" values could not be filled, and
+    an unset clipping would become Accelerate's default of 1.0). Only ZeRO stages 0-2
+    are supported: under ZeRO-3 every process holds a slice of the weights and the
+    single-process export would save a partial model.
     """
     import importlib.util
 
     if importlib.util.find_spec("deepspeed") is None:
         raise RecipeError("the recipe has a 'deepspeed:' block but the deepspeed package is not installed: "
                           "pip install radiosharp[deepspeed] (or drop the 'deepspeed:' block to train with DDP)")
-    if on_cpu:
-        raise RecipeError("the recipe has a 'deepspeed:' block, which needs CUDA GPUs; on a CPU drop it "
-                          "(deepspeed=null) to train with one process or DDP")
     ds = dict(recipe.deepspeed or {})
     stage = int((ds.get("zero_optimization") or {}).get("stage", 0))
     if stage not in (0, 1, 2):
         raise RecipeError(f"deepspeed.zero_optimization.stage={stage} is not supported; use 0, 1 or 2 "
                           "(ZeRO-2 shards optimizer state and gradients, enough for ViT-L/H students)")
+    if stage > 0 and recipe.train.optim.name == "lamb":
+        raise RecipeError(f"train.optim.name=lamb cannot run under deepspeed.zero_optimization.stage={stage}: "
+                          "ZeRO hands the optimizer flat shards of many layers, and LAMB's per-layer trust "
+                          "ratio would be taken over those shards; use train.optim.name=adamw (or nadam, sgd), "
+                          "or ZeRO stage 0")
+    for key in ("optimizer", "scheduler"):
+        if key in ds:
+            raise RecipeError(f"deepspeed.{key} is not supported: the optimizer and its schedule come from "
+                              "train.optim, so that DDP and DeepSpeed runs of one recipe train alike")
     train = recipe.train
     micro = train.batch_size // train.grad_accum // max(world, 1)
     ds.setdefault("train_micro_batch_size_per_gpu", max(micro, 1))
     ds.setdefault("gradient_accumulation_steps", train.grad_accum)
     ds.setdefault("train_batch_size", max(micro, 1) * train.grad_accum * max(world, 1))
-    if train.optim.grad_clip:
-        ds.setdefault("gradient_clipping", train.optim.grad_clip)
+    ds.setdefault("gradient_clipping", float(train.optim.grad_clip or 0.0))
     return ds
 
 
@@ -428,26 +443,64 @@ def make_accelerator(recipe: Recipe, find_unused_parameters: bool = False):
 
     On a machine without a GPU, processes started by ``torchrun`` are only joined into
     one gloo group when Accelerate is told ``cpu=True``; without it every process would
-    silently train alone and all of them would write the same run folder.
+    silently train alone and all of them would write the same run folder. Accelerate
+    turns DeepSpeed off under ``cpu=True``, so a DeepSpeed run on CPUs (DeepSpeed's own
+    CPU accelerator) asks for the gloo backend instead.
     """
     from accelerate import Accelerator
-    from accelerate.utils import DeepSpeedPlugin, DistributedDataParallelKwargs, parse_flag_from_env
+    from accelerate.utils import (DeepSpeedPlugin, DistributedDataParallelKwargs, InitProcessGroupKwargs,
+                                  parse_flag_from_env)
 
     world = launched_world_size()
     on_cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or not _has_accelerator()  # `accelerate launch --cpu`
     precision = resolve_precision(recipe.train.mixed_precision, cuda=torch.cuda.is_available() and not on_cpu)
-    ddp = DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)
-    kwargs: dict[str, Any] = {"mixed_precision": precision, "kwargs_handlers": [ddp],
-                              "gradient_accumulation_steps": recipe.train.grad_accum}
-    if on_cpu:
-        kwargs["cpu"] = True
+    handlers: list[Any] = [DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)]
+    kwargs: dict[str, Any] = {"mixed_precision": precision, "gradient_accumulation_steps": recipe.train.grad_accum}
+    launcher_ds = parse_flag_from_env("ACCELERATE_USE_DEEPSPEED")
+    if launcher_ds and not recipe.deepspeed:
+        raise RecipeError("the launcher asks for DeepSpeed (accelerate launch --use_deepspeed) but the recipe has "
+                          "no 'deepspeed:' block; add one (as recipes/stage3_hires_zero2.yaml does) or launch "
+                          "without --use_deepspeed")
     if recipe.deepspeed:
-        kwargs["deepspeed_plugin"] = DeepSpeedPlugin(hf_ds_config=deepspeed_config(recipe, world, on_cpu))
-    accelerator = Accelerator(**kwargs)
+        kwargs["deepspeed_plugin"] = DeepSpeedPlugin(hf_ds_config=deepspeed_config(recipe, world))
+        if "LOCAL_RANK" not in os.environ:
+            # Started without a launcher: a group of one, as `torchrun --nproc_per_node 1`
+            # would set up (DeepSpeed would otherwise look for MPI).
+            os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        if on_cpu:
+            handlers.append(InitProcessGroupKwargs(backend="gloo"))
+            os.environ.pop("ACCELERATE_USE_CPU", None)  # it would make Accelerate drop DeepSpeed
+    elif on_cpu:
+        kwargs["cpu"] = True
+    accelerator = Accelerator(kwargs_handlers=handlers, **kwargs)
+    if not launcher_ds:
+        os.environ.pop("ACCELERATE_USE_DEEPSPEED", None)  # set by Accelerate for this run only
+    if recipe.deepspeed and accelerator.distributed_type != "DEEPSPEED":
+        raise RuntimeError(f"the recipe asks for DeepSpeed but Accelerate set up {accelerator.distributed_type}")
     if accelerator.num_processes != world:
         raise RuntimeError(f"the launcher started {world} processes but Accelerate joined "
                            f"{accelerator.num_processes}; each would train alone on the same run folder")
     return accelerator
+
+
+def run_precision(accelerator: Any) -> str:
+    """The run's reduced precision: "bf16", "fp16" or "no".
+
+    Under DeepSpeed Accelerate reports "no" (DeepSpeed casts the model itself), so the
+    DeepSpeed config's ``bf16`` / ``fp16`` blocks are read instead.
+    """
+    if accelerator is None:
+        return "no"
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is not None:
+        config = plugin.deepspeed_config
+        for name in ("bf16", "fp16"):
+            if (config.get(name) or {}).get("enabled") is True:
+                return name
+        return "no"
+    return str(accelerator.mixed_precision)
 
 
 class TrainState:
@@ -555,6 +608,19 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         self.accelerator.print(f"resumed {self.run_dir} at step {self.state.step} from {last.name}")
 
+    def step_autocast(self) -> contextlib.AbstractContextManager:
+        """Autocast for a training step under DeepSpeed bf16/fp16.
+
+        Accelerate autocasts the prepared model's forward itself, except under DeepSpeed,
+        which only casts the weights: float32 inputs, frozen teachers and losses would
+        then meet bf16 weights. Autocasting the whole step lets every trainer stay
+        precision-agnostic.
+        """
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run_precision(self.accelerator))
+        if not self.recipe.deepspeed or dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.accelerator.device.type, dtype=dtype)
+
     def set_lr(self, step: int) -> float:
         lr = lr_at(step, self.recipe.train.steps, self.recipe.train.optim)
         for group in self.optimizer.param_groups:
@@ -601,7 +667,8 @@ class Trainer:
                 batch = next_readable(batches)
                 window_n += len(batch["image"]) * acc.num_processes
                 with acc.accumulate(self.model):
-                    loss, metrics = self.train_step(batch, step)
+                    with self.step_autocast():
+                        loss, metrics = self.train_step(batch, step)
                     acc.backward(loss)
                     if acc.sync_gradients and recipe.train.optim.grad_clip and not recipe.deepspeed:
                         acc.clip_grad_norm_(self.model.parameters(), recipe.train.optim.grad_clip)
@@ -639,3 +706,25 @@ class Trainer:
 
     def unwrapped(self) -> torch.nn.Module:
         return self.accelerator.unwrap_model(self.model)
+
+    def exported_model(self) -> torch.nn.Module:
+        """The module to export, in float32.
+
+        Under DeepSpeed bf16/fp16 the module holds rounded weights; the float32 master
+        weights live in the (ZeRO-sharded) optimizer state, so they are read back from
+        the last checkpoint, which every run writes at its end, into a float32 copy.
+        """
+        model = self.unwrapped()
+        if not self.recipe.deepspeed or all(p.dtype == torch.float32 for p in model.parameters()):
+            return model
+        import copy
+
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        master = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dirs(self.run_dir)[-1]))
+        names = {name for name, _ in model.named_parameters()}
+        if not names <= set(master):
+            raise RuntimeError(f"the DeepSpeed checkpoint lacks the float32 weights of {sorted(names - set(master))}")
+        full = copy.deepcopy(model).float()
+        full.load_state_dict({k: v for k, v in master.items() if k in names}, strict=False)
+        return full

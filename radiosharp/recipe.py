@@ -134,6 +134,12 @@ class TrainConfig(Strict):
     num_workers: int = Field(default=0, ge=0)
     optim: OptimConfig = OptimConfig()
 
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, value: Any) -> Any:
+        # YAML reads a bare `no` (in a file or as `train.mixed_precision=no`) as false.
+        return "no" if value is False else value
+
 
 class StatsConfig(Strict):
     """PHI-S statistics: streamed over ``num_images`` images of ``data``."""

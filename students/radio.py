@@ -174,7 +174,7 @@ class RadioStudent(nn.Module):
         """Normed tokens ``[B, prefix + h*w, D]`` (summary tokens, registers, patches) and the grid."""
         self.check_size(images)
         pixels = (images - self.pixel_mean.to(images.dtype)) / self.pixel_std.to(images.dtype)
-        patches = self.patch_embed(pixels)  # [B, h, w, D] (timm dynamic_img_size -> NHWC)
+        patches = self.patch_embed(pixels.to(self.prefix_tokens.dtype))  # float32 images into a bf16 student too  # [B, h, w, D] (timm dynamic_img_size -> NHWC)
         batch, rows, cols, dim = patches.shape
         position = self.cpe(batch, (rows, cols), patches.device).to(patches.dtype)
         patches = (patches + position.permute(0, 2, 3, 1)).reshape(batch, rows * cols, dim)

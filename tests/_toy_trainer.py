@@ -105,7 +105,7 @@ class ToyTrainer(Trainer):
         return loss, {"mse": loss.detach()}
 
     def export(self) -> None:
-        save_export(self.run_dir, self.unwrapped(), "toy", {"dropout": 0.3 if self.noise else 0.0})
+        save_export(self.run_dir, self.exported_model(), "toy", {"dropout": 0.3 if self.noise else 0.0})
 
 
 def toy_recipe(output_dir: str | Path, steps: int = 30, batch_size: int = 8, grad_accum: int = 1,
@@ -122,10 +122,18 @@ def toy_recipe(output_dir: str | Path, steps: int = 30, batch_size: int = 8, gra
 
 def main(argv: list[str]) -> int:
     """``_toy_trainer.py JOBS_JSON``: run each ``{"recipe": {...}, "options": {...}}`` of the
-    list in turn (any number of processes; ``options`` are ToyTrainer keywords)."""
+    list in turn (any number of processes; ``options`` are ToyTrainer keywords). A job
+    stopped by ``kill_at`` counts as a killed process: the next job starts afresh."""
+    from accelerate.state import AcceleratorState, GradientState
+
     for job in json.loads(Path(argv[0]).read_text()):
         recipe = Recipe.model_validate(job["recipe"])
-        ToyTrainer(recipe, **job.get("options", {})).run()
+        try:
+            ToyTrainer(recipe, **job.get("options", {})).run()
+        except Interrupted:
+            pass
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
     return 0
 
 

@@ -8,7 +8,6 @@ Everything is tiny: random-init tiny teachers (112-128 px native), the tiny stud
 """
 from __future__ import annotations
 
-import importlib.util
 import math
 import re
 from pathlib import Path
@@ -361,36 +360,6 @@ def test_recipe_mistakes_fail_clearly_before_anything_is_written(tmp_path, phis,
     assert err.startswith("error: ")
     assert re.search(message, err), err
     assert not (tmp_path / "out").exists()
-
-
-def test_deepspeed_block_without_deepspeed_says_how_to_install(tmp_path, phis, monkeypatch):
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "deepspeed" else real_find_spec(name, *a))
-    data = base_recipe(tmp_path / "out", phis, deepspeed={"zero_optimization": {"stage": 2}})
-    with pytest.raises(RecipeError, match=r"pip install radiosharp\[deepspeed\]"):
-        DistillTrainer(load_recipe(write(tmp_path / "r.yaml", data)))
-    assert not (tmp_path / "out").exists()
-
-
-def test_deepspeed_config_comes_from_the_recipe_and_refuses_zero3(tmp_path, phis, monkeypatch):
-    from radiosharp.engine import deepspeed_config
-
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: object() if name == "deepspeed" else real_find_spec(name, *a))
-    data = base_recipe(tmp_path / "out", phis, deepspeed={"zero_optimization": {"stage": 2}})
-    data["train"].update(batch_size=32, grad_accum=2)
-    data["distill"]["partitions"][0]["batch_size"] = 32
-    recipe = load_recipe(write(tmp_path / "r.yaml", data))
-    ds = deepspeed_config(recipe, world=4, on_cpu=False)
-    assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"]) == (4, 2, 32)
-    assert ds["gradient_clipping"] == 1.0 and ds["zero_optimization"] == {"stage": 2}
-    with pytest.raises(RecipeError, match="needs CUDA GPUs"):
-        deepspeed_config(recipe, world=4, on_cpu=True)
-    recipe = load_recipe(write(tmp_path / "r.yaml", data), ["deepspeed.zero_optimization.stage=3"])
-    with pytest.raises(RecipeError, match=r"stage=3 is not supported; use 0, 1 or 2"):
-        deepspeed_config(recipe, world=4, on_cpu=False)
 
 
 # ----------------------------------------------------------------------------- the shipped demo stages

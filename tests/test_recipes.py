@@ -146,3 +146,13 @@ def test_overrides_index_into_lists(tmp_path):
     assert recipe.distill["partitions"][1]["size"] == 320 and recipe.distill["partitions"][0]["size"] == 128
     with pytest.raises(RecipeError, match=r"'distill\.partitions\.2' needs an index below 2"):
         load_recipe(path, ["distill.partitions.2.size=3"])
+
+
+def test_mixed_precision_no_survives_yaml(tmp_path):
+    """A bare `no` is YAML for false; as a precision it means "no" (file and override alike)."""
+    path = tmp_path / "r.yaml"
+    path.write_text("kind: featurize\ntrain:\n  mixed_precision: no\n")
+    assert load_recipe(path).train.mixed_precision == "no"
+    assert load_recipe(write(tmp_path / "b.yaml", BASE), ["train.mixed_precision=no"]).train.mixed_precision == "no"
+    with pytest.raises(RecipeError, match=r"train.mixed_precision.*'no', 'bf16', 'fp16' or 'auto'"):
+        load_recipe(write(tmp_path / "b.yaml", BASE), ["train.mixed_precision=yes"])

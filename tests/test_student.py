@@ -241,6 +241,17 @@ def test_export_round_trip_gives_identical_outputs(tmp_path):
             assert torch.equal(a, b)
 
 
+def test_a_bf16_student_takes_float32_images():
+    student = build_radio(teachers=TEACHERS, max_resolution=128, seed=3).eval()
+    x = images(1, 64, 48)
+    with torch.no_grad():
+        ref = student(x)
+        out = student.to(torch.bfloat16)(x)
+    for name in TEACHERS:
+        a, b = out.features[name], ref.features[name]
+        assert a.dtype == torch.bfloat16 and ((a.float() - b).norm() / b.norm()).item() < 0.05
+
+
 def test_export_with_trainer_config_and_missing_runs(tmp_path):
     student = build_radio(teachers=TEACHERS, max_resolution=64)
     config = {"name": "radio", "size": "tiny", "max_resolution": 64, "teachers": TEACHERS}  # as the trainer writes it

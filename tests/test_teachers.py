@@ -310,3 +310,17 @@ def test_real_transformers_checkpoint_missing_a_weight_fails(tmp_path, monkeypat
     save_weights(snapshot / "model.safetensors", state)
     with pytest.raises(WeightsMismatchError, match=f"leaves weights of SamVisionModel unset: missing .*{re.escape(dropped)}"):
         TEACHERS.build("sam", size="real", model="test/tiny-sam", native_size=128, cache_dir=str(tmp_path))
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_bf16_teacher_takes_float32_images(teachers, case):
+    """`.to(torch.bfloat16)` for inference (or a DeepSpeed bf16 cast): float32 images in [0,1]
+    still go in, and the features stay close to the float32 ones."""
+    import copy
+
+    teacher = teachers[case]
+    x = images(1, teacher.native_size, teacher.native_size, seed=4)
+    ref = teacher(x).features
+    out = copy.deepcopy(teacher).to(torch.bfloat16)(x).features
+    assert out.dtype == torch.bfloat16
+    assert ((out.float() - ref).norm() / ref.norm()).item() < 0.05

@@ -431,3 +431,28 @@ def test_upsampled_teacher_runs_global_view_and_tiles_in_one_teacher_call(name):
                                                               antialias=True, align_corners=False))
         separate = up.upsampler(images, lowres, up.featurize)
     torch.testing.assert_close(out.features, separate, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["featsharp", "featup", "bilinear"])
+def test_a_bf16_upsampled_teacher_takes_float32_images(name, teacher):
+    """The whole upsampled teacher cast to bf16 (inference, or DeepSpeed's cast in training):
+    float32 images go in and the output stays close to the float32 one."""
+    from radiosharp.phis import PhiS
+
+    torch.manual_seed(2)
+    model = _perturbed(UpsampledTeacher(PatchTeacher(), build(name, 2, teacher), Debias(8, 4), PhiS.identity(8)))
+    images = torch.rand(1, 3, 32, 32)
+    ref = model.eval()(images).features
+    out = model.to(torch.bfloat16)(images).features
+    assert ((out.float() - ref).norm() / ref.norm()).item() < 0.05
+
+
+def test_jbu_loads_exports_with_0_dim_scalars(teacher):
+    """Exports written before 0.2.0 stored the JBU scalars as 0-dim tensors."""
+    up = build("featup", 2, teacher)
+    state = {k: (v.reshape(()) if k.endswith(("log_range_temperature", "sigma_spatial")) else v) + 0.25
+             for k, v in up.state_dict().items()}
+    fresh = build("featup", 2, teacher)
+    fresh.load_state_dict(state)
+    assert fresh.jbu.stages[0].sigma_spatial.shape == (1,)
+    assert fresh.jbu.stages[0].sigma_spatial.item() == pytest.approx(1.25)

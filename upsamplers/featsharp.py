@@ -173,6 +173,7 @@ class FeatSharpUpsampler(Upsampler):
         smooth = self.jbu(lowres, images)
         tiles = self.tile_buffer(images, lowres, featurize, tile_features)
         x = torch.cat([smooth, tiles.to(smooth.dtype)], dim=1).permute(0, 2, 3, 1)
+        x = x.to(self.tile_pos.dtype)  # PHI-S features are float32; a bf16 block takes its own dtype
         return self.block(x).permute(0, 3, 1, 2).contiguous()
 
 

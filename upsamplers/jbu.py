@@ -64,13 +64,21 @@ class JointBilateralUpsampler(nn.Module):
         self.kernel_size = kernel_size
         self.range_proj = nn.Sequential(
             nn.Conv2d(guidance_dim, key_dim, 1), nn.GELU(), nn.Conv2d(key_dim, key_dim, 1))
-        self.log_range_temperature = nn.Parameter(torch.zeros(()))  # log(1 / sigma_range^2)
-        self.sigma_spatial = nn.Parameter(torch.ones(()))
+        # Shape [1], not []: DeepSpeed cannot broadcast 0-dim bf16 parameters.
+        self.log_range_temperature = nn.Parameter(torch.zeros(1))  # log(1 / sigma_range^2)
+        self.sigma_spatial = nn.Parameter(torch.ones(1))
         self.radius = max(kernel_size // 2, 1)
         dist_sq = torch.tensor([float(dy * dy + dx * dx) for dy, dx in window_offsets(kernel_size)])
         self.register_buffer("offset_dist_sq", dist_sq.view(1, -1), persistent=False)  # exact integers
         self.register_buffer("guidance_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("guidance_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        for name in ("log_range_temperature", "sigma_spatial"):  # exports before 0.2 stored them 0-dim
+            value = state_dict.get(prefix + name)
+            if value is not None and value.dim() == 0:
+                state_dict[prefix + name] = value.reshape(1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def range_temperature(self) -> torch.Tensor:
@@ -84,7 +92,8 @@ class JointBilateralUpsampler(nn.Module):
     def guidance(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """The image area-pooled to the output grid, standardized; ``[B,3,H,W]``."""
         pooled = F.adaptive_avg_pool2d(images, size)
-        return (pooled - self.guidance_mean.to(pooled.dtype)) / self.guidance_std.to(pooled.dtype)
+        guidance = (pooled - self.guidance_mean.to(pooled.dtype)) / self.guidance_std.to(pooled.dtype)
+        return guidance.to(self.log_range_temperature.dtype)  # the weights' dtype (bf16 after .to(bf16))
 
     def forward(self, features: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         size = (features.shape[-2] * self.factor, features.shape[-1] * self.factor)

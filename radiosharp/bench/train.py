@@ -87,6 +87,11 @@ def _prepared_trainer(recipe: Recipe, run_dir: str, stats_images: int):
         raise RecipeError(f"bench train measures distillation steps: the recipe has kind '{recipe.kind}', "
                           "expected 'distill' (for upsamplers use: python -m radiosharp.bench upsample)")
     recipe = recipe.model_copy(deep=True)
+    if recipe.deepspeed:
+        # Each partition's backward is timed on its own, and under DeepSpeed every
+        # backward also steps the optimizer; the phases are those of a DDP step.
+        print("bench train: the recipe's deepspeed block is left out; the step is timed as under DDP")
+        recipe.deepspeed = None
     recipe.output_dir, recipe.resume = run_dir, False
     recipe.wandb.enabled = False
     if any(t.phi_s is None for t in recipe.teachers.values()):

@@ -19,6 +19,7 @@ from torch import nn
 
 import radiosharp
 from radiosharp.contracts import Teacher, TeacherOutput
+from radiosharp.engine import run_precision
 from radiosharp.recipe import Recipe, RecipeError, TeacherConfig
 
 TRAINING_FREE = ("bilinear", "tiles", "s2")
@@ -70,8 +71,7 @@ def teacher_autocast(accelerator: Any) -> contextlib.AbstractContextManager:
     Teachers are not wrapped by ``accelerator.prepare`` (they never train), so they do
     not get its autocast; under DeepSpeed Accelerate's own autocast is off as well.
     """
-    precision = str(getattr(accelerator, "mixed_precision", "no")) if accelerator is not None else "no"
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run_precision(accelerator))
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=accelerator.device.type, dtype=dtype)

@@ -238,7 +238,7 @@ class DistillTrainer(Trainer):
     def export(self) -> None:
         from radiosharp.student_io import save_student
 
-        save_student(self.run_dir, self.unwrapped().student, self.student_config,
+        save_student(self.run_dir, self.exported_model().student, self.student_config,
                      teacher_configs={key: t.config for key, t in self.stack.items()})
 
 

@@ -126,7 +126,7 @@ class UpsamplerTrainer(Trainer):
         from radiosharp.export import save_state_dict
         from radiosharp.upsampled import save_upsampler
 
-        model = self.unwrapped()
+        model = self.exported_model()
         save_upsampler(self.run_dir, model.upsampled, self.export_config)
         save_state_dict(self.run_dir / "downsampler.safetensors", model.downsampler.state_dict(),
                         {"kernel_size": str(self.section.downsampler_kernel)})
