@@ -386,6 +386,11 @@ def launched_world_size() -> int:
     return 1
 
 
+def _env_flag(name: str) -> bool:
+    """An on/off environment variable as Accelerate reads them (1/true/yes/on)."""
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "y", "on")
+
+
 def _free_port() -> int:
     import socket
 
@@ -447,16 +452,15 @@ def make_accelerator(recipe: Recipe, find_unused_parameters: bool = False):
     turns DeepSpeed off under ``cpu=True``, so a DeepSpeed run on CPUs (DeepSpeed's own
     CPU accelerator) asks for the gloo backend instead.
     """
-    from accelerate import Accelerator
-    from accelerate.utils import (DeepSpeedPlugin, DistributedDataParallelKwargs, InitProcessGroupKwargs,
-                                  parse_flag_from_env)
-
     world = launched_world_size()
-    on_cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or not _has_accelerator()  # `accelerate launch --cpu`
+    on_cpu = _on_cpu()
+    from accelerate import Accelerator
+    from accelerate.utils import DeepSpeedPlugin, DistributedDataParallelKwargs, InitProcessGroupKwargs
+
     precision = resolve_precision(recipe.train.mixed_precision, cuda=torch.cuda.is_available() and not on_cpu)
     handlers: list[Any] = [DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)]
     kwargs: dict[str, Any] = {"mixed_precision": precision, "gradient_accumulation_steps": recipe.train.grad_accum}
-    launcher_ds = parse_flag_from_env("ACCELERATE_USE_DEEPSPEED")
+    launcher_ds = _env_flag("ACCELERATE_USE_DEEPSPEED")
     if launcher_ds and not recipe.deepspeed:
         raise RecipeError("the launcher asks for DeepSpeed (accelerate launch --use_deepspeed) but the recipe has "
                           "no 'deepspeed:' block; add one (as recipes/stage3_hires_zero2.yaml does) or launch "
@@ -483,6 +487,25 @@ def make_accelerator(recipe: Recipe, find_unused_parameters: bool = False):
         raise RuntimeError(f"the launcher started {world} processes but Accelerate joined "
                            f"{accelerator.num_processes}; each would train alone on the same run folder")
     return accelerator
+
+
+def _on_cpu() -> bool:
+    """Whether this run is on CPUs: ``accelerate launch --cpu`` / ACCELERATE_USE_CPU, or no GPU."""
+    on_cpu = _env_flag("ACCELERATE_USE_CPU") or not _has_accelerator()
+    if on_cpu:
+        # What DeepSpeed would detect anyway (Accelerate imports it when installed), said
+        # before Accelerate is imported so that it does not warn about a missing GPU.
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    return on_cpu
+
+
+def plain_accelerator():
+    """An Accelerator for work outside a training loop (statistics): its processes are
+    joined as a training run's are (gloo on CPUs), without mixed precision or DeepSpeed."""
+    cpu = _on_cpu()
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=cpu)
 
 
 def run_precision(accelerator: Any) -> str:

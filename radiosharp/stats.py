@@ -157,9 +157,9 @@ def compute_stats(recipe: Recipe, accelerator: Any = None) -> dict[str, Path]:
         _check_teacher(key, teachers[key], recipe.stats.image_size)
     dataset = _built("data", radiosharp.build_dataset, recipe.data)
     if accelerator is None:
-        from accelerate import Accelerator
+        from radiosharp.engine import plain_accelerator
 
-        accelerator = Accelerator()
+        accelerator = plain_accelerator()
     moments = teachers_moments(teachers, dataset, recipe.stats.num_images, recipe.stats.batch_size,
                                recipe.stats.image_size, accelerator, num_workers=recipe.train.num_workers)
     paths = stats_paths(recipe)

@@ -294,6 +294,7 @@ def test_bench_train_phase_shares_sum_to_one(tmp_path, monkeypatch):
         assert part["images_per_s"] == pytest.approx(part["batch"] / part["seconds"])
         assert part["shares"]["teachers"] > 0 and part["shares"]["student_forward"] > 0
     assert low["shares"]["upsamplers"] == 0 and hi["shares"]["upsamplers"] > 0
+    assert report["peak_memory"]["what"] == "process peak RSS" and report["peak_memory"]["mib"] > 100
     assert set(tmp_path.iterdir()) == {recipe, path}  # no run folder left behind
 
 

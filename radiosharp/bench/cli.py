@@ -57,6 +57,9 @@ def train_tables(report: dict[str, Any]) -> str:
     head = (f"recipe {report['recipe']} on {report['device']} ({report['mixed_precision']}), "
             f"{report['steps']} steps after {report['warmup']} warm-up, micro-batch {report['micro_batch']}: "
             f"{report['images_per_s']:.3g} images/s ({report['step_s'] * 1e3:.3g} ms/step)")
+    peak = report.get("peak_memory") or {}
+    if peak.get("mib") is not None:
+        head += f"; peak memory {peak['mib']:.4g} MiB ({peak['what']})"
     phases = list(report["partitions"][0]["shares"]) if report["partitions"] else []
     rows = [[p["name"], p["size"], p["batch"], str(p["upsample"]).lower(), _ms(p["seconds"]), p["images_per_s"],
              *(100 * p["shares"][ph] for ph in phases)] for p in report["partitions"]]

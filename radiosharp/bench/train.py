@@ -154,6 +154,19 @@ def _timed_step(trainer: Any, batch: dict[str, Any], clock: PhaseClock, teacher_
     return clock.now() - step_start
 
 
+def _peak_memory(device: torch.device) -> dict[str, Any]:
+    """Peak memory of the measured steps: on CUDA the allocator's peak (weights, optimizer
+    state, activations); on a CPU the process's peak resident size since it started."""
+    if device.type == "cuda":
+        return {"what": "CUDA max_memory_allocated", "mib": torch.cuda.max_memory_allocated(device) / 2**20}
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return {"what": "not measured", "mib": None}
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    return {"what": "process peak RSS", "mib": kib / 1024}
+
+
 def bench_train(recipe: Recipe, steps: int = 3, warmup: int = 1, stats_images: int = 8) -> dict[str, Any]:
     """Images/s per partition and the share of step time per phase (see the module docstring)."""
     from radiosharp.engine import next_readable, step_loader
@@ -173,6 +186,8 @@ def bench_train(recipe: Recipe, steps: int = 3, warmup: int = 1, stats_images: i
                 batch = next_readable(batches)
                 if i == warmup:
                     clock.seconds.clear()
+                    if acc.device.type == "cuda":
+                        torch.cuda.reset_peak_memory_stats(acc.device)
                 seconds = _timed_step(trainer, batch, clock, timer)
                 if i >= warmup:
                     step_times.append(seconds)
@@ -205,6 +220,7 @@ def bench_train(recipe: Recipe, steps: int = 3, warmup: int = 1, stats_images: i
         "micro_batch": micro,
         "step_s": statistics.median(step_times),
         "images_per_s": micro / statistics.median(step_times),
+        "peak_memory": _peak_memory(acc.device),
         "seconds": phase_seconds,
         "shares": {ph: s / total if total > 0 else 0.0 for ph, s in phase_seconds.items()},
         "partitions": rows,
