@@ -15,6 +15,13 @@ Weights reach a teacher in one of three ways, tried in this order:
 
 CLIP-like teachers built with ``text: true`` read their text tower from the same file
 (read once; see ``teachers/_text.py``) and expose it as ``text_tower``.
+
+Sizes: ``real`` (the named model with its weights), ``tiny`` (a small seeded model of
+the same family, for tests and demos) and ``random``: the real architecture, built
+from the library's own config (timm, open_clip, SAM's published encoder shapes) with
+seeded random weights and nothing read from disk or the network. ``random`` is for
+measuring speed and memory at real sizes (``python -m radiosharp.bench``) on machines
+without the weights; its features teach nothing.
 """
 from __future__ import annotations
 
@@ -29,7 +36,7 @@ from torch import nn
 
 from radiosharp.contracts import Teacher, TeacherOutput
 
-SIZES = ("tiny", "real")
+SIZES = ("tiny", "real", "random")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
 
 
@@ -49,6 +56,21 @@ def check_choice(family: str, key: str, value: Any, choices: Sequence[Any]) -> N
         raise ValueError(
             f"{family}: {key}={value!r} is not valid; choose one of: {', '.join(map(str, choices))}"
         )
+
+
+def check_random_size(family: str, size: str, weights: Any = None, text: bool = False,
+                      source: str | None = None, sources: Sequence[str] = ()) -> None:
+    """``size: random`` takes no weights and no text tower, and needs a source whose
+    library holds the architecture's config (``sources``)."""
+    if size != "random":
+        return
+    if weights is not None:
+        raise ValueError(f"{family}: size=random builds random weights; drop `weights:` or use size=real")
+    if text:
+        raise ValueError(f"{family}: size=random has no text tower; text: true needs size=real (or tiny)")
+    if source is not None and source not in sources:
+        raise ValueError(f"{family}: size=random needs a library that holds the architecture's config: "
+                         f"source={source!r} reads it from the model's files; use source: {' or '.join(sources)}")
 
 
 def resolve_native_size(family: str, native_size: int | None, default: int, patch_size: int) -> int:
@@ -183,7 +205,8 @@ def missing_weights(family: str, what: str, repo_id: str | None, cache_dir: str 
         f"{family}: no weights for {what} in the cache {hub_cache(cache_dir)} and {mode}"
         f"{': ' + why if why else ''}. To use the real model,{fetch} set "
         f"`teachers.{family}.weights: /path/to/file.safetensors` (a state dict as .safetensors, "
-        f".bin or .pth). For tests and demos without weights use `size: tiny`."
+        f".bin or .pth). For tests and demos without weights use `size: tiny`; to measure speed "
+        f"and memory at real sizes, `size: random`."
     )
 
 
@@ -338,7 +361,7 @@ def check_weights_path(family: str, weights: str | os.PathLike | None) -> Path |
 
 
 def jitter_zero_tables(module: nn.Module, names: Sequence[str], std: float = 0.02) -> None:
-    """Give zero-initialised position tables small random values (tiny models only).
+    """Give zero-initialised position tables small random values (random-weight models).
 
     Some libraries start position tables at zero; a tiny random model then ignores
     position, and resizing the table would go untested.

@@ -30,6 +30,7 @@ from teachers._common import (
     FrozenTeacher,
     build_open_clip_tower,
     check_choice,
+    check_random_size,
     check_weights_path,
     load_weights_state,
     open_clip_model_config,
@@ -126,6 +127,8 @@ def open_clip_setup(
         vision.update(TINY_VISION, image_size=native)
         config["embed_dim"] = TINY_PROJ_DIM
         path = weights_path
+    elif size == "random":
+        path = None
     else:
         # Resolve the checkpoint before building: a missing file fails in milliseconds.
         path = weights_path or Path(open_clip_weights_file(family, model, pretrained, cache_dir))
@@ -152,16 +155,14 @@ def build_open_clip_teacher(
     default_std,
     text: bool = False,
 ) -> OpenClipViTTeacher:
-    """Build an open_clip ViT teacher (real: config + strict weights; tiny: seeded random).
+    """Build an open_clip ViT teacher (real: config + strict weights; tiny, random: seeded random).
 
     With ``text`` the text tower is built too, from the same weights file (read once).
     """
+    check_random_size(family, size, weights, text)
     setup = open_clip_setup(family, size, model, pretrained, weights, native_size, cache_dir, default_mean, default_std)
     tokenizer = open_clip_text_tokenizer(family, model, setup.config, size, cache_dir) if text else None
-    if size == "tiny":
-        with seeded(seed):
-            visual = build_open_clip_tower(setup.config, setup.quick_gelu)
-    else:
+    with seeded(seed):  # the weights of size: tiny / random; real ones are loaded below
         visual = build_open_clip_tower(setup.config, setup.quick_gelu)
     state = read_weights_file(setup.weights) if setup.weights is not None else None
     if state is not None:
@@ -174,7 +175,7 @@ def build_open_clip_teacher(
 
 @TEACHERS.register(FAMILY)
 def build_dfn_clip(
-    size: Literal["tiny", "real"] = "real",
+    size: Literal["tiny", "real", "random"] = "real",
     model: str = "ViT-H-14-378-quickgelu",
     pretrained: str | None = "dfn5b",
     weights: str | None = None,
@@ -185,17 +186,18 @@ def build_dfn_clip(
 ) -> OpenClipViTTeacher:
     """DFN CLIP through open_clip.
 
-    - ``size``: ``real`` (the named model, real weights) or ``tiny`` (same open_clip
+    - ``size``: ``real`` (the named model, real weights), ``tiny`` (same open_clip
       ViT family: width 64, 2 blocks, 4 heads, projection 24, 112 px, seeded random
       weights; with ``text``, a text transformer of width 32, 2 blocks, 16 tokens,
-      projected to 24) for tests and demos.
+      projected to 24) for tests and demos, or ``random`` (the named model's
+      architecture with seeded random weights, for benchmarks).
     - ``model``: an open_clip model name (``ViT-H-14-378-quickgelu``) or ``hf-hub:ORG/REPO``
       (e.g. ``hf-hub:apple/DFN5B-CLIP-ViT-H-14-378``; then ``pretrained`` is unused).
     - ``pretrained``: the open_clip pretrained tag (``dfn5b``).
     - ``weights``: a local state-dict file (whole CLIP or the visual tower); overrides the tag.
     - ``native_size``: the input side the teacher runs at (378 real, 112 tiny).
     - ``cache_dir``: the Hugging Face cache to read weights from (default HF_HUB_CACHE).
-    - ``seed``: the random weights of ``size: tiny``.
+    - ``seed``: the random weights of ``size: tiny`` / ``random``.
     - ``text``: also load the (frozen) text tower and its tokenizer, exposing
       ``encode_text(tokens) -> [K, summary_dim]`` and ``tokenize(prompts)`` for zero-shot
       classification (needs a whole-CLIP weights file).
@@ -206,7 +208,7 @@ def build_dfn_clip(
 
 
 def build_dfn_clip_text_tower(
-    size: Literal["tiny", "real"] = "real",
+    size: Literal["tiny", "real", "random"] = "real",
     model: str = "ViT-H-14-378-quickgelu",
     pretrained: str | None = "dfn5b",
     weights: str | None = None,
@@ -219,6 +221,7 @@ def build_dfn_clip_text_tower(
 
     What ``load_student(run, text_towers=True)`` uses to give a student its teacher's text tower.
     """
+    check_random_size(FAMILY, size, weights, text=True)
     setup = open_clip_setup(FAMILY, size, model, pretrained, weights, native_size, cache_dir, CLIP_MEAN, CLIP_STD)
     tokenizer = open_clip_text_tokenizer(FAMILY, model, setup.config, size, cache_dir)
     state = read_weights_file(setup.weights) if setup.weights is not None else None

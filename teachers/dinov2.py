@@ -22,6 +22,7 @@ from teachers._common import (
     FrozenTeacher,
     TimmViTTeacher,
     check_choice,
+    check_random_size,
     check_timm_name,
     check_weights_path,
     create_timm_vit,
@@ -80,6 +81,10 @@ def _build_timm(size: str, model: str, weights: Path | None, native: int, cache_
         with seeded(seed):
             trunk = create_timm_vit(model, img_size=native, embed_dim=TINY_WIDTH, depth=TINY_DEPTH, num_heads=TINY_HEADS)
         path = weights
+    elif size == "random":
+        with seeded(seed):
+            trunk = create_timm_vit(model)
+        path = None
     else:
         path = weights or timm_weights_file(FAMILY, model, cache_dir)  # before the (slow) build
         trunk = create_timm_vit(model)  # position table at the checkpoint's size (518 px)
@@ -115,7 +120,7 @@ def _build_hf(size: str, model: str, weights: Path | None, native: int, cache_di
 
 @TEACHERS.register(FAMILY)
 def build_dinov2(
-    size: Literal["tiny", "real"] = "real",
+    size: Literal["tiny", "real", "random"] = "real",
     source: Literal["timm", "hf"] = "timm",
     model: str | None = None,
     weights: str | None = None,
@@ -125,18 +130,20 @@ def build_dinov2(
 ) -> FrozenTeacher:
     """DINOv2 with registers.
 
-    - ``size``: ``real`` or ``tiny`` (same family: a ViT with a class token and 4
-      registers, width 32, 2 blocks, 2 heads, 112 px, seeded random weights).
+    - ``size``: ``real``, ``tiny`` (same family: a ViT with a class token and 4
+      registers, width 32, 2 blocks, 2 heads, 112 px, seeded random weights) or
+      ``random`` (the real timm architecture, seeded random weights: for benchmarks).
     - ``source``: ``timm`` (default model ``vit_large_patch14_reg4_dinov2.lvd142m``) or
       ``hf`` (default ``facebook/dinov2-with-registers-large``; ``facebook/dinov2-*`` work too).
     - ``model``: the timm name / hub id (or local folder for ``hf``); None: the source's default.
     - ``weights``: a local state-dict file (timm, original DINOv2 or transformers layout).
     - ``native_size``: the input side the teacher runs at (448 real, 112 tiny).
     - ``cache_dir``: the Hugging Face cache to read weights from (default HF_HUB_CACHE).
-    - ``seed``: the random weights of ``size: tiny``.
+    - ``seed``: the random weights of ``size: tiny`` / ``random``.
     """
     check_choice(FAMILY, "size", size, SIZES)
     check_choice(FAMILY, "source", source, SOURCES)
+    check_random_size(FAMILY, size, weights, source=source, sources=("timm",))
     weights_path = check_weights_path(FAMILY, weights)
     model = model or DEFAULT_MODELS[source]
     native = resolve_native_size(FAMILY, native_size, TINY_NATIVE if size == "tiny" else REAL_NATIVE, PATCH)

@@ -23,6 +23,7 @@ from teachers._common import (
     SIZES,
     FrozenTeacher,
     check_choice,
+    check_random_size,
     check_weights_path,
     hf_config,
     hf_from_pretrained,
@@ -50,6 +51,16 @@ TINY_CONFIG = dict(
     output_channels=32,
     initializer_range=0.02,  # the library default (1e-10) would give an all-but-zero model
 )
+# The image encoders of the three SAM checkpoints (Kirillov et al. 2023: ViT-B/L/H with
+# 14x14 windows and 4 evenly spaced global layers), for `size: random` without config files.
+RANDOM_CONFIGS = {
+    "facebook/sam-vit-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, mlp_dim=3072,
+                                  global_attn_indexes=[2, 5, 8, 11]),
+    "facebook/sam-vit-large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, mlp_dim=4096,
+                                   global_attn_indexes=[5, 11, 17, 23]),
+    "facebook/sam-vit-huge": dict(hidden_size=1280, num_hidden_layers=32, num_attention_heads=16, mlp_dim=5120,
+                                  global_attn_indexes=[7, 15, 23, 31]),
+}
 HF_MODEL_TYPES = ("sam", "sam_vision_model")
 # Where the encoder sits in a SamModel checkpoint / in a teacher.state_dict().
 WEIGHT_PREFIXES = ("vision_encoder.", "model.vision_encoder.")
@@ -82,7 +93,7 @@ class SamTeacher(FrozenTeacher):
 
 @TEACHERS.register(FAMILY)
 def build_sam(
-    size: Literal["tiny", "real"] = "real",
+    size: Literal["tiny", "real", "random"] = "real",
     model: str = DEFAULT_MODEL,
     weights: str | None = None,
     native_size: int | None = None,
@@ -91,22 +102,32 @@ def build_sam(
 ) -> SamTeacher:
     """SAM's image encoder through transformers ``SamVisionModel``.
 
-    - ``size``: ``real`` or ``tiny`` (a ``SamVisionModel`` of width 40, 2 blocks, 2 heads,
-      one windowed and one global, 128 px, seeded random weights).
+    - ``size``: ``real``, ``tiny`` (a ``SamVisionModel`` of width 40, 2 blocks, 2 heads,
+      one windowed and one global, 128 px, seeded random weights) or ``random`` (the
+      encoder of ``model``, one of the three SAM checkpoints, with seeded random weights).
     - ``model``: hub id or local folder (``facebook/sam-vit-huge``, ``-large``, ``-base``).
     - ``weights``: a local state-dict file in transformers layout (a whole ``SamModel``
       or the vision model); the architecture comes from ``model``'s config.
     - ``native_size``: the input side (1024 real, 128 tiny).
     - ``cache_dir``: the Hugging Face cache to read weights from (default HF_HUB_CACHE).
-    - ``seed``: the random weights of ``size: tiny``.
+    - ``seed``: the random weights of ``size: tiny`` / ``random``.
     """
     from transformers import SamVisionConfig, SamVisionModel
 
     check_choice(FAMILY, "size", size, SIZES)
+    check_random_size(FAMILY, size, weights)
+    if size == "random":
+        check_choice(FAMILY, "model (with size=random)", model, list(RANDOM_CONFIGS))
     weights_path = check_weights_path(FAMILY, weights)
     native = resolve_native_size(FAMILY, native_size, TINY_NATIVE if size == "tiny" else REAL_NATIVE, PATCH)
     if size == "tiny":
         config = SamVisionConfig(**TINY_CONFIG, image_size=native, patch_size=PATCH)
+        with seeded(seed):
+            net = SamVisionModel(config)
+            jitter_zero_tables(net, ("pos_embed", "rel_pos_h", "rel_pos_w"))
+    elif size == "random":
+        config = SamVisionConfig(**RANDOM_CONFIGS[model], image_size=REAL_NATIVE, patch_size=PATCH,
+                                 initializer_range=0.02)
         with seeded(seed):
             net = SamVisionModel(config)
             jitter_zero_tables(net, ("pos_embed", "rel_pos_h", "rel_pos_w"))

@@ -30,6 +30,7 @@ from teachers._common import (
     FrozenTeacher,
     TimmViTTeacher,
     check_choice,
+    check_random_size,
     check_weights_path,
     create_timm_vit,
     hf_config,
@@ -117,7 +118,7 @@ def _open_clip_setup(size: str, model: str, pretrained: str | None, weights: Pat
     preprocess = config.get("preprocess_cfg", {})
     mean = entry.get("mean") or preprocess.get("mean") or HALF_MEAN
     std = entry.get("std") or preprocess.get("std") or HALF_STD
-    if size == "tiny":
+    if size in ("tiny", "random"):
         path = weights
     else:
         path = weights or Path(open_clip_weights_file(FAMILY, model, pretrained, cache_dir))  # before the build
@@ -147,7 +148,8 @@ def _build_open_clip(
                 embed_dim=TINY_WIDTH, depth=TINY_DEPTH, num_heads=TINY_HEADS,
             )
     else:
-        trunk = create_timm_vit(setup.timm_name, global_pool="map")
+        with seeded(seed):  # the weights of size: random; real ones are loaded below
+            trunk = create_timm_vit(setup.timm_name, global_pool="map")
         patch = trunk.patch_embed.patch_size[0]
         native = resolve_native_size(FAMILY, native_size, _default_native(trunk.patch_embed.img_size[0], patch, size), patch)
     state = read_weights_file(setup.weights) if setup.weights is not None else None
@@ -255,7 +257,7 @@ def _resolve(size: str, source: str, model: str | None, pretrained: str | None, 
 
 @TEACHERS.register(FAMILY)
 def build_siglip(
-    size: Literal["tiny", "real"] = "real",
+    size: Literal["tiny", "real", "random"] = "real",
     source: Literal["open_clip", "hf"] = "open_clip",
     model: str | None = None,
     pretrained: str | None = None,
@@ -267,10 +269,11 @@ def build_siglip(
 ) -> FrozenTeacher:
     """SigLIP / SigLIP 2.
 
-    - ``size``: ``real`` or ``tiny`` (same family as the source: a timm ViT with a MAP
+    - ``size``: ``real``, ``tiny`` (same family as the source: a timm ViT with a MAP
       head for open_clip, a ``SiglipVisionModel`` for hf; width 48, 2 blocks, 4 heads,
       112 px, seeded random weights; with ``text``, a SigLIP text transformer of width
-      32, 2 blocks, 16 tokens, projected to 48).
+      32, 2 blocks, 16 tokens, projected to 48) or ``random`` (open_clip only: the
+      model's real timm tower with seeded random weights, for benchmarks).
     - ``source``: ``open_clip`` (default model ``ViT-SO400M-14-SigLIP-384``, tag ``webli``)
       or ``hf`` (default ``google/siglip2-so400m-patch14-384``; fixed-resolution SigLIP /
       SigLIP 2 ids, not the NaFlex ones).
@@ -280,12 +283,13 @@ def build_siglip(
     - ``native_size``: the input side (default: the model's size cut to a multiple of 14,
       378 for SO400M-384; 112 tiny).
     - ``cache_dir``: the Hugging Face cache to read weights from (default HF_HUB_CACHE).
-    - ``seed``: the random weights of ``size: tiny``.
+    - ``seed``: the random weights of ``size: tiny`` / ``random``.
     - ``text``: also load the (frozen) text tower and its tokenizer (open_clip's, or the
       hub id's for hf), exposing ``encode_text(tokens) -> [K, summary_dim]`` and
       ``tokenize(prompts)`` for zero-shot classification (needs a whole-model weights file).
     """
     model, pretrained, weights_path = _resolve(size, source, model, pretrained, weights)
+    check_random_size(FAMILY, size, weights, text, source, ("open_clip",))
     if source == "open_clip":
         teacher = _build_open_clip(size, model, pretrained, weights_path, native_size, cache_dir, seed, text)
     else:
@@ -294,7 +298,7 @@ def build_siglip(
 
 
 def build_siglip_text_tower(
-    size: Literal["tiny", "real"] = "real",
+    size: Literal["tiny", "real", "random"] = "real",
     source: Literal["open_clip", "hf"] = "open_clip",
     model: str | None = None,
     pretrained: str | None = None,
@@ -309,6 +313,7 @@ def build_siglip_text_tower(
     What ``load_student(run, text_towers=True)`` uses to give a student its teacher's text tower.
     """
     model, pretrained, weights_path = _resolve(size, source, model, pretrained, weights)
+    check_random_size(FAMILY, size, weights, text=True)
     if source == "open_clip":
         setup = _open_clip_setup(size, model, pretrained, weights_path, cache_dir)
         tokenizer = open_clip_text_tokenizer(FAMILY, model, setup.config, size, cache_dir)

@@ -324,3 +324,65 @@ def test_a_bf16_teacher_takes_float32_images(teachers, case):
     out = copy.deepcopy(teacher).to(torch.bfloat16)(x).features
     assert out.dtype == torch.bfloat16
     assert ((out.float() - ref).norm() / ref.norm()).item() < 0.05
+
+
+# ----------------------------------------------------------------------------- size: random
+
+# Small real architectures of each family (the defaults are ViT-L/H: see the slow test).
+RANDOM_CASES = {
+    "dfn_clip": ({"model": "ViT-B-16", "pretrained": None}, 768, 12),
+    "siglip": ({"model": "ViT-B-16-SigLIP"}, 768, 12),
+    "dinov2": ({"model": "vit_small_patch14_reg4_dinov2.lvd142m"}, 384, 12),
+    "sam": ({"model": "facebook/sam-vit-base", "native_size": 256}, 768, 12),
+}
+
+
+def count_blocks(teacher) -> int:
+    return max(int(m.group(1)) for name, _ in teacher.named_parameters()
+               if (m := re.search(r"(?:blocks|resblocks|layers)\.(\d+)\.", name))) + 1
+
+
+@pytest.mark.parametrize("family", RANDOM_CASES)
+def test_random_size_builds_the_real_architecture_offline_and_seeded(family, tmp_path, monkeypatch):
+    """`size: random`: the library's own architecture, seeded weights, nothing read from a
+    cache (an empty one here, offline), and the same contract as real teachers."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    options, width, depth = RANDOM_CASES[family]
+    teacher = TEACHERS.build(family, size="random", cache_dir=str(tmp_path), **options)
+    assert (teacher.embed_dim, count_blocks(teacher)) == (width, depth)
+    again = TEACHERS.build(family, size="random", cache_dir=str(tmp_path), **options)
+    other = TEACHERS.build(family, size="random", cache_dir=str(tmp_path), seed=1, **options)
+    first = next(iter(teacher.state_dict()))
+    assert torch.equal(teacher.state_dict()[first], again.state_dict()[first])
+    assert not torch.equal(teacher.state_dict()[first], other.state_dict()[first])
+    side = teacher.native_size
+    out = teacher(images(1, side, side + teacher.patch_size))
+    assert out.features.shape == (1, width, side // teacher.patch_size, side // teacher.patch_size + 1)
+    assert torch.isfinite(out.features).all() and out.features.std() > 0.1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_random_size_refuses_what_it_cannot_build(tmp_path):
+    with pytest.raises(ValueError, match=r"dinov2: size=random needs .*source='hf'.*use source: timm"):
+        TEACHERS.build("dinov2", size="random", source="hf")
+    with pytest.raises(ValueError, match=r"siglip: size=random .*use source: open_clip"):
+        TEACHERS.build("siglip", size="random", source="hf")
+    with pytest.raises(ValueError, match=r"dfn_clip: size=random has no text tower"):
+        TEACHERS.build("dfn_clip", size="random", text=True)
+    with pytest.raises(ValueError, match=r"sam: model \(with size=random\)='org/sam' is not valid; choose one of: "
+                                         r"facebook/sam-vit-base, facebook/sam-vit-large, facebook/sam-vit-huge"):
+        TEACHERS.build("sam", size="random", model="org/sam")
+    weights = save_weights(tmp_path / "w.safetensors", {"x": torch.zeros(1)})
+    with pytest.raises(ValueError, match=r"size=random builds random weights; drop `weights:`"):
+        TEACHERS.build("dinov2", size="random", weights=str(weights))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family,params_m,width", [("dfn_clip", 632, 1280), ("siglip", 428, 1152),
+                                                   ("dinov2", 304, 1024), ("sam", 637, 1280)])
+def test_random_size_defaults_are_the_papers_teachers(family, params_m, width):
+    """The default models at `size: random`: DFN CLIP ViT-H/14-378, SigLIP SO400M/14-384,
+    DINOv2-L/14 with registers, SAM ViT-H's encoder (parameter counts in millions)."""
+    teacher = TEACHERS.build(family, size="random")
+    assert teacher.embed_dim == width
+    assert sum(p.numel() for p in teacher.parameters()) / 1e6 == pytest.approx(params_m, abs=3)

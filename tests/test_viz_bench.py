@@ -307,3 +307,23 @@ def test_bench_train_refuses_other_kinds(tmp_path, capsys):
     assert "expected 'distill'" in capsys.readouterr().err
     assert main(["train", str(tmp_path / "none.yaml")]) == 2
     assert "recipe file not found" in capsys.readouterr().err
+
+
+def test_bench_train_builds_named_upsamplers_untrained_and_training_refuses_them(tmp_path, monkeypatch, capsys):
+    """Cost does not depend on training: bench train takes `upsampler=featsharp` without a
+    run (and a deepspeed block, timed as DDP); a training run refuses an untrained FeatSharp."""
+    from radiosharp.bench.cli import main
+    from radiosharp.train import main as train_main
+
+    monkeypatch.chdir(tmp_path)
+    recipe = tmp_path / "distill.yaml"
+    recipe.write_text(DISTILL)
+    path = tmp_path / "train.json"
+    assert main(["train", str(recipe), "teachers.dinov2.upsampler=featsharp", "teachers.dinov2.upsampler.factor=2",
+                 "deepspeed.zero_optimization.stage=2", "--steps", "1", "--warmup", "0", "--json", str(path)]) == 0
+    assert "deepspeed block is left out" in capsys.readouterr().out
+    hi = json.loads(path.read_text())["partitions"][1]
+    assert hi["upsample"] and hi["shares"]["upsamplers"] > 0
+    assert train_main([str(recipe), "teachers.dinov2.upsampler=featsharp", "output_dir=run"]) == 2
+    assert "'featsharp' must be trained first" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("upsample", help="cost of upsamplers vs the teacher at u x input")
     up.add_argument("--teacher", required=True,
                     help="family name, '{family: dinov2, size: tiny}', or an upsampler run folder")
-    up.add_argument("--size", choices=("tiny", "real"), default=None, help="teacher size for a family name")
+    up.add_argument("--size", choices=("tiny", "real", "random"), default=None,
+                    help="teacher size for a family name (random: real architecture, random weights)")
     up.add_argument("--factors", type=int, nargs="+", default=[2, 3, 4])
     up.add_argument("--methods", nargs="+", default=None, help="upsamplers (default: bilinear featup featsharp)")
     up.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")

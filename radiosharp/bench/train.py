@@ -15,7 +15,10 @@ A measured step here is one micro-batch (``train.batch_size / train.grad_accum``
 images) followed by an optimizer step. Each partition's backward runs on its own
 loss (the partitions' graphs are disjoint, so the gradients are those of the summed
 loss). PHI-S statistics do not change the cost, so when a teacher has no statistics
-file they are computed over only ``stats_images`` images.
+file they are computed over only ``stats_images`` images. Nor does training change an
+upsampler's cost, so FeatUp / FeatSharp named without a run
+(``teachers.dfn_clip.upsampler=featsharp``) are built untrained here, and teachers at
+``size=random`` give real-size costs without the weights.
 """
 from __future__ import annotations
 
@@ -97,6 +100,7 @@ def _prepared_trainer(recipe: Recipe, run_dir: str, stats_images: int):
     if any(t.phi_s is None for t in recipe.teachers.values()):
         recipe.stats.num_images = max(2, min(recipe.stats.num_images, stats_images))
     trainer = DistillTrainer(recipe)
+    trainer.untrained_upsamplers = True  # the cost of a FeatSharp step does not depend on its training
     set_seed(recipe.seed)
     trainer.build()
     trainer.optimizer = make_optimizer(list(trainer.model.named_parameters()), recipe.train.optim)

@@ -151,8 +151,13 @@ def check_same_teacher(key: str, cfg: TeacherConfig, run: str) -> None:
                           f"train one for this teacher or make teachers.{key} match")
 
 
-def build_upsampled(key: str, cfg: TeacherConfig, teacher: Teacher) -> nn.Module | None:
-    """The teacher's upsampled view for hi-res partitions (None when it has no upsampler)."""
+def build_upsampled(key: str, cfg: TeacherConfig, teacher: Teacher, untrained: bool = False) -> nn.Module | None:
+    """The teacher's upsampled view for hi-res partitions (None when it has no upsampler).
+
+    ``untrained``: build a trainable upsampler named without a run (FeatUp, FeatSharp)
+    with its initial weights. Only for measuring cost (``bench train``): an untrained
+    upsampler would teach noise.
+    """
     up = cfg.upsampler
     if up is None:
         return None
@@ -167,7 +172,7 @@ def build_upsampled(key: str, cfg: TeacherConfig, teacher: Teacher) -> nn.Module
         if up.factor is not None and model.factor != up.factor:
             raise RecipeError(f"teachers.{key}.upsampler.factor={up.factor} but {up.run} was trained at "
                               f"{model.factor}x")
-    elif up.name in TRAINING_FREE:
+    elif up.name in TRAINING_FREE or untrained:
         factor = up.factor or 2
         upsampler = radiosharp.build_upsampler(up, f"teachers.{key}.upsampler", factor=factor,
                                                dim=teacher.embed_dim, patch_size=teacher.patch_size)
@@ -184,8 +189,9 @@ def build_upsampled(key: str, cfg: TeacherConfig, teacher: Teacher) -> nn.Module
     return model
 
 
-def build_teacher_slots(recipe: Recipe) -> dict[str, TeacherSlot]:
-    """Every teacher of the recipe with its upsampled view; PHI-S not yet attached."""
+def build_teacher_slots(recipe: Recipe, untrained_upsamplers: bool = False) -> dict[str, TeacherSlot]:
+    """Every teacher of the recipe with its upsampled view; PHI-S not yet attached
+    (``untrained_upsamplers``: see :func:`build_upsampled`)."""
     slots = {}
     for key, cfg in recipe.teachers.items():
         try:
@@ -194,7 +200,8 @@ def build_teacher_slots(recipe: Recipe) -> dict[str, TeacherSlot]:
             raise
         except ValueError as err:  # a builder's own option check (a bad size, native_size, ...)
             raise RecipeError(f"teachers.{key}: {err}") from None
-        slots[key] = TeacherSlot(key, cfg, teacher, upsampled=build_upsampled(key, cfg, teacher))
+        upsampled = build_upsampled(key, cfg, teacher, untrained=untrained_upsamplers)
+        slots[key] = TeacherSlot(key, cfg, teacher, upsampled=upsampled)
     return slots
 
 

@@ -153,13 +153,15 @@ class DistillTrainer(Trainer):
     # at least one partition (parse_section), so each adaptor head is always used. DDP's
     # search for unused parameters would only cost a graph traversal per step.
     find_unused_parameters = False
+    # Set by `bench train` only: FeatUp / FeatSharp named without a run are built untrained.
+    untrained_upsamplers = False
 
     def build(self) -> None:
         recipe = self.recipe
         self.section = parse_section(recipe)
         # Everything that can be wrong with the recipe is checked before PHI-S statistics
         # are computed (and written to the run folder).
-        self.stack = build_teacher_slots(recipe)
+        self.stack = build_teacher_slots(recipe, self.untrained_upsamplers)
         dims = {key: {"summary_dim": t.teacher.summary_dim, "feature_dim": t.teacher.embed_dim}
                 for key, t in self.stack.items()}
         try:
