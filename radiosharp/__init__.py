@@ -14,8 +14,16 @@ __version__ = "0.2.0"
 
 
 def _plugin_args(cfg: Any, name_field: str, where: str) -> tuple[str, dict[str, Any]]:
-    if hasattr(cfg, "model_dump"):
-        cfg = cfg.model_dump()
+    """``(name, builder kwargs)`` of a plug-in config: a recipe section, a mapping or a bare name.
+
+    A recipe section (:class:`~radiosharp.recipe.PluginConfig`) keeps its own fields
+    (a teacher's loss weights, an upsampler's ``run``) apart from the builder's options;
+    a plain mapping is the name plus builder options only.
+    """
+    from radiosharp.recipe import PluginConfig
+
+    if isinstance(cfg, PluginConfig):
+        return getattr(cfg, cfg.name_field), cfg.options
     if isinstance(cfg, str):
         return cfg, {}
     if not isinstance(cfg, Mapping) or name_field not in cfg:
@@ -30,8 +38,6 @@ def build_teacher(cfg: Any, where: str = "teacher"):
     from radiosharp.registry import TEACHERS
 
     name, args = _plugin_args(cfg, "family", where)
-    for key in ("upsampler", "phi_s", "summary_weight", "feature_weight", "partitions"):
-        args.pop(key, None)
     return TEACHERS.build(name, where, **args)
 
 
@@ -40,7 +46,6 @@ def build_upsampler(cfg: Any, where: str = "upsampler", **extra: Any):
     from radiosharp.registry import UPSAMPLERS
 
     name, args = _plugin_args(cfg, "name", where)
-    args.pop("run", None)
     args.update(extra)
     return UPSAMPLERS.build(name, where, **args)
 

@@ -5,8 +5,9 @@ itself. Features are ``[B,C,h,w]``.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -54,7 +55,35 @@ def check_image_size(height: int, width: int, patch_size: int, who: str = "model
     )
 
 
-class Teacher(nn.Module):
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run a block (a model build) on the CPU generator seeded with ``seed``, then restore it.
+
+    Only the CPU generator is forked and seeded (the builds run on the CPU), so the
+    caller's CPU and CUDA random streams are exactly as they were before.
+    """
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(seed)
+        yield
+
+
+class FrozenModule(nn.Module):
+    """A module that never trains: :meth:`freeze` turns its gradients off, and ``train()``
+    keeps it (and its children) in eval mode, so a trainer's ``model.train()`` cannot
+    switch on its dropout or batch-norm updates."""
+
+    def freeze(self) -> "FrozenModule":
+        for p in self.parameters():
+            p.requires_grad_(False)
+        return super().train(False)
+
+    def train(self, mode: bool = True) -> "FrozenModule":  # noqa: ARG002 - frozen modules stay in eval
+        return super().train(False)
+
+
+class Teacher(FrozenModule):
     """A frozen feature extractor: ``forward(images) -> TeacherOutput``.
 
     Subclasses set the attributes below and implement ``extract`` on normalized
@@ -76,14 +105,6 @@ class Teacher(nn.Module):
         super().__init__()
         self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
-
-    def freeze(self) -> "Teacher":
-        for p in self.parameters():
-            p.requires_grad_(False)
-        return super().train(False)
-
-    def train(self, mode: bool = True) -> "Teacher":  # noqa: ARG002 - teachers stay in eval
-        return super().train(False)
 
     def check_size(self, images: torch.Tensor) -> None:
         if images.ndim != 4 or images.shape[1] != 3:

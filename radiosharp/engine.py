@@ -632,15 +632,15 @@ class Trainer:
         self.accelerator.print(f"resumed {self.run_dir} at step {self.state.step} from {last.name}")
 
     def step_autocast(self) -> contextlib.AbstractContextManager:
-        """Autocast for a training step under DeepSpeed bf16/fp16.
+        """Autocast at the run's reduced precision (bf16/fp16) for a step's forward work.
 
-        Accelerate autocasts the prepared model's forward itself, except under DeepSpeed,
-        which only casts the weights: float32 inputs, frozen teachers and losses would
-        then meet bf16 weights. Autocasting the whole step lets every trainer stay
-        precision-agnostic.
+        Accelerate autocasts only the prepared model's forward, and under DeepSpeed not
+        even that (DeepSpeed only casts the weights). Frozen teachers, upsampled targets
+        and losses run outside the model, so the whole step is autocast here and every
+        trainer stays precision-agnostic.
         """
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run_precision(self.accelerator))
-        if not self.recipe.deepspeed or dtype is None:
+        if dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.accelerator.device.type, dtype=dtype)
 
@@ -679,13 +679,15 @@ class Trainer:
                    dynamic_ncols=True)
         window_t, window_n = time.perf_counter(), 0
         # Logged values are means over the steps since the last log (not the last step alone).
-        window_sum: dict[str, float] = {}
+        window_sum: dict[str, torch.Tensor] = {}
         window_count: dict[str, int] = {}
         self.model.train()
         while self.state.step < total:
             step = self.state.step
             lr = self.set_lr(step)
-            metrics_sum: dict[str, float] = {}
+            # Metrics stay on the device until a log step: reading them every micro-step
+            # would make the host wait for the device each time.
+            metrics_sum: dict[str, torch.Tensor] = {}
             for _ in range(recipe.train.grad_accum):
                 batch = next_readable(batches)
                 window_n += len(batch["image"]) * acc.num_processes
@@ -697,16 +699,16 @@ class Trainer:
                         acc.clip_grad_norm_(self.model.parameters(), recipe.train.optim.grad_clip)
                     self.optimizer.step()
                     self.optimizer.zero_grad(set_to_none=True)
-                for k, v in {"loss": loss.detach(), **metrics}.items():
-                    metrics_sum[k] = metrics_sum.get(k, 0.0) + float(v) / recipe.train.grad_accum
+                for k, v in {"loss": loss, **metrics}.items():
+                    v = torch.as_tensor(v, device=acc.device).detach().float() / recipe.train.grad_accum
+                    metrics_sum[k] = metrics_sum[k] + v if k in metrics_sum else v
             self.state.step += 1
             done = self.state.step
             for k, v in metrics_sum.items():
-                window_sum[k] = window_sum.get(k, 0.0) + v
+                window_sum[k] = window_sum[k] + v if k in window_sum else v
                 window_count[k] = window_count.get(k, 0) + 1
             if done % recipe.train.log_every == 0 or done == total:
-                reduced = {k: acc.reduce(torch.tensor(v / window_count[k], device=acc.device), "mean").item()
-                           for k, v in sorted(window_sum.items())}
+                reduced = {k: acc.reduce(v / window_count[k], "mean").item() for k, v in sorted(window_sum.items())}
                 window_sum, window_count = {}, {}
                 elapsed = time.perf_counter() - window_t
                 reduced.update(lr=lr, images_per_s=window_n / max(elapsed, 1e-9))

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from radiosharp.images import resize
+
 
 class ViewConfig(BaseModel):
     """How views are drawn (defaults follow FeatSharp's "Long" recipe)."""
@@ -99,8 +101,23 @@ def warp(x: torch.Tensor, A: torch.Tensor, size: tuple[int, int], mode: str = "b
     """
     if len(A) != len(x):
         raise ValueError(f"warp: {len(A)} homographies for {len(x)} maps; give one per map")
-    grid = homography_grid(A.to(x.device, torch.float32), size)
+    return warp_views(x, A, size, mode)
+
+
+def warp_views(x: torch.Tensor, A: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
+    """Warp each of the B maps [B,C,H,W] by its V homographies ``A`` [B*V,3,3] (row ``b*V + v``).
+
+    Returns [B*V,C,*size]. The V grids of a map are stacked along height and sampled
+    in one ``grid_sample``, so the maps are never repeated V times (autograd would
+    keep that copy for backward); each output value is computed as :func:`warp` does.
+    """
+    B, (h, w) = len(x), size
+    if B == 0 or len(A) % B:
+        raise ValueError(f"warp: {len(A)} homographies for {B} maps; give one per map, or V per map")
+    V = len(A) // B
+    grid = homography_grid(A.to(x.device, torch.float32), size).view(B, V * h, w, 2)
     out = F.grid_sample(x.float(), grid, mode=mode, padding_mode="zeros", align_corners=False)
+    out = out.view(B, x.shape[1], V, h, w).transpose(1, 2).reshape(B * V, x.shape[1], h, w)
     return out.to(x.dtype)
 
 
@@ -153,15 +170,8 @@ def multiview_views(images: torch.Tensor, cfg: ViewConfig, base_size: tuple[int,
     jit = torch.cat([j for _, j in drawn]).to(images.device)
     base = warp(images, crops, base_size)
     composed = crops.repeat_interleave(V, 0) @ jit
-    views = shrink(warp(images.repeat_interleave(V, 0), composed, base_size), view_size)
+    views = resize(warp_views(images, composed, base_size), view_size)
     return base, views, jit
-
-
-def shrink(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Antialiased bilinear resize to ``size`` (a no-op at equal size)."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
 def multiview_loss(
@@ -176,9 +186,8 @@ def multiview_loss(
     Also returns the warped-down predictions and targets (for fidelity) and the mask
     of cells the loss counts (:func:`covered_mask`; ``reach`` = the downsampler's kernel).
     """
-    V = len(jitters) // len(hires)
     size_hi, size_lo = tuple(hires.shape[-2:]), tuple(view_targets.shape[-2:])
-    warped = warp(hires.repeat_interleave(V, 0), jitters, size_hi)
+    warped = warp_views(hires, jitters, size_hi)
     pred = downsample(warped)
     if tuple(pred.shape[-2:]) != size_lo:
         pred = F.interpolate(pred, size=size_lo, mode="bilinear", align_corners=False)
@@ -204,7 +213,7 @@ def consistency_step(up: Any, images: torch.Tensor, cfg: ViewConfig, downsample:
     base, view_images, jitters = multiview_views(images, cfg, (native * factor, native * factor),
                                                  (native, native), generator)
     # one teacher call: the base's own view, the V jittered views and (for tile upsamplers) the tiles
-    (lowres, targets), _, tiles = up.featurize_batched([shrink(base, (native, native)), view_images], base)
+    (lowres, targets), _, tiles = up.featurize_batched([resize(base, (native, native)), view_images], base)
     hires = up.upsample(base, lowres, tiles)
     grid = tuple(lowres.shape[-2:])
     reach = int(getattr(downsample, "kernel_size", 1))
@@ -235,11 +244,6 @@ def quality_metrics(extra: Mapping[str, torch.Tensor]) -> dict[str, float]:
     }
 
 
-def area_downsample(features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """The fixed downsampler of :func:`fidelity_eval` when none is given (antialiased bilinear)."""
-    return shrink(features, size)
-
-
 @torch.no_grad()
 def fidelity_eval(up: Any, images: torch.Tensor, generator: torch.Generator | None = None,
                   views: ViewConfig | Mapping[str, Any] | None = None,
@@ -257,7 +261,7 @@ def fidelity_eval(up: Any, images: torch.Tensor, generator: torch.Generator | No
     from radiosharp.eval import metrics as M
 
     cfg = views if isinstance(views, ViewConfig) else ViewConfig.model_validate(dict(views or {}))
-    down = downsampler if downsampler is not None else area_downsample
+    down = downsampler if downsampler is not None else resize
     modules = [m for m in (up, downsampler) if isinstance(m, torch.nn.Module)]
     modes = [m.training for m in modules]
     for m in modules:
@@ -283,3 +287,27 @@ def fidelity_eval(up: Any, images: torch.Tensor, generator: torch.Generator | No
             m.train(mode)
     sums["fidelity"] = float(M.fidelity(torch.cat(targets), torch.cat(preds), torch.cat(masks)))
     return sums
+
+
+class NoImagesError(ValueError):
+    """A data source gave no readable image to score on."""
+
+
+def first_images(dataset: Any, n: int) -> torch.Tensor:
+    """The first ``n`` readable images [n,3,H,W] of a map-style or streaming (webdataset) source.
+
+    Read in data order through the project's loader, so unreadable samples are skipped
+    (and logged) for both kinds of source. Raises :class:`NoImagesError` when there are none.
+    """
+    from radiosharp.data.loader import make_loader
+
+    images, count = [], 0
+    for batch in make_loader(dataset, max(1, min(n, 16)), shuffle=False):
+        if batch:
+            images.append(batch["image"].float())
+            count += len(images[-1])
+        if count >= n:
+            break
+    if not images:
+        raise NoImagesError("the data source gave no images")
+    return torch.cat(images)[:n]

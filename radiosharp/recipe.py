@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+import typing
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Mapping
 
@@ -23,7 +24,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from radiosharp.registry import (
     DATASETS,
     STUDENTS,
-    TASKS,
     TEACHERS,
     UPSAMPLERS,
     BadOptionError,
@@ -50,7 +50,11 @@ class PluginConfig(BaseModel):
     @property
     def options(self) -> dict[str, Any]:
         """Keyword arguments for the builder (everything but the reserved fields)."""
-        return {k: v for k, v in (self.model_extra or {}).items()}
+        return dict(self.model_extra or {})
+
+    def build_config(self) -> dict[str, Any]:
+        """``{name_field: name, **options}``: what the registry builds this plug-in from."""
+        return {self.name_field: getattr(self, self.name_field), **self.options}
 
     def check(self, where: str) -> None:
         name = getattr(self, self.name_field)
@@ -97,6 +101,31 @@ class TeacherConfig(PluginConfig):
     partitions: list[str] | None = None  # distillation partitions this teacher teaches in; None: all
 
 
+# Teacher builder options that do not change the vision network (where the weights are
+# cached, whether the text tower is built too), so may differ between an upsampler run
+# and the distillation or figure that uses it.
+NON_NETWORK_OPTIONS = ("cache_dir", "text")
+
+
+def resolved_teacher_options(cfg: TeacherConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """``{"family": ..., **builder options}`` of the network a teacher config builds.
+
+    Every builder default is filled in and keys the builder does not take (a recipe's
+    ``upsampler``, ``phi_s``, loss weights) are dropped, as are NON_NETWORK_OPTIONS,
+    so two configs of one teacher compare equal (``{family: dinov2}`` equals
+    ``{family: dinov2, size: real}``). A family no longer registered keeps its keys as given.
+    """
+    if isinstance(cfg, TeacherConfig):
+        cfg = cfg.build_config()
+    family = cfg.get("family")
+    if family not in TEACHERS:
+        given = {k: v for k, v in cfg.items() if k != "family" and k not in NON_NETWORK_OPTIONS}
+        return {"family": family, **given}
+    full = {k: p.default for k, p in TEACHERS.options(family).items() if k not in NON_NETWORK_OPTIONS}
+    full.update({k: v for k, v in cfg.items() if k in full})
+    return {"family": family, **full}
+
+
 class DataConfig(PluginConfig):
     registry: ClassVar[Registry] = DATASETS
     name_field: ClassVar[str] = "source"
@@ -106,11 +135,6 @@ class DataConfig(PluginConfig):
 class StudentConfig(PluginConfig):
     registry: ClassVar[Registry] = STUDENTS
     name: str = "radio"
-
-
-class TaskConfig(PluginConfig):
-    registry: ClassVar[Registry] = TASKS
-    name: str
 
 
 class OptimConfig(Strict):
@@ -155,11 +179,12 @@ class WandbConfig(Strict):
     mode: Literal["offline", "online", "disabled"] | None = None
 
 
-KINDS = ("featurize", "upsampler", "distill")
+Kind = Literal["featurize", "upsampler", "distill"]
+KINDS = typing.get_args(Kind)
 
 
 class Recipe(Strict):
-    kind: Literal["featurize", "upsampler", "distill"]
+    kind: Kind
     name: str | None = None
     output_dir: str | None = None
     seed: int = 0
@@ -303,7 +328,6 @@ def apply_override(data: dict[str, Any], override: str) -> None:
 
 def _model_at(model: type[BaseModel], path: list[Any]) -> type[BaseModel] | None:
     """The pydantic model that holds the field at ``path`` (list indices and dict keys skipped)."""
-    import typing
 
     def models_in(annotation: Any) -> list[type[BaseModel]]:
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):

@@ -18,23 +18,15 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import IterableDataset, Subset
 from tqdm.auto import tqdm
 
 import radiosharp
 from radiosharp.contracts import Teacher, check_image_size
 from radiosharp.hadamard import is_hadamard_order, supported_orders_near
+from radiosharp.images import resize
 from radiosharp.phis import FeatureMoments
 from radiosharp.recipe import Recipe, RecipeError, load_recipe
-
-
-def resize_images(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Bilinear resize to ``size x size`` (antialiased when shrinking)."""
-    if tuple(images.shape[-2:]) == (size, size):
-        return images
-    shrink = size < images.shape[-2] or size < images.shape[-1]
-    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink)
 
 
 def _shard(dataset: Any, num_images: int, accelerator: Any) -> tuple[Any, int]:
@@ -89,7 +81,7 @@ def teachers_moments(teachers: Mapping[str, Teacher], dataset: Any, num_images: 
                 continue
             images = batch["image"][: quota - seen].to(device, torch.float32)
             for key, teacher in models.items():
-                moments[key].update(teacher(resize_images(images, sizes[key])).features)
+                moments[key].update(teacher(resize(images, (sizes[key], sizes[key]))).features)
             seen += images.shape[0]
             bar.update(images.shape[0])
     if accelerator is not None and accelerator.num_processes > 1:

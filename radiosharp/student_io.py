@@ -21,11 +21,12 @@ from typing import Any, Mapping, Sequence
 from torch import nn
 
 from radiosharp.export import read_export, save_export
+from radiosharp.recipe import TeacherConfig
 
 KIND = "student"
 TEACHER_CONFIGS = "teacher_configs"
 # Recipe keys of a teacher that say how the student learns from it, not how to build it.
-TRAINING_KEYS = ("upsampler", "phi_s", "summary_weight", "feature_weight", "partitions")
+TRAINING_KEYS = tuple(k for k in TeacherConfig.model_fields if k != "family")
 
 
 def teacher_build_config(cfg: Any, where: str = "teacher") -> dict[str, Any]:

@@ -27,6 +27,7 @@ from torch import nn
 
 from radiosharp.contracts import Teacher, TeacherOutput, check_image_size
 from radiosharp.export import read_export, save_export
+from radiosharp.images import resize
 
 EXPORT_KIND = "upsampler"
 
@@ -39,12 +40,6 @@ class _Identity(nn.Module):
 
     def inverse(self, x: torch.Tensor) -> torch.Tensor:
         return x
-
-
-def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    from upsamplers._base import resize
-
-    return resize(x, size)
 
 
 class UpsampledTeacher(Teacher):
@@ -124,7 +119,7 @@ class UpsampledTeacher(Teacher):
     def forward(self, images: torch.Tensor) -> TeacherOutput:
         self.check_size(images)
         height, width = images.shape[-2:]
-        global_view = _resize(images, (height // self.factor, width // self.factor))
+        global_view = resize(images, (height // self.factor, width // self.factor))
         (lowres,), summary, tiles = self.featurize_batched([global_view], images)
         hires = self.upsample(images, lowres, tiles)
         return TeacherOutput(summary=summary, features=self.phi_s.inverse(hires))

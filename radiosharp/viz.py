@@ -24,17 +24,16 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import yaml
 from torch import nn
 
 import radiosharp
 from radiosharp.contracts import Teacher
+from radiosharp.images import load_image, resize
 from radiosharp.pca import PCABasis, image_to_uint8, save_panels, upscale_nearest
 
 TRAINING_FREE = ("bilinear", "tiles", "s2")
 DEFAULT_FACTOR = 2
-IGNORED_TEACHER_KEYS = ("cache_dir",)  # where weights are cached does not change the teacher
 
 
 class VizError(ValueError):
@@ -96,25 +95,12 @@ def parse_teacher_spec(spec: str, size: str | None = None) -> dict[str, Any]:
                    "a mapping like '{family: dinov2, size: tiny}', nor an upsampler run folder")
 
 
-def normalized_teacher_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The family's builder options with every default filled in, so equal teachers compare equal.
-
-    Keys that are not builder options (a recipe's ``upsampler``, ``phi_s``, loss
-    weights) and ``cache_dir`` (where weights are cached) do not change the teacher.
-    """
-    from radiosharp.registry import TEACHERS
-
-    family = cfg["family"]
-    options = TEACHERS.options(family)
-    full = {k: p.default for k, p in options.items()}
-    full.update({k: v for k, v in cfg.items() if k in options})
-    for key in IGNORED_TEACHER_KEYS:
-        full.pop(key, None)
-    return {"family": family, **full}
-
-
 def same_teacher(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    return normalized_teacher_config(a) == normalized_teacher_config(b)
+    """Whether two teacher configs build the same network (defaults filled in; see
+    :func:`radiosharp.recipe.resolved_teacher_options`)."""
+    from radiosharp.recipe import resolved_teacher_options
+
+    return resolved_teacher_options(a) == resolved_teacher_options(b)
 
 
 # ----------------------------------------------------------------------------- figure
@@ -136,19 +122,13 @@ def _factor_of(module: nn.Module) -> int:
 
 def _as_image(image: torch.Tensor | str, side: int) -> torch.Tensor:
     """[1,3,side,side] in [0,1] from a tensor ([3,H,W] or [1,3,H,W]) or an image spec."""
-    from radiosharp.images import load_image
-
     if isinstance(image, (str, Path)):
         return load_image(str(image), side)
     if image.ndim == 3:
         image = image[None]
     if image.ndim != 4 or image.shape[:2] != (1, 3):
         raise ValueError(f"make_figure: expected one image [3,H,W] or [1,3,H,W], got {tuple(image.shape)}")
-    if tuple(image.shape[-2:]) != (side, side):
-        shrink = min(image.shape[-2:]) > side
-        image = F.interpolate(image.float(), size=(side, side), mode="bilinear", align_corners=False,
-                              antialias=shrink)
-    return image.clamp(0, 1)
+    return resize(image.float(), (side, side)).clamp(0, 1)
 
 
 @torch.no_grad()
@@ -158,8 +138,7 @@ def figure_maps(image: torch.Tensor, teacher: Teacher, upsamplers: Mapping[str, 
     from radiosharp.upsampled import UpsampledTeacher
 
     native = teacher.native_size
-    lowres = teacher(F.interpolate(image, size=(native, native), mode="bilinear", align_corners=False,
-                                   antialias=True)).features
+    lowres = teacher(resize(image, (native, native))).features
     grid = lowres.shape[-1]
     bilinear = radiosharp.build_upsampler("bilinear", factor=factor, dim=teacher.embed_dim,
                                           patch_size=teacher.patch_size)
@@ -287,8 +266,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.factor is not None and args.factor < 1:
             raise VizError(f"--factor must be an integer >= 1, got {args.factor}")
-        from radiosharp.images import load_image
-
         load_image(args.image)  # a missing image fails here, before any model is built
         teacher_cfg = parse_teacher_spec(args.teacher, args.size)
         factor = check_upsampler_specs(args.upsampler, teacher_cfg, args.factor)

@@ -98,11 +98,14 @@ class CroppedPositionEmbedding(nn.Module):
             ],
             dim=1,
         )
-        batch = windows.shape[0]
-        size = (batch, self.table.shape[1], grid[0], grid[1])
-        sample_grid = F.affine_grid(theta, list(size), align_corners=False)
-        table = self.table.float().expand(batch, -1, -1, -1)
-        return F.grid_sample(table, sample_grid, mode="bilinear", padding_mode="border", align_corners=False)
+        batch, dim = windows.shape[0], self.table.shape[1]
+        sample_grid = F.affine_grid(theta, [batch, dim, grid[0], grid[1]], align_corners=False)
+        # All windows read the one table: their grids are stacked along the rows of a single
+        # sampling grid, so the table's gradient is one [D, T, T] map, not one per sample.
+        stacked = sample_grid.reshape(1, batch * grid[0], grid[1], 2)
+        out = F.grid_sample(self.table.float(), stacked, mode="bilinear", padding_mode="border",
+                            align_corners=False)
+        return out.view(dim, batch, grid[0], grid[1]).transpose(0, 1)
 
     def forward(self, batch: int, grid: tuple[int, int], device: torch.device | None = None) -> torch.Tensor:
         """Position embeddings ``[B, D, rows, cols]`` for ``batch`` inputs of patch grid ``grid``."""

@@ -28,7 +28,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from radiosharp.contracts import CLIP_MEAN, CLIP_STD, StudentOutput, check_image_size
+from radiosharp.contracts import CLIP_MEAN, CLIP_STD, StudentOutput, check_image_size, seeded
 from radiosharp.registry import STUDENTS
 from students.adaptor import TeacherAdaptor
 from students.cpe import CroppedPositionEmbedding
@@ -70,24 +70,28 @@ def check_teachers(teachers: Mapping[str, Mapping[str, Any]] | None) -> dict[str
 
 
 class RadioStudent(nn.Module):
-    """ViT + CPE + summary/register tokens + per-teacher MLP-v2 adaptors."""
+    """ViT + CPE + summary/register tokens + per-teacher MLP-v2 adaptors.
+
+    Built by :func:`build_radio`, whose signature holds the options and their defaults;
+    ``teachers`` comes checked by :func:`check_teachers`.
+    """
 
     def __init__(
         self,
         vit: VisionTransformer,
-        teachers: Mapping[str, Mapping[str, Any]] | None = None,
-        max_resolution: int = 2048,
-        register_multiple: int | None = 8,
-        vitdet_window: int | None = None,
-        num_global: int = 4,
-        adaptor_hidden: int | None = None,
-        adaptor_inner: int = 1,
-        cpe_min_area: float = 0.1,
-        cpe_max_aspect: float = 4 / 3,
-        grad_checkpointing: bool = False,
+        *,
+        teachers: dict[str, dict[str, int | None]],
+        max_resolution: int,
+        register_multiple: int | None,
+        vitdet_window: int | None,
+        num_global: int,
+        adaptor_hidden: int | None,
+        adaptor_inner: int,
+        cpe_min_area: float,
+        cpe_max_aspect: float,
+        grad_checkpointing: bool,
     ) -> None:
         super().__init__()
-        teachers = check_teachers(teachers)
         self.patch_embed = vit.patch_embed
         self.norm_pre = vit.norm_pre
         self.blocks = vit.blocks
@@ -193,7 +197,7 @@ class RadioStudent(nn.Module):
         patches = tokens[:, self.num_prefix_tokens:]
 
         def to_map(x: torch.Tensor) -> torch.Tensor:
-            return x.reshape(batch, rows, cols, -1).permute(0, 3, 1, 2).contiguous()
+            return x.reshape(batch, rows, cols, -1).permute(0, 3, 1, 2)  # a channels-last view
 
         out = StudentOutput(backbone=to_map(patches))
         for index, (name, adaptor) in enumerate(self.adaptors.items()):
@@ -247,27 +251,13 @@ def build_radio(
     """
     if size not in SIZES:
         raise ValueError(f"student size '{size}' is not valid; valid sizes: {', '.join(SIZES)}")
-    config = {
-        "name": "radio", "teachers": check_teachers(teachers), "size": size, "backbone": backbone,
-        "max_resolution": max_resolution, "register_multiple": register_multiple,
-        "vitdet_window": vitdet_window, "num_global": num_global, "adaptor_hidden": adaptor_hidden,
-        "adaptor_inner": adaptor_inner, "cpe_min_area": cpe_min_area, "cpe_max_aspect": cpe_max_aspect,
-        "drop_path_rate": drop_path_rate, "grad_checkpointing": grad_checkpointing, "seed": seed,
-    }
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        student = RadioStudent(
-            create_vit(size, backbone, drop_path_rate),
-            teachers=config["teachers"],
-            max_resolution=max_resolution or DEFAULT_MAX_RESOLUTION[size],
-            register_multiple=register_multiple,
-            vitdet_window=vitdet_window,
-            num_global=num_global,
-            adaptor_hidden=adaptor_hidden,
-            adaptor_inner=adaptor_inner,
-            cpe_min_area=cpe_min_area,
-            cpe_max_aspect=cpe_max_aspect,
-            grad_checkpointing=grad_checkpointing,
-        )
-    student.config = config
+    teachers = check_teachers(teachers)
+    options = {"register_multiple": register_multiple, "vitdet_window": vitdet_window, "num_global": num_global,
+               "adaptor_hidden": adaptor_hidden, "adaptor_inner": adaptor_inner, "cpe_min_area": cpe_min_area,
+               "cpe_max_aspect": cpe_max_aspect, "grad_checkpointing": grad_checkpointing}
+    with seeded(seed):
+        student = RadioStudent(create_vit(size, backbone, drop_path_rate), teachers=teachers,
+                               max_resolution=max_resolution or DEFAULT_MAX_RESOLUTION[size], **options)
+    student.config = {"name": "radio", "teachers": teachers, "size": size, "backbone": backbone,
+                      "max_resolution": max_resolution, "drop_path_rate": drop_path_rate, "seed": seed, **options}
     return student

@@ -25,16 +25,15 @@ without the weights; its features teach nothing.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from radiosharp.contracts import Teacher, TeacherOutput
+from radiosharp.contracts import Teacher, TeacherOutput, nearest_multiples
 
 SIZES = ("tiny", "real", "random")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
@@ -77,26 +76,14 @@ def resolve_native_size(family: str, native_size: int | None, default: int, patc
     """The input side the teacher runs at; must be a positive multiple of the patch size."""
     size = default if native_size is None else native_size
     if isinstance(size, bool) or not isinstance(size, int) or size <= 0 or size % patch_size:
-        low = max(patch_size, (int(size) // patch_size) * patch_size) if isinstance(size, int) else patch_size
+        nearest = nearest_multiples(size, patch_size) if isinstance(size, int) else []
+        if len(nearest) < 2:  # below one patch (or not a number): the two smallest valid sizes
+            nearest = [patch_size, 2 * patch_size]
         raise ValueError(
             f"{family}: native_size={native_size!r} must be a positive multiple of the patch size "
-            f"{patch_size}; nearest valid: {low} or {low + patch_size}"
+            f"{patch_size}; nearest valid: {' or '.join(map(str, nearest))}"
         )
     return size
-
-
-@contextlib.contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """Run a block (a model build) on the CPU generator seeded with ``seed``, then restore it.
-
-    Only the CPU generator is forked and seeded (the builds run on the CPU), so the
-    caller's CPU and CUDA random streams are exactly as they were before.
-    """
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
-    with torch.random.fork_rng(devices=[]):
-        torch.random.default_generator.manual_seed(seed)
-        yield
 
 
 # ----------------------------------------------------------------------------- shapes
@@ -495,16 +482,27 @@ def _open_clip_url_file(family: str, what: str, url: str, cache_dir: str | None)
     """Checkpoints published by URL only live in open_clip's own cache (``~/.cache/clip``)."""
     import open_clip
 
-    root = Path(cache_dir or Path("~/.cache/clip").expanduser())
-    target = root / os.path.basename(url)
+    def download(url: str, target: str) -> None:  # open_clip's own, which checks the file's SHA-256
+        open_clip.pretrained.download_pretrained_from_url(url, cache_dir=os.path.dirname(target))
+
+    return url_weights_file(family, what, url, Path(cache_dir or Path("~/.cache/clip").expanduser()), download)
+
+
+def url_weights_file(family: str, what: str, url: str, folder: Path,
+                     download: Callable[[str, str], Any] = torch.hub.download_url_to_file) -> str:
+    """Local path of the checkpoint published at ``url``: ``folder/<its file name>``, downloaded
+    there (``download(url, target)``) unless already present; the folder is created first."""
+    target = folder / os.path.basename(url)
     if target.is_file():
         return str(target)
     if hub_offline():
-        raise missing_weights(family, what, None, str(root), f"{url} is not downloaded")
+        raise missing_weights(family, what, None, str(folder), f"{url} is not downloaded")
     try:
-        return open_clip.pretrained.download_pretrained_from_url(url, cache_dir=str(root))
+        folder.mkdir(parents=True, exist_ok=True)
+        download(url, str(target))
     except Exception as err:  # noqa: BLE001 - network errors come in many types
-        raise missing_weights(family, what, None, str(root), str(err)) from err
+        raise missing_weights(family, what, None, str(folder), str(err)) from err
+    return str(target)
 
 
 def build_open_clip_tower(config: dict[str, Any], quick_gelu: bool) -> nn.Module:
@@ -549,16 +547,7 @@ def timm_weights_file(family: str, name: str, cache_dir: str | None) -> str:
         filenames = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
         return fetch_hub_file(family, what, cfg.hf_hub_id, filenames, cache_dir)
     if cfg is not None and cfg.url:
-        target = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(cfg.url)
-        if target.is_file():
-            return str(target)
-        if hub_offline():
-            raise missing_weights(family, what, None, str(target.parent), f"{cfg.url} is not downloaded")
-        try:
-            torch.hub.download_url_to_file(cfg.url, str(target))
-        except Exception as err:  # noqa: BLE001 - network errors come in many types
-            raise missing_weights(family, what, None, str(target.parent), str(err)) from err
-        return str(target)
+        return url_weights_file(family, what, cfg.url, Path(torch.hub.get_dir()) / "checkpoints")
     raise missing_weights(family, what, None, cache_dir, "timm lists no pretrained weights for it")
 
 

@@ -32,7 +32,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from teachers._common import hub_offline, load_state_strict, missing_weights, seeded
+from radiosharp.contracts import FrozenModule, seeded
+from teachers._common import hub_offline, load_state_strict, missing_weights
 
 TEXT_PREFIXES = ("text.", "text_model.", "text_tower.encoder.")  # CustomTextCLIP, SiglipModel, teacher.state_dict()
 TINY_CONTEXT = 16  # tokens per prompt for tiny towers (real models: 77 CLIP, 64 SigLIP)
@@ -43,7 +44,7 @@ TOKENIZER_FIELDS = ("hf_tokenizer_name", "tokenizer_kwargs", "tokenizer_mode")
 Tokenizer = Callable[[list[str]], torch.Tensor]
 
 
-class TextTower(nn.Module):
+class TextTower(FrozenModule):
     """A frozen text encoder plus its tokenizer (see the module docstring).
 
     ``encode_text`` runs without autograd and moves the tokens to the encoder's device,
@@ -58,14 +59,6 @@ class TextTower(nn.Module):
         self.output_dim = int(output_dim)
         self.name = name
         self.freeze()
-
-    def freeze(self) -> "TextTower":
-        for p in self.parameters():
-            p.requires_grad_(False)
-        return super().train(False)
-
-    def train(self, mode: bool = True) -> "TextTower":  # noqa: ARG002 - frozen like the teacher
-        return super().train(False)
 
     def tokenize(self, texts: str | Sequence[str]) -> torch.Tensor:
         """Token ids ``[K, L]`` (long) of ``K`` prompts, padded/truncated to the tower's length."""

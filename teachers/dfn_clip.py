@@ -23,7 +23,7 @@ from typing import Any, Literal, NamedTuple, Sequence
 import torch
 from torch import nn
 
-from radiosharp.contracts import CLIP_MEAN, CLIP_STD, TeacherOutput
+from radiosharp.contracts import CLIP_MEAN, CLIP_STD, TeacherOutput, seeded
 from radiosharp.registry import TEACHERS
 from teachers._common import (
     SIZES,
@@ -39,7 +39,6 @@ from teachers._common import (
     read_weights_file,
     resize_pos_grid,
     resolve_native_size,
-    seeded,
     tokens_to_map,
 )
 from teachers._text import TextTower, Tokenizer, open_clip_text_tokenizer, open_clip_text_tower

@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from radiosharp.contracts import IMAGENET_MEAN, IMAGENET_STD, TeacherOutput
+from radiosharp.contracts import IMAGENET_MEAN, IMAGENET_STD, TeacherOutput, seeded
 from radiosharp.registry import TEACHERS
 from teachers._common import (
     SIZES,
@@ -30,7 +30,6 @@ from teachers._common import (
     hf_from_pretrained,
     load_weights_file,
     resolve_native_size,
-    seeded,
     timm_converter,
     timm_weights_file,
     tokens_to_map,
@@ -77,17 +76,14 @@ def _hf_model_class(model_type: str) -> type:
 
 def _build_timm(size: str, model: str, weights: Path | None, native: int, cache_dir: str | None, seed: int) -> TimmViTTeacher:
     check_timm_name(FAMILY, model, "*dinov2*")
-    if size == "tiny":
-        with seeded(seed):
-            trunk = create_timm_vit(model, img_size=native, embed_dim=TINY_WIDTH, depth=TINY_DEPTH, num_heads=TINY_HEADS)
-        path = weights
-    elif size == "random":
-        with seeded(seed):
-            trunk = create_timm_vit(model)
-        path = None
-    else:
-        path = weights or timm_weights_file(FAMILY, model, cache_dir)  # before the (slow) build
-        trunk = create_timm_vit(model)  # position table at the checkpoint's size (518 px)
+    path = weights
+    if size == "real" and path is None:
+        path = timm_weights_file(FAMILY, model, cache_dir)  # before the (slow) build
+    tiny = dict(img_size=native, embed_dim=TINY_WIDTH, depth=TINY_DEPTH, num_heads=TINY_HEADS)
+    # Seeded random weights (real weights are loaded over them); real and random keep the
+    # position table at the checkpoint's size (518 px).
+    with seeded(seed):
+        trunk = create_timm_vit(model, **(tiny if size == "tiny" else {}))
     if path is not None:
         load_weights_file(trunk, path, FAMILY, prefixes=("trunk.",), convert=timm_converter(trunk))
     return TimmViTTeacher(trunk, FAMILY, native, IMAGENET_MEAN, IMAGENET_STD, summary="cls")

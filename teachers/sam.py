@@ -17,7 +17,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from radiosharp.contracts import IMAGENET_MEAN, IMAGENET_STD, TeacherOutput
+from radiosharp.contracts import IMAGENET_MEAN, IMAGENET_STD, TeacherOutput, seeded
 from radiosharp.registry import TEACHERS
 from teachers._common import (
     SIZES,
@@ -31,7 +31,6 @@ from teachers._common import (
     load_weights_file,
     resize_pos_grid,
     resolve_native_size,
-    seeded,
 )
 
 FAMILY = "sam"
@@ -88,7 +87,7 @@ class SamTeacher(FrozenTeacher):
         for layer in encoder.layers:
             x = layer(x)
             x = x[0] if isinstance(x, tuple) else x
-        return TeacherOutput(summary=None, features=x.permute(0, 3, 1, 2).contiguous())
+        return TeacherOutput(summary=None, features=x.permute(0, 3, 1, 2))
 
 
 @TEACHERS.register(FAMILY)
@@ -120,14 +119,12 @@ def build_sam(
         check_choice(FAMILY, "model (with size=random)", model, list(RANDOM_CONFIGS))
     weights_path = check_weights_path(FAMILY, weights)
     native = resolve_native_size(FAMILY, native_size, TINY_NATIVE if size == "tiny" else REAL_NATIVE, PATCH)
-    if size == "tiny":
-        config = SamVisionConfig(**TINY_CONFIG, image_size=native, patch_size=PATCH)
-        with seeded(seed):
-            net = SamVisionModel(config)
-            jitter_zero_tables(net, ("pos_embed", "rel_pos_h", "rel_pos_w"))
-    elif size == "random":
-        config = SamVisionConfig(**RANDOM_CONFIGS[model], image_size=REAL_NATIVE, patch_size=PATCH,
-                                 initializer_range=0.02)
+    if size in ("tiny", "random"):
+        if size == "tiny":
+            config = SamVisionConfig(**TINY_CONFIG, image_size=native, patch_size=PATCH)
+        else:
+            config = SamVisionConfig(**RANDOM_CONFIGS[model], image_size=REAL_NATIVE, patch_size=PATCH,
+                                     initializer_range=0.02)
         with seeded(seed):
             net = SamVisionModel(config)
             jitter_zero_tables(net, ("pos_embed", "rel_pos_h", "rel_pos_w"))

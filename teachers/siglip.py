@@ -23,7 +23,7 @@ from typing import Any, Literal, NamedTuple, Sequence
 import torch
 from torch import nn
 
-from radiosharp.contracts import HALF_MEAN, HALF_STD, TeacherOutput
+from radiosharp.contracts import HALF_MEAN, HALF_STD, TeacherOutput, seeded
 from radiosharp.registry import TEACHERS
 from teachers._common import (
     SIZES,
@@ -41,7 +41,6 @@ from teachers._common import (
     open_clip_weights_file,
     read_weights_file,
     resolve_native_size,
-    seeded,
     tokens_to_map,
 )
 from teachers._text import (

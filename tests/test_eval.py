@@ -364,11 +364,11 @@ def blocks_source(monkeypatch):
 LOADS = []
 
 
-def _counting_student_loader(run_dir: Path) -> nn.Module:
+def _counting_student_loader(run_dir: Path, text_towers: bool = False) -> nn.Module:
     from radiosharp.student_io import load_student
 
     LOADS.append(run_dir)
-    return load_student(run_dir)
+    return load_student(run_dir, text_towers=text_towers)
 
 
 RECIPE = """kind: distill

@@ -303,10 +303,10 @@ def test_stats_matches_direct_moments(tmp_path: Path) -> None:
 
     data = radiosharp.build_dataset(recipe.data)
     images = torch.stack([data[i]["image"] for i in range(6)])
-    from radiosharp.stats import resize_images
+    from radiosharp.images import resize
 
     with torch.no_grad():
-        feats = teacher(resize_images(images, teacher.native_size)).features
+        feats = teacher(resize(images, (teacher.native_size,) * 2)).features
     direct = FeatureMoments(teacher.embed_dim).update(feats)
     saved = FeatureMoments.load(paths["dinov2"])
     assert saved.count == direct.count

@@ -24,6 +24,7 @@ from radiosharp.registry import STUDENTS, TASKS, TEACHERS
 from radiosharp.recipe import TeacherConfig
 from radiosharp.student_io import load_student, save_student, teacher_build_config
 from teachers._common import MissingWeightsError, WeightsMismatchError
+from test_teachers import fake_hub_repo
 
 CASES = {
     "dfn_clip": ("dfn_clip", {}),
@@ -50,17 +51,6 @@ def images(batch: int, size: int = 112, seed: int = 0) -> torch.Tensor:
 def save(path: Path, state: dict) -> Path:
     save_file({k: v.contiguous() for k, v in state.items()}, str(path))
     return path
-
-
-def fake_hub_repo(cache: Path, repo_id: str) -> Path:
-    """A Hugging Face cache entry for ``repo_id`` (refs/main -> one snapshot); returns the snapshot."""
-    commit = "0" * 40
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    snapshot = repo / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    return snapshot
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,9 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from radiosharp.images import resize  # noqa: F401 (the upsamplers and their users import it from here)
 
 Featurize = Callable[[torch.Tensor], torch.Tensor]
 
@@ -33,17 +34,8 @@ def prime_factors(n: int) -> list[int]:
     return sorted(out, reverse=True)
 
 
-def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize (align_corners=False), antialiased when shrinking; a no-op at equal size."""
-    size = (int(size[0]), int(size[1]))
-    if tuple(x.shape[-2:]) == size:
-        return x
-    shrink = size[0] < x.shape[-2] or size[1] < x.shape[-1]
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=shrink)
-
-
 class Upsampler(nn.Module):
-    """Base of every upsampler: ``forward(images, lowres, featurize) -> [B,C,u*h,u*w]``.
+    """Base of every upsampler: ``forward(images, lowres, featurize, tile_features=None) -> [B,C,u*h,u*w]``.
 
     ``factor``, ``dim`` and ``patch_size`` are the structural arguments the system
     passes to every builder; ``build_config`` records the registry name and recipe
@@ -51,9 +43,10 @@ class Upsampler(nn.Module):
     upsampler has weights to learn (bilinear, tiles and S2 do not).
 
     ``uses_tiles`` upsamplers (tiles, s2, featsharp) run the teacher on the ``u x u``
-    tiles of the image. Their ``forward`` also takes ``tile_features``: the teacher's
+    tiles of the image (:meth:`tile_mosaic`). ``tile_features`` are the teacher's
     features of :meth:`tile_inputs`, for callers that batch the tiles into the same
-    teacher call as their other inputs (the global view, the training views).
+    teacher call as their other inputs (the global view, the training views); the
+    other upsamplers ignore them.
     """
 
     trainable: bool = False
@@ -91,10 +84,21 @@ class Upsampler(nn.Module):
 
         return cut_tiles(images, self.factor, teacher_size)
 
+    def tile_mosaic(self, images: torch.Tensor, lowres: torch.Tensor, featurize: Featurize,
+                    tile_features: torch.Tensor | None = None) -> torch.Tensor:
+        """The teacher's features of the ``u x u`` tiles of ``images``, stitched into ``[B,C,u*h,u*w]``.
+
+        ``tile_features``: the caller's features of :meth:`tile_inputs` (else featurized here).
+        """
+        from upsamplers.tiles import tile_mosaic
+
+        return tile_mosaic(images, self.factor, featurize, self.teacher_input_size(lowres), tile_features)
+
     def output_size(self, lowres: torch.Tensor) -> tuple[int, int]:
         return lowres.shape[-2] * self.factor, lowres.shape[-1] * self.factor
 
-    def forward(self, images: torch.Tensor, lowres: torch.Tensor, featurize: Featurize) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, lowres: torch.Tensor, featurize: Featurize,
+                tile_features: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
 
     def extra_repr(self) -> str:

@@ -65,15 +65,14 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
                          f"got {tuple(bias.shape)}")
 
 
-def _valid(dy: int, dx: int, h: int, w: int, device: torch.device) -> torch.Tensor | None:
-    """[H,W] bool: where the key at offset (dy,dx) lies inside the map; None if everywhere."""
-    if abs(dy) == 0 and abs(dx) == 0:
-        return None
-    rows = torch.arange(h, device=device) + dy
-    cols = torch.arange(w, device=device) + dx
-    if rows.min() >= 0 and rows.max() < h and cols.min() >= 0 and cols.max() < w:
-        return None
-    return ((rows >= 0) & (rows < h))[:, None] & ((cols >= 0) & (cols < w))[None, :]
+def _outside(h: int, w: int, r: int, device: torch.device) -> torch.Tensor:
+    """[H+2r, W+2r] bool, True on the padding: the keys each offset must mask are its shifted slice.
+
+    Built once per call; per-offset slices are views, so masking needs no host sync
+    (no data-dependent "is this offset inside?" test) and no per-offset allocation.
+    """
+    inside = F.pad(torch.ones(h, w, dtype=torch.bool, device=device), (r, r, r, r))
+    return ~inside
 
 
 def _center_first(kernel_size: int) -> list[tuple[int, int, int]]:
@@ -83,16 +82,15 @@ def _center_first(kernel_size: int) -> list[tuple[int, int, int]]:
     return [(i, dy, dx) for i, (dy, dx) in [offsets[centre]] + offsets[:centre] + offsets[centre + 1:]]
 
 
-def _logits(qs: torch.Tensor, k_pad: torch.Tensor, bias: torch.Tensor | None, o: int, dy: int, dx: int,
-            r: int, h: int, w: int) -> torch.Tensor:
+def _logits(qs: torch.Tensor, k_pad: torch.Tensor, bias: torch.Tensor | None, outside: torch.Tensor,
+            o: int, dy: int, dx: int, r: int, h: int, w: int) -> torch.Tensor:
     """[B,N,H,W] logits of offset (dy,dx): scaled q . shifted k + bias, -inf outside the map."""
-    k_o = k_pad[..., r + dy: r + dy + h, r + dx: r + dx + w]
-    logits = torch.linalg.vecdot(qs, k_o, dim=2)
+    window = (slice(r + dy, r + dy + h), slice(r + dx, r + dx + w))
+    logits = torch.linalg.vecdot(qs, k_pad[(...,) + window], dim=2)
     if bias is not None:
         logits = logits + bias[:, o].view(1, -1, 1, 1)
-    valid = _valid(dy, dx, h, w, logits.device)
-    if valid is not None:
-        logits = logits.masked_fill(~valid, float("-inf"))
+    if dy or dx:  # the centre key is always inside the map
+        logits = logits.masked_fill(outside[window], float("-inf"))
     return logits
 
 
@@ -120,15 +118,15 @@ class _NeighborhoodAttention(torch.autograd.Function):
     def _forward(ctx, q, k, v, bias, kernel_size: int, scale: float):
         out_dtype = v.dtype
         acc = _accumulation_dtype(q, k, v)
-        q, k, v = q.to(acc), k.to(acc), v.to(acc)
-        bias_acc = bias.to(acc) if bias is not None else None
         r, (h, w) = kernel_size // 2, q.shape[-2:]
-        qs = q * scale
-        k_pad = F.pad(k, (r, r, r, r))
-        v_pad = F.pad(v, (r, r, r, r))
+        qs = _scaled(q.to(acc), scale)
+        k_pad = F.pad(k.to(acc), (r, r, r, r))
+        v_pad = F.pad(v.to(acc), (r, r, r, r))
+        bias_acc = bias.to(acc) if bias is not None else None
+        outside = _outside(h, w, r, q.device)
         m = den = num = None
         for o, dy, dx in _center_first(kernel_size):
-            logits = _logits(qs, k_pad, bias_acc, o, dy, dx, r, h, w)
+            logits = _logits(qs, k_pad, bias_acc, outside, o, dy, dx, r, h, w)
             v_o = v_pad[..., r + dy: r + dy + h, r + dx: r + dx + w]
             if m is None:
                 m, den, num = logits, torch.ones_like(logits), v_o.clone()
@@ -141,29 +139,33 @@ class _NeighborhoodAttention(torch.autograd.Function):
             m = m_new
         out = num.div_(den.unsqueeze(2))
         lse = m + torch.log(den)
-        ctx.save_for_backward(q, k, v, bias_acc, out, lse)
+        # The inputs are saved in the caller's dtype (a bf16 map is not kept twice, once
+        # upcast) and upcast again in backward; out and lse stay in the accumulation dtype.
+        ctx.save_for_backward(q, k, v, bias, out, lse)
         ctx.kernel_size, ctx.scale = kernel_size, scale
-        ctx.dtypes = (q.dtype, k.dtype, v.dtype, None if bias is None else bias.dtype)
         return out.to(out_dtype)
 
     @staticmethod
     def _backward(ctx, dout):
-        q, k, v, bias, out, lse = ctx.saved_tensors
+        q_in, k_in, v_in, bias_in, out, lse = ctx.saved_tensors
         kernel_size, scale = ctx.kernel_size, ctx.scale
-        r, (h, w) = kernel_size // 2, q.shape[-2:]
-        dout = dout.to(out.dtype)
+        acc = out.dtype
+        r, (h, w) = kernel_size // 2, q_in.shape[-2:]
+        dout = dout.to(acc)
         need_q, need_k, need_v, need_bias = ctx.needs_input_grad[:4]
-        qs = q * scale
-        k_pad = F.pad(k, (r, r, r, r))
-        v_pad = F.pad(v, (r, r, r, r))
+        qs = _scaled(q_in.to(acc), scale)
+        k_pad = F.pad(k_in.to(acc), (r, r, r, r))
+        v_pad = F.pad(v_in.to(acc), (r, r, r, r))
+        bias = bias_in.to(acc) if bias_in is not None else None
+        outside = _outside(h, w, r, dout.device)
         delta = torch.linalg.vecdot(dout, out, dim=2)  # sum_o p_o (dout . v_o)
-        dq = torch.zeros_like(q) if need_q else None
+        dq = torch.zeros_like(qs) if need_q else None
         dk_pad = torch.zeros_like(k_pad) if need_k else None
         dv_pad = torch.zeros_like(v_pad) if need_v else None
         dbias = torch.zeros_like(bias) if (need_bias and bias is not None) else None
         for o, dy, dx in _center_first(kernel_size):
             window = (..., slice(r + dy, r + dy + h), slice(r + dx, r + dx + w))
-            p = torch.exp(_logits(qs, k_pad, bias, o, dy, dx, r, h, w) - lse)
+            p = torch.exp(_logits(qs, k_pad, bias, outside, o, dy, dx, r, h, w) - lse)
             if dv_pad is not None:
                 dv_pad[window].addcmul_(p.unsqueeze(2), dout)
             if dq is None and dk_pad is None and dbias is None:
@@ -176,12 +178,18 @@ class _NeighborhoodAttention(torch.autograd.Function):
             if dbias is not None:
                 dbias[:, o] = ds.sum((0, 2, 3))
         inner = (..., slice(r, r + h), slice(r, r + w))
-        q_dt, k_dt, v_dt, b_dt = ctx.dtypes
-        dq = dq.mul_(scale).to(q_dt) if dq is not None else None
-        dk = dk_pad[inner].to(k_dt) if dk_pad is not None else None
-        dv = dv_pad[inner].to(v_dt) if dv_pad is not None else None
-        dbias = dbias.to(b_dt) if dbias is not None else None
+        if dq is not None and scale != 1.0:
+            dq.mul_(scale)
+        dq = dq.to(q_in.dtype) if dq is not None else None
+        dk = dk_pad[inner].to(k_in.dtype) if dk_pad is not None else None
+        dv = dv_pad[inner].to(v_in.dtype) if dv_pad is not None else None
+        dbias = dbias.to(bias_in.dtype) if dbias is not None else None
         return dq, dk, dv, dbias, None, None
+
+
+def _scaled(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """``x * scale``, without the pass (and the copy autograd would not need) when scale is 1 (JBU)."""
+    return x if scale == 1.0 else x * scale
 
 
 def neighborhood_attention(

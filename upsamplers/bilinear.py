@@ -11,7 +11,8 @@ from upsamplers._base import Featurize, Upsampler, recorded
 class BilinearUpsampler(Upsampler):
     """``F.interpolate(lowres, scale u, bilinear, align_corners=False)``; ignores the image."""
 
-    def forward(self, images: torch.Tensor, lowres: torch.Tensor, featurize: Featurize) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, lowres: torch.Tensor, featurize: Featurize,
+                tile_features: torch.Tensor | None = None) -> torch.Tensor:
         self.check_inputs(images, lowres)
         if self.factor == 1:
             return lowres

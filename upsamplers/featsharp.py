@@ -32,7 +32,6 @@ from radiosharp.registry import UPSAMPLERS
 from upsamplers._base import Featurize, Upsampler, recorded
 from upsamplers._kernels import neighborhood_attention, window_offsets
 from upsamplers.jbu import JBUStack
-from upsamplers.tiles import tile_mosaic
 
 MAX_AUTO_HEADS = 16
 WINDOW_SIZES = (1, 3, 5, 7, 9, 11)
@@ -162,19 +161,21 @@ class FeatSharpUpsampler(Upsampler):
     def tile_buffer(self, images: torch.Tensor, lowres: torch.Tensor, featurize: Featurize,
                     tile_features: torch.Tensor | None = None) -> torch.Tensor:
         """The tile mosaic plus each tile's learned position embedding."""
-        tiles = tile_mosaic(images, self.factor, featurize, self.teacher_input_size(lowres), tile_features)
-        h, w = lowres.shape[-2:]
-        pos = self.tile_pos.repeat_interleave(h, dim=2).repeat_interleave(w, dim=3)
-        return tiles + pos.to(tiles.dtype)
+        tiles = self.tile_mosaic(images, lowres, featurize, tile_features)
+        (b, c), (h, w), u = tiles.shape[:2], lowres.shape[-2:], self.factor
+        # tile (i, j) covers rows i*h.. and columns j*w..: broadcast its embedding over that block
+        pos = self.tile_pos.view(1, c, u, 1, u, 1).to(tiles.dtype)
+        return (tiles.reshape(b, c, u, h, u, w) + pos).view(b, c, u * h, u * w)
 
     def forward(self, images: torch.Tensor, lowres: torch.Tensor, featurize: Featurize,
                 tile_features: torch.Tensor | None = None) -> torch.Tensor:
         self.check_inputs(images, lowres)
         smooth = self.jbu(lowres, images)
         tiles = self.tile_buffer(images, lowres, featurize, tile_features)
-        x = torch.cat([smooth, tiles.to(smooth.dtype)], dim=1).permute(0, 2, 3, 1)
+        # concatenated straight into the block's [B,H,W,2C] layout (LayerNorm then reads it as is)
+        x = torch.cat([smooth.permute(0, 2, 3, 1), tiles.to(smooth.dtype).permute(0, 2, 3, 1)], dim=-1)
         x = x.to(self.tile_pos.dtype)  # PHI-S features are float32; a bf16 block takes its own dtype
-        return self.block(x).permute(0, 3, 1, 2).contiguous()
+        return self.block(x).permute(0, 3, 1, 2)
 
 
 @UPSAMPLERS.register("featsharp")

@@ -130,7 +130,8 @@ class FeatUpUpsampler(Upsampler):
         super().__init__(factor, dim, patch_size)
         self.jbu = JBUStack(factor, kernel_size, key_dim)
 
-    def forward(self, images: torch.Tensor, lowres: torch.Tensor, featurize: Featurize) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, lowres: torch.Tensor, featurize: Featurize,
+                tile_features: torch.Tensor | None = None) -> torch.Tensor:
         self.check_inputs(images, lowres)
         return self.jbu(lowres, images)
 

@@ -64,7 +64,7 @@ class TilesUpsampler(Upsampler):
     def forward(self, images: torch.Tensor, lowres: torch.Tensor, featurize: Featurize,
                 tile_features: torch.Tensor | None = None) -> torch.Tensor:
         self.check_inputs(images, lowres)
-        return tile_mosaic(images, self.factor, featurize, self.teacher_input_size(lowres), tile_features)
+        return self.tile_mosaic(images, lowres, featurize, tile_features)
 
 
 class S2Upsampler(Upsampler):
@@ -81,7 +81,7 @@ class S2Upsampler(Upsampler):
     def forward(self, images: torch.Tensor, lowres: torch.Tensor, featurize: Featurize,
                 tile_features: torch.Tensor | None = None) -> torch.Tensor:
         self.check_inputs(images, lowres)
-        tiles = tile_mosaic(images, self.factor, featurize, self.teacher_input_size(lowres), tile_features)
+        tiles = self.tile_mosaic(images, lowres, featurize, tile_features)
         smooth = torch.nn.functional.interpolate(lowres, size=tiles.shape[-2:], mode="bilinear",
                                                  align_corners=False)
         return self.beta * smooth + (1 - self.beta) * tiles

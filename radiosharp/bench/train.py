@@ -112,46 +112,41 @@ def _prepared_trainer(recipe: Recipe, run_dir: str, stats_images: int):
 
 
 def _timed_step(trainer: Any, batch: dict[str, Any], clock: PhaseClock, teacher_timer: TeacherTimer) -> float:
-    """One micro-batch + optimizer step, phase by phase; returns the step's seconds."""
-    from radiosharp.trainers.common import resize
-    from radiosharp.trainers.distill import feature_loss, summary_loss
+    """One micro-batch + optimizer step, phase by phase; returns the step's seconds.
+
+    Teachers run as in a run (``trainer.target_calls``: one batched call per teacher and
+    input kind); a call's time is shared among the partitions it serves by image count.
+    """
+    from radiosharp.images import resize
 
     acc, recipe = trainer.accelerator, trainer.recipe
+    partitions = trainer.section.partitions
     student = acc.unwrap_model(trainer.model).student
-    images = batch["image"].to(acc.device)
+    slices = list(batch["image"].to(acc.device).split(trainer.local_sizes))
     step_start = clock.now()
-    start = 0
-    for part, n in zip(trainer.section.partitions, trainer.local_sizes):
-        x = images[start:start + n]
-        start += n
-        if not len(x):
-            continue
-        targets = {}
-        for key, slot in trainer.stack.items():
-            if slot.config.partitions is not None and part.name not in slot.config.partitions:
-                continue
-            upsampled = part.upsample and slot.upsampled is not None
-            before = teacher_timer.total
-            t0 = clock.now()
-            targets[key] = slot.targets(x, upsample=part.upsample)
+    targets: list[dict[str, Any]] = [{} for _ in slices]
+    with trainer.step_autocast():  # as in a run: teachers, student and loss at the run's precision
+        for call in trainer.target_calls:
+            before, t0 = teacher_timer.total, clock.now()
+            for index, target in call.run(slices).items():
+                targets[index][call.slot.key] = target
             spent = clock.now() - t0
-            in_teacher = teacher_timer.total - before
-            clock.seconds[(part.name, "teachers")] += in_teacher if upsampled else spent
-            clock.seconds[(part.name, "upsamplers")] += spent - in_teacher if upsampled else 0.0
-        with clock.phase(part.name, "student_forward"), acc.autocast():
-            out = student(resize(x, (part.size, part.size)))
-        with clock.phase(part.name, "loss"):
-            loss = images.new_zeros(())
-            for key, target in targets.items():
-                slot = trainer.stack[key]
-                loss = loss + slot.config.feature_weight * feature_loss(out.features[key], target.features,
-                                                                        slot.phi_s)
-                if target.summary is not None and key in out.summary:
-                    loss = loss + slot.config.summary_weight * summary_loss(out.summary[key], target.summary)
+            in_teacher = teacher_timer.total - before if call.upsample else spent
+            images = sum(len(slices[i]) for i in call.parts)
+            for i in call.parts:
+                share = len(slices[i]) / images
+                clock.seconds[(partitions[i].name, "teachers")] += share * in_teacher
+                clock.seconds[(partitions[i].name, "upsamplers")] += share * (spent - in_teacher)
+    for part, x, part_targets in zip(partitions, slices, targets):
+        with trainer.step_autocast():
+            with clock.phase(part.name, "student_forward"):
+                out = student(resize(x, (part.size, part.size)))
+            with clock.phase(part.name, "loss"):
+                loss, _ = trainer.partition_loss(part, out, part_targets)
         with clock.phase(part.name, "backward"):
             acc.backward(loss)
     with clock.phase("all", "optimizer"):
-        if recipe.train.optim.grad_clip and not recipe.deepspeed:
+        if recipe.train.optim.grad_clip:  # the deepspeed block was left out (_prepared_trainer)
             acc.clip_grad_norm_(trainer.model.parameters(), recipe.train.optim.grad_clip)
         trainer.optimizer.step()
         trainer.optimizer.zero_grad(set_to_none=True)

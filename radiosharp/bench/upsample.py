@@ -23,12 +23,12 @@ import contextlib
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 
 import radiosharp
 from radiosharp.bench.crossover import crossover
 from radiosharp.bench.measure import Cost, measure, measure_interleaved, ratio
 from radiosharp.contracts import Teacher
+from radiosharp.images import resize
 
 DEFAULT_METHODS = ("bilinear", "featup", "featsharp")
 
@@ -117,8 +117,7 @@ def bench_inference(teacher: Teacher, factor: int, methods: Sequence[str], image
         return call
 
     calls = {"teacher": inference(lambda: teacher(images))}
-    global_view = F.interpolate(images, size=(native, native), mode="bilinear", align_corners=False,
-                                antialias=True)
+    global_view = resize(images, (native, native))
     teacher_images = {}
     for method in methods:
         upsampler = radiosharp.build_upsampler(method, factor=factor, dim=teacher.embed_dim,

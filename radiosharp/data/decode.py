@@ -94,8 +94,8 @@ def read_mask(source: Source) -> torch.Tensor:
     return torch.from_numpy(array.astype(np.int64))
 
 
-def read_depth_array(source: Source) -> tuple[np.ndarray, bool]:
-    """(``[H,W]`` array, whether it was stored as integers) from ``.npy`` / ``.npz`` or an image file."""
+def read_depth_array(source: Source) -> np.ndarray:
+    """``[H,W]`` stored depth values (integer or float, as stored) from ``.npy`` / ``.npz`` or an image file."""
     encoded = isinstance(source, (bytes, bytearray, memoryview))
     is_numpy = not encoded and Path(source).suffix.lower() in (".npy", ".npz")
     try:
@@ -121,7 +121,15 @@ def read_depth_array(source: Source) -> tuple[np.ndarray, bool]:
     array = np.squeeze(array)
     if array.ndim != 2:
         raise UnreadableFileError(f"depth has shape {array.shape}; expected a single channel [H,W]")
-    return array, bool(np.issubdtype(array.dtype, np.integer))
+    return array
+
+
+def depth_in_units(array: np.ndarray, depth_scale: float | None = None) -> torch.Tensor:
+    """float32 depth = stored values * ``depth_scale``; by default 1/1000 for integers (NYU's
+    16-bit PNGs hold millimetres) and 1 for floats. A stored 0 ("no measurement") stays 0."""
+    if depth_scale is None:
+        depth_scale = 1e-3 if np.issubdtype(array.dtype, np.integer) else 1.0
+    return torch.from_numpy(array.astype(np.float32) * np.float32(depth_scale))
 
 
 def is_image_file(path: Path, extensions: tuple[str, ...]) -> bool:

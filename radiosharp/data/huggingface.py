@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from radiosharp.data.decode import UnreadableFileError, read_depth_array, read_mask, read_rgb
+from radiosharp.data.decode import UnreadableFileError, depth_in_units, read_depth_array, read_mask, read_rgb
 from radiosharp.data.skipping import SkippedSample
 from radiosharp.data.transforms import LabelledSource
 from radiosharp.data.transforms import check_size, depth_to_square, image_to_square, mask_to_square
@@ -106,12 +106,10 @@ class HFImages(LabelledSource, Dataset):
 
     def _depth(self, cell: Any) -> torch.Tensor:
         if isinstance(cell, dict) and ("bytes" in cell or "path" in cell):
-            array, stored_as_int = read_depth_array(cell.get("bytes") or cell.get("path"))
+            array = read_depth_array(cell.get("bytes") or cell.get("path"))
         else:
-            array = np.asarray(cell)
-            stored_as_int = bool(np.issubdtype(array.dtype, np.integer))
-        scale = self.depth_scale if self.depth_scale is not None else (1e-3 if stored_as_int else 1.0)
-        return torch.from_numpy(np.squeeze(array).astype(np.float32) * np.float32(scale))
+            array = np.squeeze(np.asarray(cell))
+        return depth_in_units(array, self.depth_scale)
 
     def __getitem__(self, index: int) -> dict[str, Any] | SkippedSample:
         row = self.ds[int(index)]

@@ -28,13 +28,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from radiosharp.data.decode import (
     IMAGE_EXTENSIONS,
     UnreadableFileError,
+    depth_in_units,
     read_depth_array,
     read_mask,
     read_rgb,
@@ -172,9 +172,7 @@ class DepthFolder(PairedFolder):
         self.depth_scale, self.depth_resize = depth_scale, depth_resize
 
     def read_target(self, path: Path) -> torch.Tensor:
-        array, stored_as_int = read_depth_array(path)
-        scale = self.depth_scale if self.depth_scale is not None else (1e-3 if stored_as_int else 1.0)
-        return torch.from_numpy(array.astype(np.float32) * np.float32(scale))
+        return depth_in_units(read_depth_array(path), self.depth_scale)
 
     def target_to_square(self, target: torch.Tensor) -> torch.Tensor:
         return depth_to_square(target, self.size, self.depth_resize)

@@ -16,6 +16,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from radiosharp.images import resize
+
 DepthResize = Literal["nearest", "bilinear"]
 DEPTH_RESIZE_MODES = ("nearest", "bilinear")
 
@@ -36,13 +38,10 @@ def check_size(size: int) -> int:
 
 def image_to_square(image: torch.Tensor, size: int) -> torch.Tensor:
     """``[3,H,W]`` (uint8 0..255 or float 0..1) -> float ``[3,size,size]`` in [0,1]."""
-    if image.dtype == torch.uint8:
-        image = image.float().div_(255.0)
-    square = center_square(image)
-    if square.shape[-1] != size:
-        square = F.interpolate(square[None], size=(size, size), mode="bilinear", align_corners=False,
-                               antialias=square.shape[-1] > size)[0]
-    return square.clamp_(0.0, 1.0).contiguous()
+    square = center_square(image)  # crop the uint8 pixels first: fewer of them to convert to float
+    square = square.float().div_(255.0) if square.dtype == torch.uint8 else square.float()
+    # out of place: a float input that is already square must not be clamped under its owner
+    return resize(square[None], (size, size))[0].clamp(0.0, 1.0).contiguous()
 
 
 def mask_to_square(mask: torch.Tensor, size: int) -> torch.Tensor:
@@ -62,8 +61,7 @@ def depth_to_square(depth: torch.Tensor, size: int, mode: str = "nearest") -> to
         if mode == "nearest":
             square = F.interpolate(square[None, None], size=(size, size), mode="nearest-exact")[0, 0]
         else:
-            square = F.interpolate(square[None, None], size=(size, size), mode="bilinear",
-                                   align_corners=False, antialias=square.shape[-1] > size)[0, 0]
+            square = resize(square[None, None], (size, size))[0, 0]
     return square.contiguous()
 
 

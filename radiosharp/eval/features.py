@@ -9,40 +9,43 @@
   teacher's adaptor summary (``summary=name``, e.g. the CLIP one for zero-shot).
 
 ``FeatureStore`` runs the featurizer once per data config (batched, no grad, tqdm
-progress) and keeps the result in memory, so kNN, segmentation and depth probes on the
-same data share one pass. Probes then train on the cached tensors.
+progress) and keeps the result in memory, every global vector included, so kNN,
+segmentation, depth and zero-shot (which reads the CLIP adaptor's summary) on the same
+data share one pass. Probes then train on the cached tensors.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields, replace
-from typing import Any, Iterable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from functools import cached_property
+from typing import Any, Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from radiosharp.contracts import StudentOutput, TeacherOutput
+from radiosharp.data.loader import make_loader
+from radiosharp.eval.probes import channel_stats
+from radiosharp.images import resize
 
 AUTO = "auto"
 BACKBONE = "backbone"
 
 
-def split_output(output: Any, summary: str = AUTO, dense: str = AUTO) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(global [B,D], dense [B,D,h,w])`` from a TeacherOutput or StudentOutput.
+def output_vectors(output: Any, dense: str = AUTO) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """``({summary source: global [B,D]}, dense [B,D,h,w])`` from a TeacherOutput or StudentOutput.
 
-    ``summary`` / ``dense`` choose the source for a student: "auto"/"backbone" or a
-    teacher name among its adaptor heads. Teachers only accept "auto".
+    Every global vector the output offers, so one pass serves every task: "auto" (the
+    teacher's summary or mean-pooled features; the student's mean-pooled backbone) and,
+    for a student, each adaptor summary by teacher name. ``dense`` as in ``split_output``.
     """
     if isinstance(output, TeacherOutput):
-        for opt, value in (("summary", summary), ("dense", dense)):
-            if value not in (AUTO, BACKBONE):
-                raise ValueError(f"{opt}='{value}' selects a student adaptor head, but this featurizer "
-                                 "is a teacher; use 'auto'")
+        if dense not in (AUTO, BACKBONE):
+            raise ValueError(f"dense='{dense}' selects a student adaptor head, but this featurizer "
+                             "is a teacher; use 'auto'")
         feats = output.features
-        glob = output.summary if output.summary is not None else feats.mean((2, 3))
-        return glob, feats
+        return {AUTO: output.summary if output.summary is not None else feats.mean((2, 3))}, feats
     if isinstance(output, StudentOutput):
         if dense in (AUTO, BACKBONE):
             if output.backbone is None:
@@ -54,16 +57,33 @@ def split_output(output: Any, summary: str = AUTO, dense: str = AUTO) -> tuple[t
         else:
             raise ValueError(f"dense='{dense}': the student has no feature head of that name; valid: "
                              f"{', '.join([BACKBONE, *sorted(output.features)])}")
-        if summary in (AUTO, BACKBONE):
-            base = output.backbone if output.backbone is not None else feats
-            glob = base.mean((2, 3))
-        elif summary in output.summary:
-            glob = output.summary[summary]
-        else:
-            raise ValueError(f"summary='{summary}': the student has no summary head of that name; valid: "
-                             f"{', '.join([BACKBONE, *sorted(output.summary)])}")
-        return glob, feats
+        base = output.backbone if output.backbone is not None else feats
+        return {**output.summary, AUTO: base.mean((2, 3))}, feats
     raise TypeError(f"a featurizer must return TeacherOutput or StudentOutput, got {type(output).__name__}")
+
+
+def choose_summary(vectors: Mapping[str, torch.Tensor], summary: str, teacher: bool) -> torch.Tensor:
+    """The global vectors of source ``summary`` among ``output_vectors``' (``teacher``: they came
+    from a teacher, which only has "auto")."""
+    if summary in (AUTO, BACKBONE):
+        return vectors[AUTO]
+    if teacher:
+        raise ValueError(f"summary='{summary}' selects a student adaptor head, but this featurizer "
+                         "is a teacher; use 'auto'")
+    if summary in vectors:
+        return vectors[summary]
+    raise ValueError(f"summary='{summary}': the student has no summary head of that name; valid: "
+                     f"{', '.join([BACKBONE, *sorted(k for k in vectors if k != AUTO)])}")
+
+
+def split_output(output: Any, summary: str = AUTO, dense: str = AUTO) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(global [B,D], dense [B,D,h,w])`` from a TeacherOutput or StudentOutput.
+
+    ``summary`` / ``dense`` choose the source for a student: "auto"/"backbone" or a
+    teacher name among its adaptor heads. Teachers only accept "auto".
+    """
+    vectors, feats = output_vectors(output, dense)
+    return choose_summary(vectors, summary, isinstance(output, TeacherOutput)), feats
 
 
 @dataclass
@@ -80,6 +100,12 @@ class FeatureSet:
 
     def __len__(self) -> int:
         return len(self.vectors)
+
+    @cached_property
+    def dense_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel (mean, std) of ``dense``, computed once: every probe seed and dense task
+        on this set standardises with them."""
+        return channel_stats(self.dense)
 
     def subset(self, index: torch.Tensor) -> "FeatureSet":
         def take(t):
@@ -105,29 +131,6 @@ def seeded_split(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, 
     return perm[n_val:].sort().values, perm[:n_val].sort().values
 
 
-def _collate(samples: list[dict | None]) -> dict[str, Any]:
-    samples = [s for s in samples if s is not None]
-    out: dict[str, Any] = {}
-    for key in samples[0] if samples else ():
-        values = [s[key] for s in samples]
-        if isinstance(values[0], torch.Tensor):
-            out[key] = torch.stack(values)
-        elif isinstance(values[0], (int, float)) and not isinstance(values[0], bool):
-            out[key] = torch.tensor(values)
-        else:
-            out[key] = values
-    return out
-
-
-def make_eval_loader(dataset: Any, batch_size: int) -> Iterable[dict[str, Any]]:
-    """The project's loader (``radiosharp.data.loader.make_loader``), else a plain DataLoader."""
-    try:
-        from radiosharp.data.loader import make_loader
-    except ImportError:
-        return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=_collate)
-    return make_loader(dataset, batch_size, shuffle=False)
-
-
 def resolve_image_size(featurizer: nn.Module, image_size: int | None, data_size: int) -> int:
     """The input side: ``image_size``, else the featurizer's ``native_size``, else the data size,
     rounded to the nearest multiple of the featurizer's ``patch_size`` (>= one patch)."""
@@ -138,11 +141,32 @@ def resolve_image_size(featurizer: nn.Module, image_size: int | None, data_size:
     return int(size)
 
 
+@dataclass
+class _Extracted:
+    """One extraction pass over a dataset: its features with the "auto" global vectors,
+    every global vector by source, and views of the features per summary source."""
+
+    features: FeatureSet
+    vectors: dict[str, torch.Tensor]
+    teacher: bool
+    views: dict[str, FeatureSet] = field(default_factory=dict)
+
+    def view(self, summary: str) -> FeatureSet:
+        """The features with the global vectors of ``summary`` (the same object on every call)."""
+        vectors = choose_summary(self.vectors, summary, self.teacher)
+        if vectors is self.features.vectors:
+            return self.features
+        if summary not in self.views:
+            self.views[summary] = replace(self.features, vectors=vectors)
+        return self.views[summary]
+
+
 class FeatureStore:
     """Extracts and caches features of ``featurizer`` for data configs (see module doc).
 
     ``summary`` / ``dense`` are the default sources for students (see ``split_output``);
-    a task may ask for another summary (zero-shot asks for the CLIP adaptor's).
+    a task may ask for another summary (zero-shot asks for the CLIP adaptor's): the cache
+    holds every global vector, so that costs no second pass.
     """
 
     def __init__(self, featurizer: nn.Module, image_size: int | None = None, batch_size: int = 16,
@@ -155,12 +179,16 @@ class FeatureStore:
         self.summary = summary
         self.dense = dense
         self.progress = progress
-        self._cache: dict[str, FeatureSet] = {}
+        self._cache: dict[str, _Extracted] = {}
         self._datasets: dict[str, Any] = {}
         self.passes = 0  # how many extraction passes ran (for tests / logs)
 
+    @staticmethod
+    def _key(data: Mapping[str, Any]) -> str:
+        return json.dumps(dict(data), sort_keys=True, default=str)
+
     def dataset(self, data: Mapping[str, Any]) -> Any:
-        key = json.dumps(dict(data), sort_keys=True, default=str)
+        key = self._key(data)
         if key not in self._datasets:
             import radiosharp
 
@@ -168,34 +196,40 @@ class FeatureStore:
         return self._datasets[key]
 
     def get(self, data: Mapping[str, Any], dense: bool = True, summary: str | None = None) -> FeatureSet:
-        """Features of the dataset built from ``data`` (cached per config and summary source)."""
+        """Features of the dataset built from ``data`` (cached per data config), with the global
+        vectors of ``summary`` (default: the store's)."""
         summary = summary or self.summary
-        key = json.dumps({"data": dict(data), "summary": summary}, sort_keys=True, default=str)
+        key = self._key(data)
         cached = self._cache.get(key)
-        if cached is not None and (cached.dense is not None or not dense):
-            return cached
-        self._cache[key] = self._extract(data, dense, summary)
-        return self._cache[key]
+        if cached is None or (dense and cached.features.dense is None):
+            cached = self._cache[key] = self._extract(data, dense, summary)
+        return cached.view(summary)
 
     @torch.no_grad()
-    def _extract(self, data: Mapping[str, Any], keep_dense: bool, summary: str) -> FeatureSet:
+    def _extract(self, data: Mapping[str, Any], keep_dense: bool, summary: str) -> _Extracted:
         dataset = self.dataset(data)
         was_training = self.featurizer.training
         self.featurizer.eval()
-        vectors, denses, targets = [], [], {"label": [], "mask": [], "depth": []}
-        loader = make_eval_loader(dataset, self.batch_size)
+        parts: dict[str, list[torch.Tensor]] = {}  # summary source -> global vectors per batch
+        denses, targets = [], {"label": [], "mask": [], "depth": []}
+        teacher = False
+        loader = make_loader(dataset, self.batch_size, shuffle=False)
         desc = f"features {data.get('source', '?')}"
         try:
             for batch in tqdm(loader, desc=desc, leave=False, disable=None if self.progress else True):
                 if not batch:
                     continue
-                images = batch["image"].to(self.device, torch.float32)
+                images = batch["image"].to(self.device, torch.float32, non_blocking=True)
                 size = resolve_image_size(self.featurizer, self.image_size, images.shape[-1])
                 if tuple(images.shape[-2:]) != (size, size):
-                    images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False,
-                                           antialias=size < images.shape[-1]).clamp(0, 1)
-                glob, feats = split_output(self.featurizer(images), summary=summary, dense=self.dense)
-                vectors.append(glob.float().cpu())
+                    images = resize(images, (size, size)).clamp(0, 1)
+                output = self.featurizer(images)
+                teacher = isinstance(output, TeacherOutput)
+                globs, feats = output_vectors(output, self.dense)
+                if not parts:  # a summary the featurizer lacks fails on the first batch, not the last
+                    choose_summary(globs, summary, teacher)
+                for name, glob in globs.items():
+                    parts.setdefault(name, []).append(glob.float().cpu())
                 # data with dense targets keeps its maps even when the asking task needs none:
                 # the dense probes on the same data will ask next.
                 if keep_dense or "mask" in batch or "depth" in batch:
@@ -212,15 +246,16 @@ class FeatureStore:
         finally:
             self.featurizer.train(was_training)
         self.passes += 1
-        if not vectors:
+        if not parts:
             raise ValueError(f"eval data {dict(data)} yielded no images")
-        n = sum(len(v) for v in vectors)
+        vectors = {name: torch.cat(batches) for name, batches in parts.items()}
+        n = len(vectors[AUTO])
         cat = {k: torch.cat(v) if v and sum(len(t) for t in v) == n else None for k, v in targets.items()}
         if denses and sum(len(d) for d in denses) != n:
             denses = []
         names = getattr(dataset, "class_names", None) or getattr(dataset, "classes", None)
-        return FeatureSet(
-            vectors=torch.cat(vectors),
+        features = FeatureSet(
+            vectors=vectors[AUTO],
             dense=torch.cat(denses) if denses else None,
             labels=cat["label"].long() if cat["label"] is not None else None,
             masks=cat["mask"].long() if cat["mask"] is not None else None,
@@ -228,6 +263,7 @@ class FeatureStore:
             class_names=list(names) if names is not None else None,
             num_classes=getattr(dataset, "num_classes", None) or (len(names) if names is not None else None),
         )
+        return _Extracted(features, vectors, teacher)
 
 
 def train_val_features(ctx: Any, data: Mapping[str, Any] | None, val_data: Mapping[str, Any] | None,

@@ -114,10 +114,6 @@ def crf_loss(
     return (kernel * dfeat).mean()
 
 
-def _tokens(x: torch.Tensor) -> torch.Tensor:
-    return x.movedim(1, -1).reshape(-1, x.shape[1]) if x.ndim == 4 else x
-
-
 def mmd_rbf(x: torch.Tensor, y: torch.Tensor, gamma: float | None = None) -> torch.Tensor:
     """Unbiased squared MMD (Gretton et al. 2012, eq. 3) between samples ``x`` [m,D] and ``y`` [n,D].
 
@@ -126,7 +122,7 @@ def mmd_rbf(x: torch.Tensor, y: torch.Tensor, gamma: float | None = None) -> tor
     median heuristic, as in FeatSharp appendix B.2) unless given. Cost is O((m+n)^2):
     subsample large maps first. Can be slightly negative (unbiased estimator).
     """
-    x, y = _tokens(x).double(), _tokens(y).double()
+    x, y = _channels_last(x).double(), _channels_last(y).double()
     if x.shape[1] != y.shape[1] or len(x) < 2 or len(y) < 2:
         raise ValueError(f"mmd_rbf: need >= 2 samples of equal width, got {tuple(x.shape)} and {tuple(y.shape)}")
     dxx, dyy, dxy = torch.cdist(x, x).pow(2), torch.cdist(y, y).pow(2), torch.cdist(x, y).pow(2)
@@ -193,17 +189,17 @@ def small_segment_pixels(mask: torch.Tensor, max_area: float = 0.01, ignore_inde
     out = np.zeros(flat.shape, dtype=bool)
     limit = max_area * flat.shape[-1] * flat.shape[-2]
     for i, m in enumerate(flat):
-        for cls in np.unique(m):
-            if cls == ignore_index:
-                continue
-            comps, count = connected_components(m == cls, return_num=True, connectivity=connectivity)
-            if count == 0:
-                continue
-            areas = np.bincount(comps.ravel(), minlength=count + 1)
-            small = np.flatnonzero(areas < limit)
-            small = small[small > 0]
-            if len(small):
-                out[i] |= np.isin(comps, small)
+        # one labelling per image: neighbours join only when they hold the same class, so each
+        # component is one segment of one class; ignored pixels are the background (label 0)
+        comps, count = connected_components(m, background=ignore_index, return_num=True,
+                                            connectivity=connectivity)
+        if count == 0:
+            continue
+        areas = np.bincount(comps.ravel(), minlength=count + 1)
+        small = np.flatnonzero(areas < limit)
+        small = small[small > 0]
+        if len(small):
+            out[i] = np.isin(comps, small)
     return torch.from_numpy(out.reshape(arr.shape)).to(mask.device)
 
 

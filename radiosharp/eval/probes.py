@@ -10,6 +10,8 @@ minibatches of cached images, seeded (init and batch order).
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -87,10 +89,20 @@ def channel_stats(features: torch.Tensor, chunk: int = 64) -> tuple[torch.Tensor
     return mean.float(), std.float()
 
 
+def _fits_on(device: str | torch.device, *tensors: torch.Tensor) -> bool:
+    """Whether ``tensors`` fit in half the free memory of a CUDA ``device`` (False for the CPU)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return False
+    free, _ = torch.cuda.mem_get_info(device)
+    return sum(t.numel() * t.element_size() for t in tensors) < free // 2
+
+
 def fit_dense_probe(features: torch.Tensor, targets: torch.Tensor, out_channels: int, loss_fn,
                     steps: int = 300, lr: float = 1e-2, weight_decay: float = 1e-4, batch_size: int = 16,
                     seed: int = 0, device: str | torch.device = "cpu",
-                    pixels_per_image: int | None = 1024) -> DenseLinearProbe:
+                    pixels_per_image: int | None = 1024,
+                    stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> DenseLinearProbe:
     """Train a ``DenseLinearProbe`` on ``features`` [N,D,h,w] against ``targets`` [N,S,S].
 
     ``loss_fn(output [b,out,...], targets [b,...]) -> scalar``. Each step draws
@@ -98,31 +110,37 @@ def fit_dense_probe(features: torch.Tensor, targets: torch.Tensor, out_channels:
     ``pixels_per_image``, that many random pixels of each: the loss is then an unbiased
     estimate of the full-resolution loss at a fraction of the cost (the upsampled
     output is read only where it is scored). Seeded: the same seed gives the same probe.
+    ``stats``: ``channel_stats(features)`` when the caller has them (``FeatureSet.dense_stats``),
+    so seeds and tasks on the same features compute them once.
     """
     if len(features) != len(targets):
         raise ValueError(f"fit_dense_probe: {len(features)} feature maps but {len(targets)} targets")
     gen = torch.Generator().manual_seed(seed)
-    mean, std = channel_stats(features)
+    mean, std = stats if stats is not None else channel_stats(features)
     probe = DenseLinearProbe(mean, std, out_channels)
     with torch.no_grad():
         probe.head.weight.copy_(torch.randn(probe.head.weight.shape, generator=gen) * 0.01)
         probe.head.bias.zero_()
     probe.to(device)
+    if _fits_on(device, features, targets):  # one copy to the GPU instead of one per step
+        features, targets = features.to(device), targets.to(device)
     opt = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
     size = tuple(targets.shape[-2:])
     batch_size = min(batch_size, len(features))
     sample = pixels_per_image is not None and pixels_per_image < size[0] * size[1]
     for _ in range(steps):
+        # random draws stay on the CPU generator, so a seed gives the same probe on any device
         idx = torch.randperm(len(features), generator=gen)[:batch_size]
-        x = features[idx].to(device)
+        x = features[idx.to(features.device)].to(device)
+        y = targets[idx.to(targets.device)]
         if sample:
             flat = torch.randint(0, size[0] * size[1], (len(idx), pixels_per_image), generator=gen)
             pixels = torch.stack([flat // size[1], flat % size[1]], -1)
-            y = targets[idx].flatten(1).gather(1, flat)[:, None].to(device)  # [b,1,P]
+            y = y.flatten(1).gather(1, flat.to(y.device))[:, None].to(device)  # [b,1,P]
             out = probe.at_pixels(x, size, pixels.to(device))
         else:
-            y, out = targets[idx].to(device), probe(x, size)
+            y, out = y.to(device), probe(x, size)
         loss = loss_fn(out, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -133,9 +151,17 @@ def fit_dense_probe(features: torch.Tensor, targets: torch.Tensor, out_channels:
 
 @torch.no_grad()
 def predict_dense(probe: DenseLinearProbe, features: torch.Tensor, size: tuple[int, int],
-                  batch_size: int = 16, device: str | torch.device = "cpu") -> torch.Tensor:
-    """Probe outputs ``[N,out,S,S]`` for cached features, in batches (on the CPU)."""
-    outs = [probe(features[i:i + batch_size].to(device), size).cpu() for i in range(0, len(features), batch_size)]
+                  batch_size: int = 16, device: str | torch.device = "cpu",
+                  reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """Probe outputs ``[N,out,S,S]`` for cached features, in batches, gathered on the CPU.
+
+    ``reduce`` maps each batch's outputs first (e.g. logits to classes), so the full
+    outputs of the whole set (``N x classes x S x S``) never pile up.
+    """
+    outs = []
+    for start in range(0, len(features), batch_size):
+        out = probe(features[start:start + batch_size].to(device), size)
+        outs.append((out if reduce is None else reduce(out)).cpu())
     return torch.cat(outs)
 
 
@@ -151,9 +177,7 @@ def fit_segmentation_probe(features: torch.Tensor, masks: torch.Tensor, num_clas
 def predict_segmentation(probe: DenseLinearProbe, features: torch.Tensor, size: tuple[int, int],
                          batch_size: int = 16, device: str | torch.device = "cpu") -> torch.Tensor:
     """Class per pixel ``[N,S,S]`` (argmax of the upsampled logits)."""
-    preds = [predict_dense(probe, features[i:i + batch_size], size, batch_size, device).argmax(1)
-             for i in range(0, len(features), batch_size)]
-    return torch.cat(preds)
+    return predict_dense(probe, features, size, batch_size, device, reduce=lambda logits: logits.argmax(1))
 
 
 class DepthProbe(nn.Module):
@@ -166,7 +190,7 @@ class DepthProbe(nn.Module):
     @torch.no_grad()
     def predict(self, features: torch.Tensor, size: tuple[int, int], batch_size: int = 16,
                 device: str | torch.device = "cpu") -> torch.Tensor:
-        out = predict_dense(self.probe, features, size, batch_size, device)[:, 0]
+        out = predict_dense(self.probe, features, size, batch_size, device, reduce=lambda o: o[:, 0])
         return (out * self.depth_std + self.depth_mean).clamp_min(self.min_depth)
 
 

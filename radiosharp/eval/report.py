@@ -6,6 +6,8 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
+from radiosharp.bench.table import format_table
+
 DASH = "-"
 
 
@@ -81,10 +83,7 @@ def table(rows: Sequence[Mapping[str, Any]], deltas: bool = True) -> tuple[list[
 
 
 def text_table(rows: Sequence[Mapping[str, Any]], deltas: bool = True) -> str:
-    header, cells = table(rows, deltas)
-    widths = [max(len(r[i]) for r in [header, *cells]) for i in range(len(header))]
-    fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
-    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *map(fmt, cells)])
+    return format_table(*table(rows, deltas))
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:

@@ -1,9 +1,11 @@
 """Evaluating a run folder: load its exported featurizer, run the tasks, cache the results.
 
 A run's export (``model.json`` + ``model.safetensors``) is turned back into a
-featurizer by the loader registered for its ``kind`` ("student" ->
+featurizer by the loader for its ``kind`` ("student" ->
 ``radiosharp.student_io.load_student``, "upsampler" ->
-``radiosharp.upsampled.load_upsampled_teacher``; imported lazily). Results go to
+``radiosharp.upsampled.load_upsampled_teacher``; imported lazily). A student gets its
+CLIP text towers only when zero-shot is among the tasks: building them loads the
+teachers' text weights, which no other task needs. Results go to
 ``RUN/eval/metrics.json``::
 
     {"run": ..., "kind": ..., "export": {fingerprint}, "context": {settings but tasks},
@@ -30,24 +32,20 @@ from radiosharp.export import CONFIG, WEIGHTS, atomic_write_bytes
 METRICS_FILE = Path("eval") / "metrics.json"
 
 
-def _load_student(run_dir: Path) -> nn.Module:
+def _load_student(run_dir: Path, text_towers: bool = False) -> nn.Module:
     from radiosharp.student_io import load_student
 
-    return load_student(run_dir, text_towers=True)
+    return load_student(run_dir, text_towers=text_towers)
 
 
-def _load_upsampled(run_dir: Path) -> nn.Module:
+def _load_upsampled(run_dir: Path, text_towers: bool = False) -> nn.Module:
     from radiosharp.upsampled import load_upsampled_teacher
 
-    return load_upsampled_teacher(run_dir)
+    return load_upsampled_teacher(run_dir)  # a CLIP teacher brings its own text tower
 
 
-RUN_LOADERS: dict[str, Callable[[Path], nn.Module]] = {"student": _load_student, "upsampler": _load_upsampled}
-
-
-def register_run_loader(kind: str, loader: Callable[[Path], nn.Module]) -> None:
-    """Teach the evaluator a new export kind (``loader(run_dir) -> featurizer``)."""
-    RUN_LOADERS[kind] = loader
+# kind -> loader(run_dir, text_towers) -> featurizer
+RUN_LOADERS: dict[str, Callable[..., nn.Module]] = {"student": _load_student, "upsampler": _load_upsampled}
 
 
 def check_run(run_dir: str | Path) -> str:
@@ -68,11 +66,13 @@ def check_run(run_dir: str | Path) -> str:
     return kind
 
 
-def load_featurizer(run_dir: str | Path) -> tuple[nn.Module, str]:
-    """The run's exported featurizer and its kind; EvalError naming the run when it cannot load."""
+def load_featurizer(run_dir: str | Path, text_towers: bool = False) -> tuple[nn.Module, str]:
+    """The run's exported featurizer and its kind; EvalError naming the run when it cannot load.
+
+    ``text_towers``: attach a student's CLIP text towers (for zero-shot)."""
     kind = check_run(run_dir)
     try:
-        return RUN_LOADERS[kind](Path(run_dir)), kind
+        return RUN_LOADERS[kind](Path(run_dir), text_towers=text_towers), kind
     except (ImportError, RuntimeError, ValueError, KeyError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise EvalError(f"{run_dir}: cannot load its '{kind}' export: {first}") from err
@@ -126,7 +126,7 @@ def evaluate_run(run_dir: str | Path, settings: EvalSettings, tasks: dict[str, d
             results[name] = kept[name]
     if todo:
         if featurizer is None:
-            featurizer, _ = load_featurizer(run_dir)
+            featurizer, _ = load_featurizer(run_dir, text_towers="zeroshot" in todo)
         featurizer = featurizer.to(device).eval()
         store = FeatureStore(featurizer, settings.image_size, settings.batch_size, device,
                              settings.summary, settings.dense, progress)

@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from radiosharp.recipe import RecipeError, validate_section
 from radiosharp.registry import TASKS, BadOptionError, UnknownNameError
 
 DEFAULT_DATA = {"source": "synthetic", "num_images": 64, "size": 112, "seed": 0}
@@ -86,17 +87,9 @@ def parse_settings(section: Any, where: str = "eval") -> EvalSettings:
     if not isinstance(section, dict):
         raise EvalError(f"{where}: 'eval' must be a mapping, got {type(section).__name__}")
     try:
-        return EvalSettings.model_validate(section)
-    except ValidationError as err:
-        problems = []
-        for e in err.errors():
-            loc = ".".join(str(p) for p in e["loc"])
-            if e["type"] == "extra_forbidden":
-                valid = ", ".join(EvalSettings.model_fields)
-                problems.append(f"unknown key 'eval.{loc}' (valid keys: {valid})")
-            else:
-                problems.append(f"bad value at 'eval.{loc}': {e['msg']}")
-        raise EvalError(f"{where}: " + "; ".join(problems)) from None
+        return validate_section("eval", EvalSettings, section)
+    except RecipeError as err:
+        raise EvalError(f"{where}: {err}") from None
 
 
 def select_tasks(options: dict[str, dict[str, Any]], only: list[str] | None) -> dict[str, dict[str, Any]]:

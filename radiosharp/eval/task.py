@@ -72,12 +72,16 @@ def summarize(values: Mapping[str, Sequence[float]], directions: Mapping[str, bo
     metrics = {}
     for name, vals in values.items():
         vals = [float(v) for v in vals]
-        mean = math.fsum(vals) / len(vals) if all(map(math.isfinite, vals)) else statistics.fmean(vals)
-        finite = all(map(math.isfinite, vals))
-        std = math.sqrt(math.fsum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+        mean = statistics.fmean(vals)
+        if not all(map(math.isfinite, vals)):
+            std = float("nan")
+        elif len(vals) > 1:
+            std = math.sqrt(math.fsum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
+        else:
+            std = 0.0
         metrics[name] = {
             "mean": mean,
-            "std": std if finite else float("nan"),
+            "std": std,
             "values": vals,
             "higher_is_better": bool(directions[name]),
         }

@@ -1,80 +1,71 @@
-"""Pieces the trainers share: resizing, PHI-S per teacher, the frozen teacher stack.
+"""Pieces the trainers share: PHI-S per teacher, the frozen teacher stack.
 
 A distillation builds its teachers in two passes: :func:`build_teacher_slots` makes
 every teacher and its upsampled view (cheap, and where recipe mistakes show up: an
 unknown name, an untrained upsampler, a missing run), then :func:`attach_phis` loads
 or computes each teacher's PHI-S (expensive: it may stream images through the
-teacher). So a bad recipe fails before anything is computed or written.
+teachers, all in one pass over the images). So a bad recipe fails before anything is
+computed or written.
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import radiosharp
 from radiosharp.contracts import Teacher, TeacherOutput
-from radiosharp.engine import run_precision
-from radiosharp.recipe import Recipe, RecipeError, TeacherConfig
+from radiosharp.images import resize
+from radiosharp.recipe import Recipe, RecipeError, TeacherConfig, resolved_teacher_options
 
 TRAINING_FREE = ("bilinear", "tiles", "s2")
-# Builder options that do not change the vision network (so may differ between an upsampler
-# run and the distillation that uses it).
-NON_NETWORK_OPTIONS = ("cache_dir", "text")
 
 
-def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize; antialiased when shrinking (images and feature maps alike)."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    shrink = size[0] < x.shape[-2] or size[1] < x.shape[-1]
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=shrink)
-
-
-def teacher_phis(key: str, cfg: TeacherConfig, teacher: Teacher, recipe: Recipe, dataset: Any,
-                 run_dir: Path, accelerator: Any = None) -> nn.Module:
-    """The teacher's PHI-S: from ``cfg.phi_s``, else computed now over ``stats.num_images`` images.
+def teachers_phis(teachers: dict[str, tuple[TeacherConfig, Teacher]], recipe: Recipe, dataset: Any,
+                  run_dir: Path, accelerator: Any = None) -> dict[str, nn.Module]:
+    """Each teacher's PHI-S: from ``cfg.phi_s``, else from the run folder, else computed
+    now over ``stats.num_images`` images, one pass over the images for all such teachers.
 
     Computed statistics are saved to ``run_dir/phi_s/<key>.safetensors`` so the run
     can be inspected and resumed with the same normalization.
     """
     from radiosharp.phis import PhiS
-    from radiosharp.stats import teacher_moments
+    from radiosharp.stats import teachers_moments
 
-    if cfg.phi_s:
-        path = Path(cfg.phi_s)
-        if not path.is_file():
-            raise RecipeError(f"teachers.{key}.phi_s: statistics file not found: {path} "
-                              f"(make it with: python -m radiosharp.stats RECIPE)")
-        try:
-            return PhiS.load(path, expect_dim=teacher.embed_dim)
-        except ValueError as err:
-            raise RecipeError(f"teachers.{key}.phi_s: {err}") from None
-    saved = run_dir / "phi_s" / f"{key}.safetensors"
-    if saved.is_file():
-        return PhiS.load(saved, expect_dim=teacher.embed_dim)
-    moments = teacher_moments(teacher, dataset, recipe.stats.num_images, recipe.stats.batch_size,
-                              recipe.stats.image_size, accelerator, desc=f"PHI-S {key}")
-    if accelerator is None or accelerator.is_main_process:
-        moments.save(saved)
-    return PhiS.from_moments(moments)
+    out: dict[str, nn.Module] = {}
+    todo: dict[str, Teacher] = {}
+    for key, (cfg, teacher) in teachers.items():
+        saved = run_dir / "phi_s" / f"{key}.safetensors"
+        if cfg.phi_s:
+            path = Path(cfg.phi_s)
+            if not path.is_file():
+                raise RecipeError(f"teachers.{key}.phi_s: statistics file not found: {path} "
+                                  f"(make it with: python -m radiosharp.stats RECIPE)")
+            try:
+                out[key] = PhiS.load(path, expect_dim=teacher.embed_dim)
+            except ValueError as err:
+                raise RecipeError(f"teachers.{key}.phi_s: {err}") from None
+        elif saved.is_file():
+            out[key] = PhiS.load(saved, expect_dim=teacher.embed_dim)
+        else:
+            todo[key] = teacher
+    if todo:
+        moments = teachers_moments(todo, dataset, recipe.stats.num_images, recipe.stats.batch_size,
+                                   recipe.stats.image_size, accelerator, desc=f"PHI-S {', '.join(todo)}")
+        for key, m in moments.items():
+            if accelerator is None or accelerator.is_main_process:
+                m.save(run_dir / "phi_s" / f"{key}.safetensors")
+            out[key] = PhiS.from_moments(m)
+    return {key: out[key] for key in teachers}
 
 
-def teacher_autocast(accelerator: Any) -> contextlib.AbstractContextManager:
-    """Run frozen teachers in the run's reduced precision (bf16/fp16), else a no-op.
-
-    Teachers are not wrapped by ``accelerator.prepare`` (they never train), so they do
-    not get its autocast; under DeepSpeed Accelerate's own autocast is off as well.
-    """
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(run_precision(accelerator))
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=accelerator.device.type, dtype=dtype)
+def teacher_phis(key: str, cfg: TeacherConfig, teacher: Teacher, recipe: Recipe, dataset: Any,
+                 run_dir: Path, accelerator: Any = None) -> nn.Module:
+    """One teacher's PHI-S (see :func:`teachers_phis`)."""
+    return teachers_phis({key: (cfg, teacher)}, recipe, dataset, run_dir, accelerator)[key]
 
 
 @dataclass
@@ -106,28 +97,8 @@ class TeacherSlot:
             out = TeacherOutput(out.summary, self.low_res_debias(out.features))
         return out
 
-    @property
-    def factor(self) -> int:
-        """How much finer the upsampled feature grid is (1 without an upsampler)."""
-        return int(self.upsampled.factor) if self.upsampled is not None else 1
-
     def modules_to_place(self) -> list[nn.Module]:
         return [m for m in (self.teacher, self.upsampled, self.phi_s) if m is not None]
-
-
-def _builder_options(cfg: dict[str, Any]) -> dict[str, Any]:
-    """A teacher build config with the builder's defaults filled in (for comparing two)."""
-    from radiosharp.registry import TEACHERS
-
-    cfg = dict(cfg)
-    family = cfg.pop("family", None)
-    if family not in TEACHERS:
-        return {"family": family, **cfg}
-    full = {k: p.default for k, p in TEACHERS.options(family).items()}
-    full.update(cfg)
-    for k in NON_NETWORK_OPTIONS:
-        full.pop(k, None)
-    return {"family": family, **full}
 
 
 def check_same_teacher(key: str, cfg: TeacherConfig, run: str) -> None:
@@ -143,7 +114,7 @@ def check_same_teacher(key: str, cfg: TeacherConfig, run: str) -> None:
     trained = config.get("teacher")
     if not trained:
         return
-    ours, theirs = _builder_options({"family": cfg.family, **cfg.options}), _builder_options(trained)
+    ours, theirs = resolved_teacher_options(cfg), resolved_teacher_options(trained)
     differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
     if differ:
         detail = ", ".join(f"{k}: {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in differ)
@@ -207,13 +178,7 @@ def build_teacher_slots(recipe: Recipe, untrained_upsamplers: bool = False) -> d
 
 def attach_phis(slots: dict[str, TeacherSlot], recipe: Recipe, dataset: Any, run_dir: Path,
                 accelerator: Any = None) -> None:
+    phis = teachers_phis({key: (slot.config, slot.teacher) for key, slot in slots.items()}, recipe, dataset,
+                         run_dir, accelerator)
     for key, slot in slots.items():
-        slot.phi_s = teacher_phis(key, slot.config, slot.teacher, recipe, dataset, run_dir, accelerator)
-
-
-def build_teacher_stack(recipe: Recipe, dataset: Any, run_dir: Path, accelerator: Any = None
-                        ) -> dict[str, TeacherSlot]:
-    """:func:`build_teacher_slots` then :func:`attach_phis`."""
-    slots = build_teacher_slots(recipe)
-    attach_phis(slots, recipe, dataset, run_dir, accelerator)
-    return slots
+        slot.phi_s = phis[key]

@@ -18,6 +18,7 @@ same backbone and teachers).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +28,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
 import radiosharp
-from radiosharp.contracts import check_image_size
+from radiosharp.contracts import TeacherOutput, check_image_size
 from radiosharp.engine import Trainer
+from radiosharp.images import resize
+from radiosharp.phis import PhiS
 from radiosharp.recipe import Recipe, RecipeError, validate_section
-from radiosharp.trainers.common import (
-    TeacherSlot,
-    attach_phis,
-    build_teacher_slots,
-    resize,
-    teacher_autocast,
-)
+from radiosharp.trainers.common import TeacherSlot, attach_phis, build_teacher_slots
 
 
 class PartitionConfig(BaseModel):
@@ -117,11 +114,16 @@ def summary_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (1 - F.cosine_similarity(pred.float(), target.float(), dim=-1)).mean()
 
 
-def feature_loss(pred: torch.Tensor, target: torch.Tensor, phi_s: nn.Module) -> torch.Tensor:
-    """MSE in PHI-S space; a teacher map on another grid is resized to the student's first."""
+def feature_loss(pred: torch.Tensor, target: torch.Tensor, phi_s: PhiS) -> torch.Tensor:
+    """MSE in PHI-S space; a teacher map on another grid is resized to the student's first.
+
+    PHI-S is a rotation scaled by ``eigenvalue_mean ** -0.5`` after centring, so the MSE
+    between two normalized maps is the raw MSE divided by ``eigenvalue_mean``: no C x C
+    matmul over the maps is needed (``test_phis`` checks the identity).
+    """
     if target.shape[-2:] != pred.shape[-2:]:
         target = resize(target.float(), tuple(pred.shape[-2:]))
-    return F.mse_loss(phi_s(pred.float()), phi_s(target.float()))
+    return F.mse_loss(pred.float(), target.float()) / phi_s.eigenvalue_mean
 
 
 def check_init_compatible(student: nn.Module, previous: nn.Module, source: str) -> None:
@@ -144,6 +146,40 @@ def check_init_compatible(student: nn.Module, previous: nn.Module, source: str) 
         # summary token i feeds teacher i's head: a reordered list would load silently but wrongly
         raise RecipeError(f"init_from {source}: its student learned teachers {theirs_order} in that order; "
                           f"this recipe lists {ours_order}. List the teachers in the same order")
+
+
+@dataclass
+class TargetCall:
+    """One batched call of a teacher (upsampled or not) serving several partitions."""
+
+    slot: TeacherSlot
+    upsample: bool
+    parts: list[int]  # indices of the partitions it serves, in order
+
+    def run(self, slices: list[torch.Tensor]) -> dict[int, TeacherOutput]:
+        """The targets of each served partition's images, from one teacher call."""
+        xs = [slices[i] for i in self.parts]
+        out = self.slot.targets(torch.cat(xs) if len(xs) > 1 else xs[0], upsample=self.upsample)
+        sizes = [len(x) for x in xs]
+        summaries = out.summary.split(sizes) if out.summary is not None else [None] * len(xs)
+        return {i: TeacherOutput(s, f) for i, s, f in zip(self.parts, summaries, out.features.split(sizes))}
+
+
+def plan_target_calls(stack: dict[str, TeacherSlot], partitions: list[PartitionConfig]) -> list[TargetCall]:
+    """One call per teacher and input kind (native, or through its upsampler).
+
+    Partitions are slices of one batch of images and a teacher resizes its input to its
+    own size, so every partition that asks a teacher for the same kind of target can be
+    served by one batched call (teachers are frozen, in eval mode: samples do not mix).
+    """
+    calls: dict[tuple[str, bool], TargetCall] = {}
+    for slot in stack.values():
+        for index, part in enumerate(partitions):
+            if slot.config.partitions is not None and part.name not in slot.config.partitions:
+                continue
+            upsample = part.upsample and slot.upsampled is not None
+            calls.setdefault((slot.key, upsample), TargetCall(slot, upsample, [])).parts.append(index)
+    return list(calls.values())
 
 
 class DistillTrainer(Trainer):
@@ -200,40 +236,45 @@ class DistillTrainer(Trainer):
             raise RecipeError(f"data: {err}") from None
         attach_phis(self.stack, recipe, self.dataset, self.run_dir, self.accelerator)
         self.student_config = dict(getattr(student, "config", None)
-                                   or {"name": recipe.student.name, **recipe.student.options, "teachers": dims})
+                                   or {**recipe.student.build_config(), "teachers": dims})
         self.model = MultiPartitionStudent(student)
         self.frozen = [m for t in self.stack.values() for m in t.modules_to_place()]
+        self.target_calls = plan_target_calls(self.stack, self.section.partitions)
 
     def teachers_of(self, part: PartitionConfig) -> list[TeacherSlot]:
         return [t for t in self.stack.values() if t.config.partitions is None or part.name in t.config.partitions]
 
+    def partition_loss(self, part: PartitionConfig, out: Any, targets: dict[str, TeacherOutput]
+                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One partition's weighted feature + summary losses over its teachers, and their values."""
+        total = torch.zeros((), dtype=torch.float32, device=out.backbone.device)
+        metrics: dict[str, torch.Tensor] = {}
+        for t in self.teachers_of(part):
+            target = targets[t.key]
+            loss_f = feature_loss(out.features[t.key], target.features, t.phi_s)
+            loss = t.config.feature_weight * loss_f
+            metrics[f"{part.name}/{t.key}/features"] = loss_f.detach()
+            if target.summary is not None and t.key in out.summary:
+                loss_s = summary_loss(out.summary[t.key], target.summary)
+                loss = loss + t.config.summary_weight * loss_s
+                metrics[f"{part.name}/{t.key}/summary"] = loss_s.detach()
+            total = total + loss
+        return total, metrics
+
     def train_step(self, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         acc = self.accelerator
         images = fill_batch(batch["image"], sum(self.local_sizes)).to(acc.device)
-        # DeepSpeed keeps bf16/fp16 weights and casts nothing: feed it its own dtype.
-        dtype = next(self.model.parameters()).dtype
-        chunks, parts, start = [], [], 0
-        for part, n, share in zip(self.section.partitions, self.local_sizes, self.shares):
-            x = images[start:start + n]
-            start += n
-            chunks.append(resize(x, (part.size, part.size)).to(dtype))
-            parts.append((part, x, share))
-        outputs = self.model(chunks)
+        slices = list(images.split(self.local_sizes))
+        outputs = self.model([resize(x, (part.size, part.size)) for part, x in zip(self.section.partitions, slices)])
+        targets: list[dict[str, TeacherOutput]] = [{} for _ in slices]
+        for call in self.target_calls:
+            for index, target in call.run(slices).items():
+                targets[index][call.slot.key] = target
         total = images.new_zeros((), dtype=torch.float32)
-        metrics: dict[str, float] = {}
-        for (part, x, share), out in zip(parts, outputs):
-            part_loss = images.new_zeros((), dtype=torch.float32)
-            for t in self.teachers_of(part):
-                with teacher_autocast(acc):
-                    target = t.targets(x, upsample=part.upsample)
-                loss_f = feature_loss(out.features[t.key], target.features, t.phi_s)
-                loss = t.config.feature_weight * loss_f
-                metrics[f"{part.name}/{t.key}/features"] = loss_f.detach()
-                if target.summary is not None and t.key in out.summary:
-                    loss_s = summary_loss(out.summary[t.key], target.summary)
-                    loss = loss + t.config.summary_weight * loss_s
-                    metrics[f"{part.name}/{t.key}/summary"] = loss_s.detach()
-                part_loss = part_loss + loss
+        metrics: dict[str, torch.Tensor] = {}
+        for part, share, out, part_targets in zip(self.section.partitions, self.shares, outputs, targets):
+            part_loss, part_metrics = self.partition_loss(part, out, part_targets)
+            metrics.update(part_metrics)
             total = total + share * part_loss
         return total, metrics
 

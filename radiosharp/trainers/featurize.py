@@ -9,10 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 import radiosharp
+from radiosharp.images import resize
 from radiosharp.pca import PCABasis, image_to_uint8, save_panels, upscale_nearest
 from radiosharp.recipe import Recipe, RecipeError, recipe_to_yaml
 
@@ -36,8 +36,7 @@ def run(recipe: Recipe) -> Path:
             images.extend(x)
             for key, teacher in teachers.items():
                 size = teacher.native_size
-                maps[key].append(teacher(F.interpolate(x, size=(size, size), mode="bilinear",
-                                                       antialias=True, align_corners=False)).features)
+                maps[key].append(teacher(resize(x, (size, size))).features)
             if len(images) >= count:
                 break
     if not images:

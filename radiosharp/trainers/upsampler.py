@@ -29,7 +29,8 @@ from torch import nn
 
 import radiosharp
 from radiosharp.engine import Trainer
-from radiosharp.multiview import ViewConfig, consistency_step, fidelity_eval, quality_metrics
+from radiosharp.multiview import (NoImagesError, ViewConfig, consistency_step, fidelity_eval, first_images,
+                                  quality_metrics)
 from radiosharp.recipe import Recipe, RecipeError, validate_section
 from radiosharp.trainers.common import teacher_phis
 
@@ -108,11 +109,8 @@ class UpsamplerTrainer(Trainer):
         upsampled = UpsampledTeacher(teacher, upsampler, debias, phi_s)
         downsampler = AttentionDownsampler(teacher.embed_dim, self.section.downsampler_kernel)
         self.model = MultiViewModel(upsampled, downsampler)
-        self.export_config = {
-            "teacher": {"family": cfg.family, **cfg.options},
-            # every option the builder saw, defaults included, so a reload does not drift
-            "upsampler": {"name": up_cfg.name, **up_cfg.options, **getattr(upsampler, "build_config", {})},
-        }
+        # the upsampler's own build_config (every option, defaults included) goes into the export
+        self.export_config = {"teacher": cfg.build_config()}
 
     def train_step(self, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         images = batch["image"].to(self.accelerator.device)
@@ -154,29 +152,12 @@ def heldout_fidelity(model: MultiViewModel, recipe: Recipe, section: UpsamplerTr
         data_cfg = {"source": recipe.data.source, **options}
     dataset = radiosharp.build_dataset(data_cfg, "eval_data")
     device = next(model.parameters()).device
-    images = first_images(dataset, section.heldout_images).to(device)
+    try:
+        images = first_images(dataset, section.heldout_images).to(device)
+    except NoImagesError:
+        raise RecipeError("eval_data: the held-out data source gave no images") from None
     generator = torch.Generator().manual_seed(section.heldout_seed)
     return fidelity_eval(model.upsampled, images, generator, section.views, model.downsampler, batch_size)
-
-
-def first_images(dataset: Any, n: int) -> torch.Tensor:
-    """The first ``n`` readable images of a map-style or streaming (webdataset) source."""
-    from torch.utils.data import IterableDataset
-
-    from radiosharp.data.skipping import SkippedSample
-
-    if isinstance(dataset, IterableDataset):
-        samples = (s for s in dataset if not isinstance(s, SkippedSample))
-    else:
-        samples = (dataset[i] for i in range(min(n, len(dataset))))
-    images = []
-    for sample in samples:
-        if len(images) >= n:
-            break
-        images.append(sample["image"])
-    if not images:
-        raise RecipeError("eval_data: the held-out data source gave no images")
-    return torch.stack(images)
 
 
 def run(recipe: Recipe) -> Path:

@@ -35,7 +35,7 @@ class DepthTask(EvalTask):
 
         def one_seed(seed: int) -> dict[str, float]:
             probe = fit_depth_probe(train.dense, train_depth, self.min_depth, seed=seed, device=ctx.device,
-                                    **self.fit_args)
+                                    stats=train.dense_stats, **self.fit_args)
             return depth_errors(probe.predict(val.dense, size, device=ctx.device), val_depth, self.min_depth)
 
         return over_seeds(self.seeds, one_seed)

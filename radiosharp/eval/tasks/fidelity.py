@@ -3,18 +3,17 @@
 The multi-view machinery (jittered views, attention downsampler) lives in
 ``radiosharp.multiview``; this task calls ``radiosharp.multiview.fidelity_eval(
 up_teacher, images, **options)`` — which must return a mapping with any of
-``fidelity``, ``tv``, ``crf``, ``mmd`` — on ``num_images`` images of ``data``, and skips
-with a reason when the featurizer is not an upsampled teacher or that function does
-not exist yet.
+``fidelity``, ``tv``, ``crf``, ``mmd`` — on ``num_images`` images of ``data``, with views
+seeded per seed, and skips with a reason when the featurizer is not an upsampled
+teacher or the data gives no images.
 """
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
 
-from radiosharp.eval.features import make_eval_loader
+from radiosharp import multiview
 from radiosharp.eval.task import EvalContext, EvalTask, TaskSkipped, over_seeds
 from radiosharp.registry import TASKS
 
@@ -33,38 +32,19 @@ class FidelityTask(EvalTask):
         if getattr(up, "upsampler", None) is None or getattr(up, "teacher", None) is None:
             raise TaskSkipped("fidelity: the featurizer is not an upsampled teacher (run kind "
                               f"'{ctx.run_kind}')")
-        try:
-            from radiosharp.multiview import fidelity_eval
-        except ImportError:
-            raise TaskSkipped("fidelity: radiosharp.multiview.fidelity_eval is not available") from None
         data = self.data or ctx.default_val_data or ctx.default_data
-        images = _first_images(ctx.features.dataset(data), self.num_images)
-        accepts = inspect.signature(fidelity_eval).parameters
+        try:
+            images = multiview.first_images(ctx.features.dataset(data), self.num_images)
+        except multiview.NoImagesError:
+            raise TaskSkipped("fidelity: the data yielded no images") from None
 
         def one_seed(seed: int) -> dict[str, float]:
-            kwargs = dict(self.options)
-            if "generator" in accepts:
-                kwargs["generator"] = torch.Generator().manual_seed(seed)
-            elif "seed" in accepts:
-                kwargs["seed"] = seed
+            generator = torch.Generator().manual_seed(seed)
             with torch.no_grad():
-                out = fidelity_eval(up, images.to(ctx.device), **kwargs)
+                out = multiview.fidelity_eval(up, images.to(ctx.device), generator=generator, **self.options)
             return {k: float(v) for k, v in out.items() if k in DIRECTIONS}
 
         return over_seeds(self.seeds, one_seed)
-
-
-def _first_images(dataset: Any, n: int) -> torch.Tensor:
-    images, count = [], 0
-    for batch in make_eval_loader(dataset, min(n, 16)):
-        if batch:
-            images.append(batch["image"].float())
-            count += len(images[-1])
-        if count >= n:
-            break
-    if not images:
-        raise TaskSkipped("fidelity: the data yielded no images")
-    return torch.cat(images)[:n]
 
 
 @TASKS.register("fidelity")

@@ -41,7 +41,7 @@ class SemsegTask(EvalTask):
 
         def one_seed(seed: int) -> dict[str, float]:
             probe = fit_segmentation_probe(train.dense, train_masks, num_classes, self.ignore_index,
-                                           seed=seed, device=ctx.device, **self.fit_args)
+                                           seed=seed, device=ctx.device, stats=train.dense_stats, **self.fit_args)
             pred = predict_segmentation(probe, val.dense, size, device=ctx.device)
             miou, _ = mean_iou(confusion_matrix(pred, val_masks, num_classes, self.ignore_index))
             small_conf = confusion_matrix(pred, val_masks, num_classes, self.ignore_index, where=small)
