@@ -18,7 +18,8 @@ def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def load_image(spec: str, size: int | None = None) -> torch.Tensor:
-    """[1,3,S,S] in [0,1] from a file path or ``skimage:NAME`` (an image bundled with scikit-image).
+    """[1,3,S,S] in [0,1] from a file path, ``skimage:NAME`` (an image bundled with scikit-image)
+    or ``photo:NAME`` (one of the packaged photographs of :mod:`radiosharp.data.photos`).
 
     Read as the data sources read images (``radiosharp.data``): files with their EXIF
     rotation, samples with RGBA composited over white and grey repeated to RGB. With
@@ -29,7 +30,14 @@ def load_image(spec: str, size: int | None = None) -> torch.Tensor:
     from radiosharp.data.samples import load_sample
     from radiosharp.data.transforms import image_to_square
 
-    if spec.startswith("skimage:"):
+    if spec.startswith("photo:"):
+        from radiosharp.data.photos import CATALOGUE, load_photo
+
+        name = spec.split(":", 1)[1]
+        if name not in CATALOGUE:
+            raise FileNotFoundError(f"no packaged photo '{name}'; valid: {', '.join(CATALOGUE)}")
+        pixels = load_photo(name)
+    elif spec.startswith("skimage:"):
         import skimage.data
 
         name = spec.split(":", 1)[1]

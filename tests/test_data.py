@@ -384,7 +384,7 @@ def test_hf_reads_a_saved_dataset(tmp_path):
 
 
 def test_every_source_is_registered():
-    assert {"synthetic", "samples", "image_folder", "seg_folder", "depth_folder", "webdataset", "hf"} <= set(
+    assert {"synthetic", "samples", "photos", "image_folder", "seg_folder", "depth_folder", "webdataset", "hf"} <= set(
         DATASETS.names())
 
 
