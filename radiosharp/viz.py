@@ -9,7 +9,9 @@ every panel (a per-panel basis would re-colour each map and hide real difference
 YAML/JSON mapping (``'{family: dinov2, size: tiny}'``), or an exported upsampler run
 folder (its teacher config is used). ``--upsampler``: exported upsampler run folders
 (trained for that same teacher) or training-free names (bilinear, tiles, s2).
-IMAGE: a path or ``skimage:NAME`` (e.g. ``skimage:astronaut``). Bad input exits with
+IMAGE: a path, ``skimage:NAME`` (e.g. ``skimage:astronaut``) or ``photo:NAME`` (a packaged
+photograph, :mod:`radiosharp.data.photos`). ``--hires-reference`` adds the teacher's own
+features of the image at ``factor x`` input as a last panel. Bad input exits with
 code 2 and a message, before anything is written.
 
 Python use: ``make_figure(image, teacher, {"featsharp": up_teacher}, "fig.png")``.
@@ -133,8 +135,11 @@ def _as_image(image: torch.Tensor | str, side: int) -> torch.Tensor:
 
 @torch.no_grad()
 def figure_maps(image: torch.Tensor, teacher: Teacher, upsamplers: Mapping[str, nn.Module],
-                factor: int) -> dict[str, torch.Tensor]:
-    """Raw low-res features, bilinear, then each upsampler's output for one [1,3,H,W] image."""
+                factor: int, hires_reference: bool = False) -> dict[str, torch.Tensor]:
+    """Raw low-res features, bilinear, then each upsampler's output for one [1,3,H,W] image
+    (at ``factor x`` the teacher's native size); with ``hires_reference``, last, the teacher's
+    own features of the image at that size (the real hi-res reference of a resolution-robust
+    teacher such as DINOv2)."""
     from radiosharp.upsampled import UpsampledTeacher
 
     native = teacher.native_size
@@ -149,11 +154,14 @@ def figure_maps(image: torch.Tensor, teacher: Teacher, upsamplers: Mapping[str, 
         model = model.to(image.device).eval()
         out = model(image).features
         maps[f"{name} {factor}x"] = out
+    if hires_reference:
+        side = image.shape[-1]
+        maps[f"{teacher.name} at {side}px input"] = teacher(image).features
     return maps
 
 
 def make_figure(image: torch.Tensor | str, teacher: Teacher, upsamplers: Mapping[str, nn.Module],
-                out: str | Path, factor: int | None = None) -> Path:
+                out: str | Path, factor: int | None = None, hires_reference: bool = False) -> Path:
     """Write the figure-1 style PNG and return its path.
 
     ``image``: a [3,H,W]/[1,3,H,W] tensor in [0,1] (resized to ``factor * native``
@@ -161,7 +169,8 @@ def make_figure(image: torch.Tensor | str, teacher: Teacher, upsamplers: Mapping
     ``upsamplers``: name -> an upsampler module (wrapped with ``teacher``) or an
     :class:`~radiosharp.upsampled.UpsampledTeacher`; all must share one factor.
     ``factor``: the upsampling factor (default: the upsamplers', else 2).
-    Panels: image, raw features, bilinear, each upsampler in the given order.
+    Panels: image, raw features, bilinear, each upsampler in the given order, then (with
+    ``hires_reference``) the teacher run on the image at ``factor x`` its native size.
     """
     factors = {name: _factor_of(m) for name, m in upsamplers.items()}
     wanted = factor if factor is not None else next(iter(factors.values()), DEFAULT_FACTOR)
@@ -171,7 +180,7 @@ def make_figure(image: torch.Tensor | str, teacher: Teacher, upsamplers: Mapping
                          + ", ".join(f"'{n}' upsamples {f}x" for n, f in wrong.items()))
     device = next(teacher.parameters(), torch.empty(0)).device
     picture = _as_image(image, wanted * teacher.native_size).to(device)
-    maps = figure_maps(picture, teacher, upsamplers, wanted)
+    maps = figure_maps(picture, teacher, upsamplers, wanted, hires_reference)
     side = picture.shape[-1]
     panels = feature_panels(maps, (side, side))
     titles = [f"image {side}x{side}", *panels]
@@ -239,14 +248,14 @@ def build_upsamplers(specs: list[str], teacher: Teacher, factor: int) -> dict[st
 
 
 def default_out(image: str) -> Path:
-    stem = image.split(":", 1)[1] if image.startswith("skimage:") else Path(image).stem
+    stem = image.split(":", 1)[1] if image.startswith(("skimage:", "photo:")) else Path(image).stem
     return Path(f"{stem}_features.png")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m radiosharp.viz", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("image", help="an image path or skimage:NAME (e.g. skimage:astronaut)")
+    parser.add_argument("image", help="an image path, skimage:NAME (e.g. skimage:astronaut) or photo:NAME")
     parser.add_argument("--teacher", required=True,
                         help="family name, '{family: dinov2, size: tiny}', or an upsampler run folder")
     parser.add_argument("--size", choices=("tiny", "real"), default=None,
@@ -255,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"exported upsampler run folders or training-free names ({', '.join(TRAINING_FREE)})")
     parser.add_argument("--factor", type=int, default=None,
                         help=f"upsampling factor (default: the runs' factor, else {DEFAULT_FACTOR})")
+    parser.add_argument("--hires-reference", action="store_true",
+                        help="add a last panel: the teacher's own features of the image at factor x its "
+                             "native size (a real hi-res reference for resolution-robust teachers like DINOv2)")
     parser.add_argument("--out", default=None, help="output PNG (default: <image name>_features.png)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     return parser
@@ -277,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     teacher.to(device)
     for module in upsamplers.values():
         module.to(device)
-    out = make_figure(args.image, teacher, upsamplers, args.out or default_out(args.image), factor)
+    out = make_figure(args.image, teacher, upsamplers, args.out or default_out(args.image), factor,
+                      args.hires_reference)
     print(f"wrote {out}")
     return 0
 

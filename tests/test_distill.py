@@ -82,7 +82,7 @@ def stage3_recipe(out: Path, phis: dict[str, str]) -> dict[str, Any]:
 
 
 def export_featsharp(run_dir: Path, teacher_cfg: dict[str, Any], bias: float = 0.5) -> Path:
-    """An exported FeatSharp 2x upsampler run for a tiny DFN CLIP, untrained but for a visible
+    """An exported FeatSharp 2x upsampler run for ``teacher_cfg``, untrained but for a visible
     de-bias buffer (what a ``kind: upsampler`` run leaves behind)."""
     from radiosharp.phis import PhiS
     from radiosharp.upsampled import UpsampledTeacher, save_upsampler
@@ -367,43 +367,62 @@ def test_recipe_mistakes_fail_clearly_before_anything_is_written(tmp_path, phis,
 DEMO = Path(__file__).resolve().parents[1] / "recipes" / "demo"
 
 
+@pytest.fixture(scope="module")
+def demo_phis(tmp_path_factory) -> dict[str, str]:
+    """PHI-S statistics of the demo's two real teachers (DINOv2-S/14, VGG16-HED) on 16 photo crops."""
+    from radiosharp.stats import compute_stats
+    from radiosharp.weights import all_specs, ensure_converted
+
+    for spec in all_specs().values():
+        ensure_converted(spec)
+    out = tmp_path_factory.mktemp("demo_stats")
+    recipe = load_recipe(DEMO / "stats.yaml", [f"output_dir={out}", "stats.num_images=16"])
+    return {key: str(path) for key, path in compute_stats(recipe).items()}
+
+
 def demo_overrides(phis: dict[str, str], out: Path) -> list[str]:
-    return [f"teachers.dfn_clip.phi_s={phis['dfn_clip']}", f"teachers.dinov2.phi_s={phis['dinov2']}",
+    return [f"teachers.dinov2.phi_s={phis['dinov2']}", f"teachers.vgg_hed.phi_s={phis['vgg_hed']}",
             f"output_dir={out}"]
 
 
-def test_demo_stage1_trains_and_its_loss_falls(tmp_path, phis):
-    run_dir = train(DEMO / "stage1.yaml", *demo_overrides(phis, tmp_path / "stage1"),
+def demo_dinov2() -> dict[str, Any]:
+    """The build config of the demo's DINOv2-S/14 teacher, as its recipes give it."""
+    return load_recipe(DEMO / "stage1.yaml").teachers["dinov2"].build_config()
+
+
+def test_demo_stage1_trains_and_its_loss_falls(tmp_path, demo_phis):
+    run_dir = train(DEMO / "stage1.yaml", *demo_overrides(demo_phis, tmp_path / "stage1"),
                     "train.steps=30", "train.log_every=1", "train.optim.warmup_steps=3")
     losses = [r["loss"] for r in read_metrics(run_dir)]
     assert sum(losses[-5:]) / 5 < 0.75 * sum(losses[:3]) / 3, losses
 
 
-def test_demo_stage3_runs_with_bilinear_and_with_featsharp_by_override(tmp_path, phis):
-    featsharp = export_featsharp(tmp_path / "up_featsharp", {"family": "dfn_clip", "size": "tiny"})
+def test_demo_stage3_runs_with_bilinear_and_with_featsharp_by_override(tmp_path, demo_phis):
+    featsharp = export_featsharp(tmp_path / "up_featsharp", demo_dinov2())
     common = ["init_from=", "train.steps=2", "train.log_every=1"]  # no stage 2 to start from here
-    bilinear = train(DEMO / "stage3_hires.yaml", *demo_overrides(phis, tmp_path / "bilinear"), *common)
-    sharp = train(DEMO / "stage3_hires.yaml", *demo_overrides(phis, tmp_path / "featsharp"), *common,
-                  f"teachers.dfn_clip.upsampler={featsharp}")
+    bilinear = train(DEMO / "stage3_hires.yaml", *demo_overrides(demo_phis, tmp_path / "bilinear"), *common)
+    sharp = train(DEMO / "stage3_hires.yaml", *demo_overrides(demo_phis, tmp_path / "featsharp"), *common,
+                  f"teachers.dinov2.upsampler={featsharp}")
     for run in (bilinear, sharp):
-        assert {"hi/dfn_clip/features", "low/dinov2/features"} <= read_metrics(run)[-1].keys()
-    up = [yaml.safe_load((run / "recipe.yaml").read_text())["teachers"]["dfn_clip"]["upsampler"]
+        assert {"hi/dinov2/features", "low/dinov2/features", "low/vgg_hed/features"} <= read_metrics(run)[-1].keys()
+        assert "hi/vgg_hed/features" not in read_metrics(run)[-1]  # VGG16-HED teaches at 128 px only
+    up = [yaml.safe_load((run / "recipe.yaml").read_text())["teachers"]["dinov2"]["upsampler"]
           for run in (bilinear, sharp)]
     assert (up[0]["name"], up[0]["run"]) == ("bilinear", None) and up[1]["run"] == str(featsharp)
 
 
 @pytest.mark.slow
-def test_demo_stages_chain_as_shipped(tmp_path, phis):
-    """stage1 -> stage2 -> stage3 (bilinear and FeatSharp) with the shipped step counts (~4 min)."""
-    s1 = train(DEMO / "stage1.yaml", *demo_overrides(phis, tmp_path / "stage1"))
-    s2 = train(DEMO / "stage2.yaml", *demo_overrides(phis, tmp_path / "stage2"), f"init_from={s1}")
-    featsharp = export_featsharp(tmp_path / "up_featsharp", {"family": "dfn_clip", "size": "tiny"})
-    s3 = [train(DEMO / "stage3_hires.yaml", *demo_overrides(phis, tmp_path / name), f"init_from={s2}", *extra)
-          for name, extra in (("bilinear", []), ("featsharp", [f"teachers.dfn_clip.upsampler={featsharp}"]))]
+def test_demo_stages_chain_as_shipped(tmp_path, demo_phis):
+    """stage1 -> stage2 -> stage3 (bilinear and FeatSharp) with the shipped step counts (~7 min)."""
+    s1 = train(DEMO / "stage1.yaml", *demo_overrides(demo_phis, tmp_path / "stage1"))
+    s2 = train(DEMO / "stage2.yaml", *demo_overrides(demo_phis, tmp_path / "stage2"), f"init_from={s1}")
+    featsharp = export_featsharp(tmp_path / "up_featsharp", demo_dinov2())
+    s3 = [train(DEMO / "stage3_hires.yaml", *demo_overrides(demo_phis, tmp_path / name), f"init_from={s2}", *extra)
+          for name, extra in (("bilinear", []), ("featsharp", [f"teachers.dinov2.upsampler={featsharp}"]))]
     losses = [r["loss"] for r in read_metrics(s1)]
     assert sum(losses[-3:]) / 3 < 0.5 * losses[0], losses
-    for run in s3:  # the student has never seen 256 px before stage 3: the hi partition learns
-        hi = [r["hi/dfn_clip/features"] for r in read_metrics(run)]
+    for run in s3:  # the student has never seen 384 px before stage 3: the hi partition learns
+        hi = [r["hi/dinov2/features"] for r in read_metrics(run)]
         assert sum(hi[-3:]) / 3 < sum(hi[:2]) / 2, hi
 
 

@@ -1,0 +1,60 @@
+"""What ``python -m radiosharp.reproduce`` trains and measures: one :class:`Plan`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes" / "reproduce"
+SECTIONS = ("fidelity", "debias", "agreement", "semseg", "cost", "student")
+METHODS = ("bilinear", "featup", "tiles", "s2", "featsharp")
+LABELS = {"bilinear": "bilinear", "featup": "FeatUp (JBU)", "tiles": "tiles", "s2": "bilinear+tiles (S2)",
+          "featsharp": "FeatSharp (JBU+tiles)"}
+
+
+class Plan(BaseModel):
+    """Every knob of a reproduction; :func:`full_plan` and :func:`quick_plan` are the two presets."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    out: Path = Path("runs/reproduce")
+    methods: tuple[str, ...] = METHODS
+    factors: tuple[int, ...] = (2, 4)
+    seeds: tuple[int, ...] = (0, 1)
+    debias_methods: tuple[str, ...] = ("featup", "featsharp")
+    debias_factor: int = 2
+    steps: int = Field(default=80, ge=1)
+    batch_size: int = Field(default=2, ge=1)
+    train_crops: int = Field(default=32, ge=1)  # random crops per training photo
+    heldout_crops: int = Field(default=3, ge=1)  # crops per held-out photo for the fidelity score
+    stats_images: int = Field(default=192, ge=1)
+    native_size: int = 112  # the teacher's input side (8x8 patches): a CPU can train every upsampler
+    semseg_factors: tuple[int, ...] = (2, 4)
+    semseg_teacher_inputs: tuple[int, ...] = (1, 2)
+    semseg_images: tuple[int, int] = (64, 32)  # synthetic train / val scenes
+    semseg_steps: int = 300
+    semseg_seeds: int = 3
+    cost_factors: tuple[int, ...] = (2, 3, 4)
+    cost_native_size: int = 448  # the paper's 1x for DINOv2 (32x32 patches)
+    cost_repeats: int = 2
+    student: bool = True
+    overrides: tuple[str, ...] = ()  # extra dotted overrides for every upsampler run
+
+    def upsampler_overrides(self) -> list[str]:
+        return [f"train.steps={self.steps}", f"train.batch_size={self.batch_size}",
+                f"data.crops={self.train_crops}", f"eval_data.crops={self.heldout_crops}",
+                f"upsampler_training.heldout_images={4 * self.heldout_crops}",
+                f"teachers.dinov2.native_size={self.native_size}", *self.overrides]
+
+
+def full_plan() -> Plan:
+    return Plan(name="full")
+
+
+def quick_plan() -> Plan:
+    """A minute-long version of one row of every asked-for section (for tests and smoke runs)."""
+    return Plan(name="quick", out=Path("runs/reproduce_quick"), methods=("bilinear", "featsharp"), factors=(2,),
+                seeds=(0,), debias_methods=("featsharp",), steps=2, batch_size=2, train_crops=1, heldout_crops=1,
+                stats_images=8, native_size=56, semseg_factors=(2,), semseg_teacher_inputs=(1,),
+                semseg_images=(8, 4), semseg_steps=5, semseg_seeds=1, cost_factors=(2,), cost_native_size=56,
+                cost_repeats=1, student=False)

@@ -1,0 +1,95 @@
+"""Sections that probe or time the upsampled teacher: semseg probe, cost against the hi-res teacher."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from radiosharp.reproduce.plan import LABELS, Plan
+from radiosharp.reproduce.runs import upsampler_run
+from radiosharp.reproduce.stats_text import fmt
+
+
+def _semseg(featurizer: nn.Module, image_size: int, plan: Plan) -> dict[str, list[float]]:
+    """Per-seed mIoU and small-object mIoU of a linear probe on ``featurizer``'s dense maps."""
+    from radiosharp.eval.features import FeatureStore
+    from radiosharp.eval.task import EvalContext
+    from radiosharp.registry import TASKS
+
+    n_train, n_val = plan.semseg_images
+    side = max(image_size, 2 * plan.native_size)  # masks at least as fine as every feature map
+    train = {"source": "synthetic", "num_images": n_train, "size": side, "seed": 0}
+    val = {"source": "synthetic", "num_images": n_val, "size": side, "seed": 1}
+    store = FeatureStore(featurizer.eval(), image_size, batch_size=8, progress=False)
+    ctx = EvalContext(featurizer, store, train, val, "upsampler", "cpu", False)
+    task = TASKS.build("semseg", "reproduce semseg", steps=plan.semseg_steps, seeds=plan.semseg_seeds)
+    result = task.run(ctx)
+    if result.get("status") != "ok":
+        raise RuntimeError(f"semseg probe did not run: {result}")
+    return {name: m["values"] for name, m in result["metrics"].items()}
+
+
+def semseg_section(plan: Plan) -> dict[str, Any]:
+    """The probe on each upsampler at each factor (its seed-0 run), and on the teacher at
+    1x / kx input. Spread: over probe seeds."""
+    from radiosharp.upsampled import load_upsampled_teacher
+
+    rows = []
+    teacher = None
+    for k in plan.semseg_teacher_inputs:
+        if teacher is None:
+            teacher = load_upsampled_teacher(upsampler_run(plan, "bilinear", plan.semseg_factors[0],
+                                                           plan.seeds[0])).teacher
+        grid = k * plan.native_size // teacher.patch_size
+        rows.append({"features": f"teacher at {k}x input ({grid}x{grid})", "kind": "teacher", "factor": k,
+                     **_semseg(teacher, k * plan.native_size, plan)})
+    for factor in plan.semseg_factors:
+        for method in plan.methods:
+            up = load_upsampled_teacher(upsampler_run(plan, method, factor, plan.seeds[0]))
+            values = _semseg(up, factor * plan.native_size, plan)
+            grid = factor * plan.native_size // up.patch_size
+            rows.append({"features": f"{LABELS.get(method, method)} {factor}x ({grid}x{grid})", "kind": method,
+                         "factor": factor, **values})
+    return {"rows": rows, "images": list(plan.semseg_images)}
+
+
+def semseg_markdown(data: dict[str, Any]) -> str:
+    lines = ["| features | mIoU ↑ | small-object mIoU ↑ |", "|---|---|---|"]
+    for row in data["rows"]:
+        lines.append(f"| {row['features']} | {fmt(row['miou'])} | {fmt(row['miou_small'])} |")
+    return "\n".join(lines)
+
+
+def cost_section(plan: Plan) -> dict[str, Any]:
+    """Bilinear, FeatUp and FeatSharp against the teacher run at ``u x`` input, with the real
+    DINOv2-S/14 at ``cost_native_size`` (the paper's 448 px), batch 1, float32."""
+    import radiosharp
+    from radiosharp.bench.upsample import bench_upsample
+    from radiosharp.recipe import load_recipe
+    from radiosharp.reproduce.plan import RECIPES
+
+    teacher_cfg = load_recipe(RECIPES / "stats.yaml").teachers["dinov2"].build_config()
+    cfg = {**teacher_cfg, "native_size": plan.cost_native_size}
+    teacher = radiosharp.build_teacher(cfg, "reproduce cost")
+    report = bench_upsample(teacher, plan.cost_factors, ("bilinear", "featup", "featsharp"), batch=1,
+                            warmup=1, repeats=plan.cost_repeats, train=False)
+    return {"report": report, "threads": torch.get_num_threads()}
+
+
+def cost_markdown(data: dict[str, Any]) -> str:
+    report = data["report"]
+    lines = ["| factor | method | input px | teacher images | time ms | × teacher | peak MiB | × teacher |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in report["rows"]:
+        ratio = r.get("time_ratio")
+        mem = r.get("peak_mb")
+        mem_ratio = r.get("mem_ratio")
+        lines.append(f"| {r['factor']}x | {r['method']} | {r['input_size']} | {r['teacher_images']:g} | "
+                     f"{1000 * r['time_s']:.0f} | {'' if ratio is None else f'{ratio:.3g}'} | "
+                     f"{'' if mem is None else f'{mem:.0f}'} | {'' if mem_ratio is None else f'{mem_ratio:.3g}'} |")
+    cross = report.get("crossover")
+    if cross:
+        lines.append("")
+        lines.append(f"Crossover: {cross['note']}.")
+    return "\n".join(lines)

@@ -1,0 +1,85 @@
+"""Train (or reuse) the runs a reproduction needs: PHI-S statistics and upsampler runs.
+
+A run folder that finished with the same resolved recipe is reused as it is; one that
+stopped part-way continues from its last checkpoint; anything else in the way is a
+leftover of this command's own folders and is started again.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from radiosharp.recipe import Recipe, load_recipe, recipe_to_yaml
+from radiosharp.reproduce.plan import RECIPES, Plan
+
+log = logging.getLogger(__name__)
+CHECKPOINT_DONE = "checkpoints/*/DONE"
+
+
+def _finished(run_dir: Path, recipe: Recipe, marker: str) -> bool:
+    recorded = run_dir / "recipe.yaml"
+    if not (run_dir / marker).is_file() or not recorded.is_file():
+        return False
+    return recorded.read_text() == recipe_to_yaml(recipe)
+
+
+def run_once(recipe_file: str, overrides: list[str], marker: str = "model.json") -> tuple[Path, float]:
+    """Run ``recipe_file`` with ``overrides`` unless it already finished; (run folder, seconds spent)."""
+    from radiosharp.train import run_recipe
+
+    recipe = load_recipe(RECIPES / recipe_file, overrides)
+    run_dir = recipe.run_dir
+    if _finished(run_dir, recipe, marker):
+        log.info("reusing %s", run_dir)
+        return run_dir, 0.0
+    if run_dir.exists():
+        if any(run_dir.glob(CHECKPOINT_DONE)):
+            recipe = load_recipe(RECIPES / recipe_file, [*overrides, "resume=true"])
+        else:
+            shutil.rmtree(run_dir)
+    start = time.perf_counter()
+    run_recipe(recipe)
+    return run_dir, time.perf_counter() - start
+
+
+def stats_file(plan: Plan) -> Path:
+    """PHI-S statistics of the plan's teacher (computed once, reused by every upsampler run)."""
+    from radiosharp.stats import compute_stats
+
+    out = plan.out / "stats"
+    overrides = [f"output_dir={out}", f"teachers.dinov2.native_size={plan.native_size}",
+                 f"data.size={plan.native_size}", f"stats.num_images={plan.stats_images}"]
+    recipe = load_recipe(RECIPES / "stats.yaml", overrides)
+    path = out / "phi_s" / "dinov2.safetensors"
+    record = out / "recipe.yaml"
+    if path.is_file() and record.is_file() and record.read_text() == recipe_to_yaml(recipe):
+        return path
+    if out.exists():
+        shutil.rmtree(out)
+    paths = compute_stats(recipe)
+    out.mkdir(parents=True, exist_ok=True)
+    record.write_text(recipe_to_yaml(recipe))
+    return paths["dinov2"]
+
+
+def upsampler_run_name(method: str, factor: int, seed: int, debias: bool = True) -> str:
+    return f"{method}_{factor}x_seed{seed}{'' if debias else '_nodebias'}"
+
+
+def upsampler_run(plan: Plan, method: str, factor: int, seed: int, debias: bool = True) -> Path:
+    """The finished upsampler run of ``method`` at ``factor`` with ``seed`` (trained if needed)."""
+    phi_s = stats_file(plan)
+    size = factor * plan.native_size
+    out = plan.out / "upsamplers" / upsampler_run_name(method, factor, seed, debias)
+    overrides = [
+        f"output_dir={out}", f"name={out.name}", f"seed={seed}",
+        f"teachers.dinov2.upsampler.name={method}", f"teachers.dinov2.upsampler.factor={factor}",
+        f"teachers.dinov2.phi_s={phi_s}", f"data.size={size}", f"eval_data.size={size}",
+        f"upsampler_training.debias={str(debias).lower()}", *plan.upsampler_overrides(),
+    ]
+    run_dir, seconds = run_once("upsampler.yaml", overrides, marker="heldout.json")
+    if seconds:
+        print(f"  trained {run_dir} in {seconds:.0f} s", flush=True)
+    return run_dir
