@@ -185,8 +185,11 @@ def test_accelerate_launch_use_deepspeed_distills_as_ddp(tmp_path, phis):
 
     assert (tmp_path / "zero2" / "checkpoints" / "step_00000004" / "pytorch_model").is_dir()
     assert not (tmp_path / "ddp" / "checkpoints" / "step_00000004" / "pytorch_model").exists()
+    # ZeRO-2 reduces gradients in its own buckets, DDP in others: float32 sums in another order.
+    # Over 4 steps that moves a weight by up to ~1e-5 (1.02e-5 seen with the packages of
+    # 2026-12); a real difference in training (a missed clip, a wrong LR) moves them by ~1e-2.
     assert_same_weights(load_state_dict(tmp_path / "zero2" / "model.safetensors"),
-                        load_state_dict(tmp_path / "ddp" / "model.safetensors"), atol=1e-5)
+                        load_state_dict(tmp_path / "ddp" / "model.safetensors"), atol=3e-5)
     student = load_student(tmp_path / "zero2").eval()
     with torch.no_grad():
         out = student(torch.rand(1, 3, 64, 64))

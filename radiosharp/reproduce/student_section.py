@@ -62,7 +62,15 @@ def _read_mtl(runs: dict[str, Path], report: Path) -> dict[str, Any]:
 
 
 def student_markdown(data: dict[str, Any]) -> str:
+    """The table of ``eval mtl``'s report (the report itself keeps the settings too)."""
     report = Path(data["report"])
-    if report.is_file():
-        return report.read_text().strip()
-    return "(the MTL report was not found)"
+    if not report.is_file():
+        return f"(the MTL report {report} was not found)"
+    lines = report.read_text().splitlines()
+    start = next((i for i, line in enumerate(lines) if line.startswith("|")), len(lines))
+    table = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        table.append(line)
+    return "\n".join(table) + f"\n\nFull report with the probe settings: `{report}`."
