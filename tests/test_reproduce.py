@@ -54,3 +54,13 @@ def test_bad_section_exits_2_before_anything_is_written(tmp_path, capsys):
     assert main(["--sections", "everything", "--out-dir", str(tmp_path / "r")]) == 2
     assert "unknown section everything; valid: fidelity" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_student_gain_within_the_probe_spread_is_not_called_a_result():
+    def run(mean, std):
+        return {"semseg": {"status": "ok", "metrics": {"miou": {"mean": mean, "std": std}}}}
+
+    close = {"delta_m": 0.03, "metrics": {"featsharp": run(0.121, 0.018), "bilinear": run(0.120, 0.017)}}
+    assert "**not shown**" in paper_checks("student", close)[0]
+    clear = {"delta_m": 8.0, "metrics": {"featsharp": run(0.20, 0.01), "bilinear": run(0.12, 0.01)}}
+    assert paper_checks("student", clear)[0].endswith("agrees (Δm +8.00 %)")

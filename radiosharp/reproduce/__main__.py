@@ -60,9 +60,11 @@ def header(plan: Plan) -> str:
         f"- Photos: the real photographs packaged with scikit-image, scikit-learn and matplotlib "
         f"(`radiosharp.data.photos`); training crops from {train}; held out: {held}.",
         f"- Upsampler training: {plan.steps} steps of {plan.batch_size} images (NAdam, 5 jittered views, "
-        f"attention downsampler, MSE in PHI-S space), seeds {', '.join(map(str, plan.seeds))}. The paper "
-        "trains 9000 steps of 32 images on DINOv2-L at 448 px: absolute values here are not the paper's; "
-        "the comparisons between methods are what this page checks.",
+        f"attention downsampler, MSE in PHI-S space), seeds {', '.join(map(str, plan.seeds))}: "
+        f"{plan.steps * plan.batch_size} training images per run, where the paper trains 9000 steps of 32 "
+        f"({9000 * 32:,} images) on DINOv2-L at 448 px. Absolute values here are not the paper's, and the "
+        "learned upsamplers are far from converged: the comparisons between methods at this budget are "
+        "what this page checks.",
         f"- Plan `{plan.name}`; runs in `{plan.out}`.",
     ])
 

@@ -1,4 +1,4 @@
-"""``python -m radiosharp.weights [NAME ...] [--force] [--check]``: convert the packaged real models.
+"""``python -m radiosharp.weights [NAME ...] [--force] [--check] [--requirements]``: convert the packaged real models.
 
 Without names, every known model. Each is converted once into
 ``$RADIOSHARP_CACHE/weights`` (default ``~/.cache/radiosharp/weights``); a valid
@@ -23,7 +23,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", metavar="NAME", help=f"any of: {', '.join(specs)}")
     parser.add_argument("--force", action="store_true", help="convert again even when the file is valid")
     parser.add_argument("--check", action="store_true", help="only report; exit 1 if any file is unusable")
+    parser.add_argument("--requirements", action="store_true",
+                        help="print the pinned packages that hold the models (what set-up installs) and exit")
     args = parser.parse_args(argv)
+    if args.requirements:
+        print(" ".join(sorted({f"{spec.package}=={spec.version}" for spec in specs.values()})))
+        return 0
     unknown = [n for n in args.names if n not in specs]
     if unknown:
         print(f"error: unknown weights {', '.join(unknown)}; valid names: {', '.join(specs)}", file=sys.stderr)
