@@ -53,29 +53,20 @@ def train(recipe: str, *overrides: str) -> Path:
     return run_recipe(load_recipe(RECIPES / recipe, list(overrides)))
 
 
-def _real_teachers_missing() -> str | None:
-    """Why the converted real teachers cannot be used (None: they can), before anything runs."""
-    from radiosharp.weights import all_specs, check_converted
-
-    for spec in all_specs().values():
-        problem = check_converted(spec)
-        if problem:
-            return f"the real teacher {spec.name} is not ready ({problem}); run `make setup` first"
-    return None
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m radiosharp.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keep", action="store_true", help="do not clear runs/demo first")
     args = parser.parse_args(argv)
-    if OUT.exists() and not args.keep:
-        shutil.rmtree(OUT)
-    steps = Steps()
-    problem = _real_teachers_missing()
+    from radiosharp.weights import unusable_real_weights
+
+    problem = unusable_real_weights()  # before anything is cleared or run
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    if OUT.exists() and not args.keep:
+        shutil.rmtree(OUT)
+    steps = Steps()
     steps.run("1. featurize: all teacher families on the photos -> PCA", train, "featurize.yaml")
     from radiosharp.stats import main as stats_main
 

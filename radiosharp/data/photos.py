@@ -26,7 +26,6 @@ import torch
 from torch.utils.data import Dataset
 
 from radiosharp.data.transforms import check_size, image_to_square
-from radiosharp.images import resize
 from radiosharp.registry import DATASETS
 
 Split = Literal["train", "heldout", "all"]
@@ -160,9 +159,8 @@ class Photos(Dataset):
         if self.crops == 1:
             return {"image": image_to_square(image, self.size), "key": name}
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
-        square = random_square(image, generator, self.scale).float().div_(255.0)
-        pixels = resize(square[None], (self.size, self.size))[0].clamp(0.0, 1.0).contiguous()
-        return {"image": pixels, "key": f"{name}#{crop}"}
+        square = random_square(image, generator, self.scale)
+        return {"image": image_to_square(square, self.size), "key": f"{name}#{crop}"}
 
 
 @DATASETS.register("photos")

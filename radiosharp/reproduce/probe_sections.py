@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from radiosharp.reproduce.plan import LABELS, Plan
-from radiosharp.reproduce.runs import upsampler_run
+from radiosharp.reproduce.runs import plan_teacher, upsampler_run
 from radiosharp.reproduce.stats_text import fmt
 
 
@@ -35,18 +35,15 @@ def semseg_section(plan: Plan) -> dict[str, Any]:
     1x / kx input. Spread: over probe seeds."""
     from radiosharp.upsampled import load_upsampled_teacher
 
+    teacher = plan_teacher(plan)
     rows = []
-    teacher = None
     for k in plan.semseg_teacher_inputs:
-        if teacher is None:
-            teacher = load_upsampled_teacher(upsampler_run(plan, "bilinear", plan.semseg_factors[0],
-                                                           plan.seeds[0])).teacher
         grid = k * plan.native_size // teacher.patch_size
         rows.append({"features": f"teacher at {k}x input ({grid}x{grid})", "kind": "teacher", "factor": k,
                      **_semseg(teacher, k * plan.native_size, plan)})
     for factor in plan.semseg_factors:
         for method in plan.methods:
-            up = load_upsampled_teacher(upsampler_run(plan, method, factor, plan.seeds[0]))
+            up = load_upsampled_teacher(upsampler_run(plan, method, factor, plan.seeds[0]), teacher=teacher)
             values = _semseg(up, factor * plan.native_size, plan)
             grid = factor * plan.native_size // up.patch_size
             rows.append({"features": f"{LABELS.get(method, method)} {factor}x ({grid}x{grid})", "kind": method,
@@ -64,15 +61,9 @@ def semseg_markdown(data: dict[str, Any]) -> str:
 def cost_section(plan: Plan) -> dict[str, Any]:
     """Bilinear, FeatUp and FeatSharp against the teacher run at ``u x`` input, with the real
     DINOv2-S/14 at ``cost_native_size`` (the paper's 448 px), batch 1, float32."""
-    import radiosharp
     from radiosharp.bench.upsample import bench_upsample
-    from radiosharp.recipe import load_recipe
-    from radiosharp.reproduce.plan import RECIPES
 
-    teacher_cfg = load_recipe(RECIPES / "stats.yaml").teachers["dinov2"].build_config()
-    cfg = {**teacher_cfg, "native_size": plan.cost_native_size}
-    teacher = radiosharp.build_teacher(cfg, "reproduce cost")
-    report = bench_upsample(teacher, plan.cost_factors, ("bilinear", "featup", "featsharp"), batch=1,
+    report = bench_upsample(plan_teacher(plan, plan.cost_native_size), plan.cost_factors, ("bilinear", "featup", "featsharp"), batch=1,
                             warmup=1, repeats=plan.cost_repeats, train=False)
     return {"report": report, "threads": torch.get_num_threads()}
 

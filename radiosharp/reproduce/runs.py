@@ -6,10 +6,13 @@ leftover of this command's own folders and is started again.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 import time
 from pathlib import Path
+
+from torch import nn
 
 from radiosharp.recipe import Recipe, load_recipe, recipe_to_yaml
 from radiosharp.reproduce.plan import RECIPES, Plan
@@ -52,16 +55,27 @@ def stats_file(plan: Plan) -> Path:
     overrides = [f"output_dir={out}", f"teachers.dinov2.native_size={plan.native_size}",
                  f"data.size={plan.native_size}", f"stats.num_images={plan.stats_images}"]
     recipe = load_recipe(RECIPES / "stats.yaml", overrides)
-    path = out / "phi_s" / "dinov2.safetensors"
-    record = out / "recipe.yaml"
-    if path.is_file() and record.is_file() and record.read_text() == recipe_to_yaml(recipe):
-        return path
+    if _finished(out, recipe, "phi_s/dinov2.safetensors"):
+        return out / "phi_s" / "dinov2.safetensors"
     if out.exists():
         shutil.rmtree(out)
     paths = compute_stats(recipe)
-    out.mkdir(parents=True, exist_ok=True)
-    record.write_text(recipe_to_yaml(recipe))
+    (out / "recipe.yaml").write_text(recipe_to_yaml(recipe))  # what _finished compares next time
     return paths["dinov2"]
+
+
+@functools.lru_cache(maxsize=2)
+def _teacher(native_size: int) -> nn.Module:
+    import radiosharp
+
+    cfg = load_recipe(RECIPES / "stats.yaml").teachers["dinov2"].build_config()
+    return radiosharp.build_teacher({**cfg, "native_size": native_size}, "reproduce teacher")
+
+
+def plan_teacher(plan: Plan, native_size: int | None = None) -> nn.Module:
+    """The reproduction's real teacher, built once per input size and shared by every run
+    loaded around it (``load_upsampled_teacher(run, teacher=...)``)."""
+    return _teacher(native_size or plan.native_size)
 
 
 def upsampler_run_name(method: str, factor: int, seed: int, debias: bool = True) -> str:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from radiosharp.reproduce.plan import LABELS, Plan
-from radiosharp.reproduce.runs import upsampler_run
+from radiosharp.reproduce.runs import plan_teacher, upsampler_run
 from radiosharp.reproduce.stats_text import fmt
 
 QUALITY = (("fidelity", "↑"), ("tv", "↓"), ("crf", "↓"), ("mmd", "↓"))
@@ -49,7 +49,7 @@ def debias_section(plan: Plan) -> dict[str, Any]:
         rows.append({"method": method, "factor": plan.debias_factor, "with": with_bias, "without": without,
                      "gain_pct": gains})
     picture = debias_picture(upsampler_run(plan, plan.debias_methods[-1], plan.debias_factor, plan.seeds[0]),
-                             plan.out / "debias_bias.png")
+                             plan.out / "debias_bias.png", plan_teacher(plan))
     return {"rows": rows, "pictures": [str(picture)]}
 
 
@@ -61,12 +61,12 @@ def debias_markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def debias_picture(run_dir: Path, out: Path) -> Path:
+def debias_picture(run_dir: Path, out: Path, teacher: torch.nn.Module | None = None) -> Path:
     """The learned bias ``g`` of a run: its three principal components as RGB and its norm per position."""
     from radiosharp.pca import PCABasis, save_panels, upscale_nearest
     from radiosharp.upsampled import load_upsampled_teacher
 
-    up = load_upsampled_teacher(run_dir)
+    up = load_upsampled_teacher(run_dir, teacher=teacher)
     if up.debias is None:
         raise ValueError(f"{run_dir} was trained without a de-bias buffer")
     bias = up.debias.bias.detach().float()
@@ -94,18 +94,17 @@ def agreement_section(plan: Plan) -> dict[str, Any]:
     from radiosharp.images import load_image
     from radiosharp.upsampled import load_upsampled_teacher
 
+    teacher = plan_teacher(plan)
     rows = []
     for factor in plan.factors:
         side = factor * plan.native_size
         photos = torch.cat([load_image(f"photo:{name}", side) for name in HELDOUT])
-        reference = None
+        reference = teacher(photos).features  # the same network under every run
         for method in plan.methods:
             per_seed: dict[str, list[list[float]]] = {"cos": [], "mse": []}
             for seed in plan.seeds:
-                up = load_upsampled_teacher(upsampler_run(plan, method, factor, seed)).eval()
-                if reference is None:
-                    reference = up.teacher(photos).features  # the same network for every run
-                out = torch.cat([up(photos[i:i + 1]).features for i in range(len(photos))])
+                up = load_upsampled_teacher(upsampler_run(plan, method, factor, seed), teacher=teacher)
+                out = up(photos).features
                 cos = torch.nn.functional.cosine_similarity(out, reference, dim=1).mean((1, 2))
                 mse = (up.phi_s(out) - up.phi_s(reference)).pow(2).mean((1, 2, 3))
                 per_seed["cos"].append(cos.tolist())
@@ -119,10 +118,9 @@ def agreement_figure(plan: Plan, factor: int) -> Path:
     from radiosharp.upsampled import load_upsampled_teacher
     from radiosharp.viz import make_figure
 
-    ups = {LABELS.get(m, m): load_upsampled_teacher(upsampler_run(plan, m, factor, plan.seeds[0]))
+    teacher = plan_teacher(plan)
+    ups = {LABELS.get(m, m): load_upsampled_teacher(upsampler_run(plan, m, factor, plan.seeds[0]), teacher=teacher)
            for m in plan.methods if m != "bilinear"}
-    teacher = next(iter(ups.values())).teacher if ups else load_upsampled_teacher(
-        upsampler_run(plan, "bilinear", factor, plan.seeds[0])).teacher
     return make_figure("photo:astronaut", teacher, ups, plan.out / f"agreement_astronaut_{factor}x.png", factor,
                        hires_reference=True)
 

@@ -36,6 +36,15 @@ def get_spec(name: str) -> ConvertedWeights:
     return specs[name]
 
 
+def unusable_real_weights(names: list[str] | None = None) -> str | None:
+    """Why a converted real model cannot be used (None: all of ``names``, default every one, can)."""
+    for name in names or list(all_specs()):
+        problem = check_converted(get_spec(name))
+        if problem:
+            return f"the real model {name} is not ready ({problem}); run `make setup` (or `python -m radiosharp.weights`)"
+    return None
+
+
 def real_weights(name: str) -> str:
     """The ``weights:`` value (with ``$RADIOSHARP_CACHE``) under which a recipe names ``name``."""
     get_spec(name)
@@ -44,6 +53,6 @@ def real_weights(name: str) -> str:
 
 __all__ = [
     "CACHE_ENV", "ConvertedWeights", "ConvertedWeightsError", "all_specs", "cache_root", "check_converted",
-    "converted_path", "ensure_converted", "expand_weights_path", "get_spec", "real_weights",
+    "converted_path", "ensure_converted", "expand_weights_path", "get_spec", "real_weights", "unusable_real_weights",
     "verify_weights_file", "weights_dir",
 ]
