@@ -23,7 +23,7 @@ class Plan(BaseModel):
     seeds: tuple[int, ...] = (0, 1)
     debias_methods: tuple[str, ...] = ("featup", "featsharp")
     debias_factor: int = 2
-    steps: int = Field(default=80, ge=1)
+    steps: int = Field(default=64, ge=1)
     batch_size: int = Field(default=2, ge=1)
     train_crops: int = Field(default=32, ge=1)  # random crops per training photo
     heldout_crops: int = Field(default=3, ge=1)  # crops per held-out photo for the fidelity score
@@ -32,7 +32,7 @@ class Plan(BaseModel):
     semseg_factors: tuple[int, ...] = (2, 4)
     semseg_teacher_inputs: tuple[int, ...] = (1, 2)
     semseg_images: tuple[int, int] = (64, 32)  # synthetic train / val scenes
-    semseg_steps: int = 300
+    semseg_steps: int = 200
     semseg_seeds: int = 3
     cost_factors: tuple[int, ...] = (2, 3, 4)
     cost_native_size: int = 448  # the paper's 1x for DINOv2 (32x32 patches)
