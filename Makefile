@@ -11,7 +11,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup weights demo test test-all reproduce clean
+.PHONY: setup weights demo test test-all lint format reproduce clean
 
 setup: $(STAMP) weights
 
@@ -33,6 +33,16 @@ demo: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# ruff (format + lint, line length 120) on the whole tree, mypy on the public API and the engine
+lint: $(STAMP)
+	$(PY) -m ruff format --check .
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+
+format: $(STAMP)
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
 
 test-all: setup
 	$(PY) -m pytest -q -m "slow or not slow"

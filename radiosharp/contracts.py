@@ -3,11 +3,12 @@
 Images are float tensors ``[B,3,H,W]``, RGB in [0,1]; every model normalizes inside
 itself. Features are ``[B,C,h,w]``.
 """
+
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
 
 import torch
 from torch import nn
@@ -74,12 +75,12 @@ class FrozenModule(nn.Module):
     keeps it (and its children) in eval mode, so a trainer's ``model.train()`` cannot
     switch on its dropout or batch-norm updates."""
 
-    def freeze(self) -> "FrozenModule":
+    def freeze(self) -> FrozenModule:
         for p in self.parameters():
             p.requires_grad_(False)
         return super().train(False)
 
-    def train(self, mode: bool = True) -> "FrozenModule":  # noqa: ARG002 - frozen modules stay in eval
+    def train(self, mode: bool = True) -> FrozenModule:  # noqa: ARG002 - frozen modules stay in eval
         return super().train(False)
 
 
@@ -97,11 +98,7 @@ class Teacher(FrozenModule):
     embed_dim: int
     summary_dim: int | None
 
-    def __init__(
-        self,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
-    ) -> None:
+    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
         super().__init__()
         self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)

@@ -5,12 +5,13 @@ Multi-view consistency can only explain them as a pattern that stays put in the
 view, so a learned additive buffer at the teacher's output absorbs (and removes)
 them. It is applied to the global view and to every tile alike, before upsampling.
 """
+
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from upsamplers._base import resize
+from radiosharp.images import resize
 
 
 class Debias(nn.Module):

@@ -13,13 +13,16 @@
 
 Everything lands in ``runs/demo/`` (cleared first). Each step prints its time.
 """
+
 from __future__ import annotations
 
 import argparse
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "demo"
 OUT = Path("runs/demo")
@@ -29,7 +32,7 @@ class Steps:
     def __init__(self) -> None:
         self.times: list[tuple[str, float]] = []
 
-    def run(self, title: str, fn, *args, **kwargs):
+    def run(self, title: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         print(f"\n=== {title}", flush=True)
         t0 = time.perf_counter()
         result = fn(*args, **kwargs)
@@ -54,11 +57,15 @@ def train(recipe: str, *overrides: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m radiosharp.demo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m radiosharp.demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--keep", action="store_true", help="do not clear runs/demo first")
     args = parser.parse_args(argv)
+    from radiosharp.cli_logging import show_library_log
     from radiosharp.weights import unusable_real_weights
+
+    show_library_log()
 
     problem = unusable_real_weights()  # before anything is cleared or run
     if problem:
@@ -76,18 +83,38 @@ def main(argv: list[str] | None = None) -> int:
     steps.run("4a. student stage 1", train, "stage1.yaml")
     steps.run("4b. student stage 2", train, "stage2.yaml")
     for name in ("bilinear", "featsharp"):
-        steps.run(f"4c. student stage 3, hi-res teachers via {name}", train, "stage3_hires.yaml",
-                  f"teachers.dinov2.upsampler=runs/demo/up_{name}", f"name=stage3_{name}",
-                  f"output_dir=runs/demo/stage3_{name}")
+        steps.run(
+            f"4c. student stage 3, hi-res teachers via {name}",
+            train,
+            "stage3_hires.yaml",
+            f"teachers.dinov2.upsampler=runs/demo/up_{name}",
+            f"name=stage3_{name}",
+            f"output_dir=runs/demo/stage3_{name}",
+        )
     from radiosharp.eval.cli import main as eval_main
 
-    steps.run("5. eval mtl: featsharp student vs bilinear student", eval_main,
-              ["mtl", "runs/demo/stage3_featsharp", "--baseline", "runs/demo/stage3_bilinear"])
+    steps.run(
+        "5. eval mtl: featsharp student vs bilinear student",
+        eval_main,
+        ["mtl", "runs/demo/stage3_featsharp", "--baseline", "runs/demo/stage3_bilinear"],
+    )
     from radiosharp.viz import main as viz_main
 
-    steps.run("6. upsampler figure", viz_main,
-              ["photo:astronaut", "--teacher", "runs/demo/up_bilinear", "--upsampler", "runs/demo/up_featup",
-               "runs/demo/up_featsharp", "--hires-reference", "--out", "runs/demo/figure.png"])
+    steps.run(
+        "6. upsampler figure",
+        viz_main,
+        [
+            "photo:astronaut",
+            "--teacher",
+            "runs/demo/up_bilinear",
+            "--upsampler",
+            "runs/demo/up_featup",
+            "runs/demo/up_featsharp",
+            "--hires-reference",
+            "--out",
+            "runs/demo/figure.png",
+        ],
+    )
     print("\n=== timings\n" + steps.summary())
     print(f"\nMTL report: {OUT / 'stage3_featsharp' / 'eval' / 'mtl_report.md'}")
     print(f"PCA pictures: {OUT / 'featurize' / 'viz'}; upsampler figure: {OUT / 'figure.png'}")

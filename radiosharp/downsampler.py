@@ -14,6 +14,7 @@ fall outside the map are masked out. Windows are centred on each cell's footprin
 so any size ratio works; integer ratios (the usual case) read strided views of the
 padded map, so no ``C x k x k`` unfold is ever made.
 """
+
 from __future__ import annotations
 
 import math
@@ -37,8 +38,14 @@ def _window_starts(in_len: int, out_len: int, kernel_size: int) -> list[int]:
 class AttentionDownsampler(nn.Module):
     """``[N,C,H,W] -> [N,C,h,w]`` by learned, content-dependent attention over ``k x k`` patches."""
 
-    def __init__(self, dim: int, kernel_size: int = 7, output_size: SizeLike | None = None,
-                 mask_prob: float = 0.2, dropout: float = 0.2) -> None:
+    def __init__(
+        self,
+        dim: int,
+        kernel_size: int = 7,
+        output_size: SizeLike | None = None,
+        mask_prob: float = 0.2,
+        dropout: float = 0.2,
+    ) -> None:
         super().__init__()
         if kernel_size < 1:
             raise ValueError(f"AttentionDownsampler: kernel_size must be >= 1, got {kernel_size}")
@@ -86,17 +93,20 @@ class AttentionDownsampler(nn.Module):
         weights = torch.cat(logits, dim=1).softmax(dim=1)  # [N,k*k,h,w]
         out = None
         for t in range(k * k):
-            term = weights[:, t: t + 1] * taps(x_pad, t // k, t % k)
+            term = weights[:, t : t + 1] * taps(x_pad, t // k, t % k)
             out = term if out is None else out + term
         return out
 
     def extra_repr(self) -> str:
-        return (f"dim={self.dim}, kernel_size={self.kernel_size}, output_size={self.output_size}, "
-                f"mask_prob={self.mask_prob}")
+        return (
+            f"dim={self.dim}, kernel_size={self.kernel_size}, output_size={self.output_size}, "
+            f"mask_prob={self.mask_prob}"
+        )
 
 
 def _gather(x: torch.Tensor, rows: list[int], cols: list[int]) -> torch.Tensor:
     """``x[..., rows, :][..., cols]`` as a strided view when both index lists are arithmetic."""
+
     def as_slice(idx: list[int]) -> slice | None:
         step = idx[1] - idx[0] if len(idx) > 1 else 1
         if step > 0 and all(b - a == step for a, b in zip(idx, idx[1:])):

@@ -12,6 +12,7 @@ We build ``H_n = Sylvester(2^k) (x) Paley(m)`` for a factorization ``n = 2^k * m
 
 The Kronecker product of two Hadamard matrices is Hadamard, so any such ``n`` works.
 """
+
 from __future__ import annotations
 
 import functools

@@ -1,9 +1,10 @@
 """Feature maps as pictures: a PCA basis shared by several maps, so colours compare."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ class PCABasis:
     high: torch.Tensor  # [3]
 
     @classmethod
-    def fit(cls, maps: Sequence[torch.Tensor], max_pixels: int = 50_000, seed: int = 0) -> "PCABasis":
+    def fit(cls, maps: Sequence[torch.Tensor], max_pixels: int = 50_000, seed: int = 0) -> PCABasis:
         """Fit on the pixels of every map (each [B,C,h,w] or [C,h,w])."""
         pixels = torch.cat([_pixels(m) for m in maps]).double()
         if len(pixels) > max_pixels:
@@ -69,8 +70,9 @@ def upscale_nearest(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 TITLE_BAND = 40  # pixels above each row of panels for the titles
 
 
-def save_panels(panels: Sequence[np.ndarray], titles: Sequence[str], path: str | Path,
-                rows: int = 1, cell: int = 256) -> Path:
+def save_panels(
+    panels: Sequence[np.ndarray], titles: Sequence[str], path: str | Path, rows: int = 1, cell: int = 256
+) -> Path:
     """Save uint8 pictures side by side (``rows`` rows) with a title over each."""
     import matplotlib
 

@@ -14,6 +14,7 @@ distillation loss. The exact inverse is ``x = U H^T y / alpha + mu``.
 :class:`FeatureMoments` streams the statistics (float64 sums, mergeable and
 all-reducible across processes); :class:`PhiS` is the frozen transform.
 """
+
 from __future__ import annotations
 
 import os
@@ -55,7 +56,7 @@ class FeatureMoments:
         self.metadata: dict[str, str] = {}
 
     @torch.no_grad()
-    def update(self, x: torch.Tensor) -> "FeatureMoments":
+    def update(self, x: torch.Tensor) -> FeatureMoments:
         """Add feature vectors: ``[N, C]`` rows, or ``[B, C, H, W]`` maps (channels at dim 1)."""
         if x.ndim not in (2, 4):
             raise ValueError(f"expected features [N,C] or [B,C,H,W], got shape {tuple(x.shape)}")
@@ -67,7 +68,7 @@ class FeatureMoments:
         self.outer_sum += rows.T @ rows
         return self
 
-    def merge(self, other: "FeatureMoments") -> "FeatureMoments":
+    def merge(self, other: FeatureMoments) -> FeatureMoments:
         """Add another accumulator's vectors into this one (in place; returns self)."""
         if other.dim != self.dim:
             raise ValueError(f"cannot merge moments of {other.dim} channels into {self.dim}")
@@ -76,7 +77,7 @@ class FeatureMoments:
         self.outer_sum += other.outer_sum.to(self.outer_sum.device)
         return self
 
-    def all_reduce(self, accelerator: Any = None) -> "FeatureMoments":
+    def all_reduce(self, accelerator: Any = None) -> FeatureMoments:
         """Sum the accumulators of every process (in place). A no-op for one process.
 
         With an ``accelerate.Accelerator`` its ``reduce`` is used; without one,
@@ -122,14 +123,17 @@ class FeatureMoments:
         path = Path(path)
         meta = {**self.metadata, **(metadata or {}), "dim": str(self.dim), "format": "radiosharp.phi_s.moments/1"}
         tensors = {
-            "mean": self.mean, "cov": self.covariance, "count": self.count,
-            "sum": self.sum, "outer_sum": self.outer_sum,
+            "mean": self.mean,
+            "cov": self.covariance,
+            "count": self.count,
+            "sum": self.sum,
+            "outer_sum": self.outer_sum,
         }
         save_state_dict(path, tensors, metadata=meta)
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "FeatureMoments":
+    def load(cls, path: str | os.PathLike) -> FeatureMoments:
         """Read a file written by :meth:`save` (metadata in ``.metadata``)."""
         tensors, meta = _read_stats_file(path)
         missing = [k for k in ("count", "sum", "outer_sum") if k not in tensors]
@@ -146,8 +150,9 @@ class FeatureMoments:
 def _read_stats_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"PHI-S statistics file not found: {path} "
-                                "(make it with: python -m radiosharp.stats RECIPE)")
+        raise FileNotFoundError(
+            f"PHI-S statistics file not found: {path} (make it with: python -m radiosharp.stats RECIPE)"
+        )
     with safe_open(str(path), framework="pt") as f:
         meta = dict(f.metadata() or {})
         tensors = {k: f.get_tensor(k) for k in f.keys()}
@@ -180,12 +185,12 @@ class PhiS(nn.Module):
     # ------------------------------------------------------------------ constructors
 
     @classmethod
-    def identity(cls, dim: int) -> "PhiS":
+    def identity(cls, dim: int) -> PhiS:
         """A PhiS that changes nothing (for when no statistics exist); mean eigenvalue 1."""
         return cls(dim)
 
     @classmethod
-    def from_stats(cls, mean: torch.Tensor, cov: torch.Tensor) -> "PhiS":
+    def from_stats(cls, mean: torch.Tensor, cov: torch.Tensor) -> PhiS:
         """Build from a feature mean [C] and covariance [C,C] (any float dtype; math in float64)."""
         mean = torch.as_tensor(mean).detach().to("cpu", torch.float64)
         cov = torch.as_tensor(cov).detach().to("cpu", torch.float64)
@@ -197,7 +202,7 @@ class PhiS(nn.Module):
         eigenvalue_mean = eigenvalues.clamp_min(0).mean()
         if not eigenvalue_mean > 0:
             raise ValueError("the features have zero variance; PHI-S is undefined for constant features")
-        h_norm = hadamard(c) / c ** 0.5
+        h_norm = hadamard(c) / c**0.5
         alpha = eigenvalue_mean.rsqrt()
         rotation = alpha * h_norm @ eigenvectors.T
         inverse_rotation = eigenvectors @ h_norm.T / alpha
@@ -209,21 +214,23 @@ class PhiS(nn.Module):
         return out
 
     @classmethod
-    def from_moments(cls, moments: FeatureMoments) -> "PhiS":
+    def from_moments(cls, moments: FeatureMoments) -> PhiS:
         out = cls.from_stats(moments.mean, moments.covariance)
         out.metadata = dict(moments.metadata)
         return out
 
     @classmethod
-    def load(cls, path: str | os.PathLike, expect_dim: int | None = None) -> "PhiS":
+    def load(cls, path: str | os.PathLike, expect_dim: int | None = None) -> PhiS:
         """Build from a statistics file of ``python -m radiosharp.stats`` (``mean`` + ``cov``).
 
         ``expect_dim``: the teacher's width; a file for another width is an error.
         """
         tensors, meta = _read_stats_file(path)
         if "mean" not in tensors or "cov" not in tensors:
-            raise ValueError(f"{path}: not a PHI-S statistics file (needs 'mean' and 'cov', has "
-                             f"{', '.join(sorted(tensors)) or 'nothing'})")
+            raise ValueError(
+                f"{path}: not a PHI-S statistics file (needs 'mean' and 'cov', has "
+                f"{', '.join(sorted(tensors)) or 'nothing'})"
+            )
         dim = int(tensors["mean"].shape[0])
         if expect_dim is not None and dim != expect_dim:
             raise ValueError(f"{path}: statistics are for {dim}-channel features, the teacher has {expect_dim}")
@@ -238,8 +245,9 @@ class PhiS(nn.Module):
         """Mean covariance eigenvalue: MSE in PHI-S space == raw MSE / this."""
         return float(self.eigenvalue_mean)
 
-    def _transform(self, x: torch.Tensor, matrix: torch.Tensor, dim: int, before: torch.Tensor | None,
-               after: torch.Tensor | None) -> torch.Tensor:
+    def _transform(
+        self, x: torch.Tensor, matrix: torch.Tensor, dim: int, before: torch.Tensor | None, after: torch.Tensor | None
+    ) -> torch.Tensor:
         if x.ndim == 0 or x.shape[dim] != self.dim:
             raise ValueError(f"PHI-S expects {self.dim} channels on axis {dim}, got shape {tuple(x.shape)}")
         dtype = torch.promote_types(x.dtype, torch.float32)

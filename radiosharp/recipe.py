@@ -9,27 +9,22 @@ Sections that configure a plug-in (a teacher, an upsampler, a student, a data
 source, an eval task) hold the plug-in's ``name``/``family`` plus the keyword
 arguments of its registered builder; keys the builder does not take are errors.
 """
+
 from __future__ import annotations
 
 import copy
 import os
 import re
 import typing
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Mapping
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from radiosharp.registry import (
-    DATASETS,
-    STUDENTS,
-    TEACHERS,
-    UPSAMPLERS,
-    BadOptionError,
-    Registry,
-    UnknownNameError,
-)
+from radiosharp.registry import DATASETS, STUDENTS, TEACHERS, UPSAMPLERS, BadOptionError, Registry, UnknownNameError
+from radiosharp.run_ref import run_folder_of, run_hint
 
 
 class RecipeError(ValueError):
@@ -65,8 +60,8 @@ class PluginConfig(BaseModel):
 class UpsamplerConfig(PluginConfig):
     """How a teacher's features are lifted: a registry name or an exported upsampler run.
 
-    A plain string in YAML is shorthand: a path to an exported run (it contains a
-    path separator or exists on disk) or an upsampler name.
+    A plain string in YAML is shorthand for either (:mod:`radiosharp.run_ref`): a run
+    when it starts with ``run:`` or contains a path separator, else an upsampler name.
     """
 
     registry: ClassVar[Registry] = UPSAMPLERS
@@ -78,14 +73,16 @@ class UpsamplerConfig(PluginConfig):
     @classmethod
     def _from_string(cls, value: Any) -> Any:
         if isinstance(value, str):
-            if os.sep in value or "/" in value or Path(value).exists():
-                return {"run": value}
-            return {"name": value}
+            run = run_folder_of(value)
+            return {"name": value} if run is None else {"run": run}
         return value
 
     def check(self, where: str) -> None:
         if self.run is None:
-            super().check(where)
+            try:
+                super().check(where)
+            except UnknownNameError as err:
+                raise UnknownNameError(f"{err}; {run_hint(self.name)}") from None
 
 
 class TeacherConfig(PluginConfig):

@@ -10,13 +10,25 @@ registry imports its plug-in package the first time it is asked for a name::
     def build_dinov2(size: str = "real", model: str = "...", ...) -> Teacher: ...
 
     teacher = TEACHERS.build("dinov2", size="tiny")
+
+A registry made with ``records=True`` (upsamplers, students) wraps each builder so
+that what it returns carries ``build_config``: the registry name and every option the
+builder was called with, defaults filled in (its bound signature), minus the
+``structural`` arguments the system passes itself (an upsampler's ``factor``, ``dim``
+and ``patch_size``). An export stores that config to rebuild the module; the builder
+itself never hand-keeps the list.
 """
+
 from __future__ import annotations
 
+import functools
 import importlib
 import inspect
 import pkgutil
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
+
+Builder = TypeVar("Builder", bound=Callable[..., Any])
 
 
 class UnknownNameError(ValueError):
@@ -38,20 +50,46 @@ def import_submodules(package_name: str) -> None:
 class Registry:
     """A named collection of builders, filled by the plug-in package ``package``."""
 
-    def __init__(self, kind: str, package: str | None = None) -> None:
+    def __init__(
+        self, kind: str, package: str | None = None, records: bool = False, structural: tuple[str, ...] = ()
+    ) -> None:
         self.kind = kind
         self.package = package
+        self.records = records
+        self.structural = structural
         self._entries: dict[str, Callable[..., Any]] = {}
         self._loaded = package is None
 
-    def register(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        def decorator(builder: Callable[..., Any]) -> Callable[..., Any]:
-            if name in self._entries and self._entries[name] is not builder:
+    def register(self, name: str) -> Callable[[Builder], Builder]:
+        def decorator(builder: Builder) -> Builder:
+            entry = self._recording(name, builder) if self.records else builder
+            known = self._entries.get(name)
+            if known is not None and getattr(known, "__wrapped__", known) is not builder:
                 raise ValueError(f"{self.kind} '{name}' is registered twice")
-            self._entries[name] = builder
-            return builder
+            self._entries[name] = entry
+            return entry  # type: ignore[return-value]
 
         return decorator
+
+    def _recording(self, name: str, builder: Callable[..., Any]) -> Callable[..., Any]:
+        """``builder`` that also sets ``build_config`` on what it returns (see the module docstring)."""
+        signature = inspect.signature(builder)
+
+        @functools.wraps(builder)
+        def build_and_record(*args: Any, **kwargs: Any) -> Any:
+            module = builder(*args, **kwargs)
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            config: dict[str, Any] = {"name": name}
+            for key, value in bound.arguments.items():
+                if signature.parameters[key].kind is inspect.Parameter.VAR_KEYWORD:
+                    config.update(value)
+                elif key not in self.structural:
+                    config[key] = value
+            module.build_config = config
+            return module
+
+        return build_and_record
 
     def _load(self) -> None:
         if not self._loaded:
@@ -70,29 +108,25 @@ class Registry:
         self._load()
         if name not in self._entries:
             at = f" at '{where}'" if where else ""
-            raise UnknownNameError(
-                f"unknown {self.kind} '{name}'{at}; valid {self.kind}s: {', '.join(self.names())}"
-            )
+            raise UnknownNameError(f"unknown {self.kind} '{name}'{at}; valid {self.kind}s: {', '.join(self.names())}")
         return self._entries[name]
 
     def options(self, name: str) -> dict[str, inspect.Parameter]:
         """The keyword arguments the builder ``name`` accepts."""
         sig = inspect.signature(self.get(name))
-        return {
-            k: p
-            for k, p in sig.parameters.items()
-            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
-        }
+        return {k: p for k, p in sig.parameters.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
 
     def check_options(self, name: str, keys: Iterable[str], where: str = "") -> None:
         """Raise BadOptionError naming the first key the builder does not take."""
         valid = self.options(name)
+        signature = inspect.signature(self.get(name))
+        if any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+            return  # the builder takes any keyword and checks its own
         for key in keys:
             if key not in valid:
                 path = f"{where}.{key}" if where else key
                 raise BadOptionError(
-                    f"unknown key '{path}' for {self.kind} '{name}'; valid keys: "
-                    f"{', '.join(sorted(valid)) or '(none)'}"
+                    f"unknown key '{path}' for {self.kind} '{name}'; valid keys: {', '.join(sorted(valid)) or '(none)'}"
                 )
 
     def build(self, name: str, where: str = "", **kwargs: Any) -> Any:
@@ -101,7 +135,7 @@ class Registry:
 
 
 TEACHERS = Registry("teacher", "teachers")
-UPSAMPLERS = Registry("upsampler", "upsamplers")
-STUDENTS = Registry("student", "students")
+UPSAMPLERS = Registry("upsampler", "upsamplers", records=True, structural=("factor", "dim", "patch_size"))
+STUDENTS = Registry("student", "students", records=True)
 DATASETS = Registry("data source", "radiosharp.data")
 TASKS = Registry("eval task", "radiosharp.eval.tasks")

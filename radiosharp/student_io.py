@@ -12,11 +12,13 @@ teachers built with ``text: true`` and hands them to the student
 adaptor summaries. Exports never carry teacher weights: the towers come from the
 teachers' own weights files / pretrained tags at load time.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from torch import nn
 
@@ -38,8 +40,12 @@ def teacher_build_config(cfg: Any, where: str = "teacher") -> dict[str, Any]:
     return {k: v for k, v in cfg.items() if k not in TRAINING_KEYS}
 
 
-def save_student(run_dir: str | os.PathLike, student: nn.Module, config: Mapping[str, Any] | None = None,
-                 teacher_configs: Mapping[str, Any] | None = None) -> Path:
+def save_student(
+    run_dir: str | os.PathLike,
+    student: nn.Module,
+    config: Mapping[str, Any] | None = None,
+    teacher_configs: Mapping[str, Any] | None = None,
+) -> Path:
     """Write the student's weights and ``config`` (default: the config its builder recorded).
 
     ``teacher_configs``: ``{teacher name: its recipe config}`` (training-only keys are
@@ -47,15 +53,16 @@ def save_student(run_dir: str | os.PathLike, student: nn.Module, config: Mapping
     by default the ones the student was loaded with, if any.
     """
     if config is None:
-        config = getattr(student, "config", None)
+        config = getattr(student, "build_config", None)
         if config is None:
             raise ValueError("save_student: this student has no recorded builder config; pass config=")
     config = dict(config)
     if teacher_configs is None:
         teacher_configs = getattr(student, "teacher_configs", None)
     if teacher_configs:
-        config[TEACHER_CONFIGS] = {name: teacher_build_config(cfg, f"save_student: teacher '{name}'")
-                                   for name, cfg in teacher_configs.items()}
+        config[TEACHER_CONFIGS] = {
+            name: teacher_build_config(cfg, f"save_student: teacher '{name}'") for name, cfg in teacher_configs.items()
+        }
     return save_export(run_dir, student, KIND, config)
 
 
@@ -66,8 +73,9 @@ def text_capable_families() -> list[str]:
     return [name for name in TEACHERS.names() if callable(getattr(TEACHERS.get(name), "build_text_tower", None))]
 
 
-def build_text_towers(teacher_configs: Mapping[str, Mapping[str, Any]], names: bool | str | Sequence[str] = True,
-                      where: str = "student") -> dict[str, nn.Module]:
+def build_text_towers(
+    teacher_configs: Mapping[str, Mapping[str, Any]], names: bool | str | Sequence[str] = True, where: str = "student"
+) -> dict[str, nn.Module]:
     """Text towers of the named teachers (``True``: those stored with ``text: true``).
 
     Each is built by its family's ``build_text_tower(**the teacher's options)``, found
@@ -88,8 +96,10 @@ def build_text_towers(teacher_configs: Mapping[str, Mapping[str, Any]], names: b
         family = options.pop("family")
         build_text = getattr(TEACHERS.get(family, f"{where}.{TEACHER_CONFIGS}.{name}"), "build_text_tower", None)
         if not callable(build_text):
-            raise ValueError(f"{where}: teacher '{name}' (family '{family}') has no text tower; families with one: "
-                             f"{', '.join(text_capable_families()) or '(none)'}")
+            raise ValueError(
+                f"{where}: teacher '{name}' (family '{family}') has no text tower; families with one: "
+                f"{', '.join(text_capable_families()) or '(none)'}"
+            )
         TEACHERS.check_options(family, options, f"{where}.{TEACHER_CONFIGS}.{name}")
         towers[name] = build_text(**options)
     return towers

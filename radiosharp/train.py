@@ -4,6 +4,7 @@ Loads and validates the recipe, then runs the trainer for its ``kind``:
 ``featurize`` (teacher features + PCA images), ``upsampler`` (multi-view training of
 a feature upsampler) or ``distill`` (the RADIO student).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -12,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from radiosharp.cli_logging import show_library_log
 from radiosharp.recipe import KINDS, Recipe, RecipeError, load_recipe
 
 TRAINERS = {
@@ -36,11 +38,15 @@ def run_recipe(recipe: Recipe) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m radiosharp.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m radiosharp.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("recipe", help="a YAML recipe (see recipes/)")
-    parser.add_argument("overrides", nargs="*", default=[], metavar="KEY=VALUE", help="dotted.key=value overrides, e.g. train.steps=10")
+    parser.add_argument(
+        "overrides", nargs="*", default=[], metavar="KEY=VALUE", help="dotted.key=value overrides, e.g. train.steps=10"
+    )
     args = parser.parse_args(argv)
+    show_library_log()
     try:
         recipe = load_recipe(args.recipe, args.overrides)
         run_dir = run_recipe(recipe)

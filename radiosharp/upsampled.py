@@ -16,6 +16,7 @@ takes it out of eval mode. PHI-S (any module with ``forward(NCHW)`` and
 ``inverse(NCHW)``, e.g. ``radiosharp.phis.PhiS``) is a frozen submodule, so its
 statistics travel with the export.
 """
+
 from __future__ import annotations
 
 import os
@@ -45,8 +46,9 @@ class _Identity(nn.Module):
 class UpsampledTeacher(Teacher):
     """A :class:`~radiosharp.contracts.Teacher` at ``u x`` the resolution of ``teacher``."""
 
-    def __init__(self, teacher: Teacher, upsampler: nn.Module, debias: nn.Module | None = None,
-                 phi_s: nn.Module | None = None) -> None:
+    def __init__(
+        self, teacher: Teacher, upsampler: nn.Module, debias: nn.Module | None = None, phi_s: nn.Module | None = None
+    ) -> None:
         super().__init__()
         object.__setattr__(self, "teacher", teacher)  # not a submodule (see the module docstring)
         self.upsampler = upsampler
@@ -68,7 +70,7 @@ class UpsampledTeacher(Teacher):
         self.teacher._apply(fn)
         return super()._apply(fn)
 
-    def train(self, mode: bool = True) -> "UpsampledTeacher":
+    def train(self, mode: bool = True) -> UpsampledTeacher:
         nn.Module.train(self, mode)
         self.phi_s.train(False)
         self.teacher.train(False)
@@ -85,8 +87,9 @@ class UpsampledTeacher(Teacher):
         features = out.features if self.debias is None else self.debias(out.features)
         return out.summary, self.phi_s(features)
 
-    def featurize_batched(self, inputs: list[torch.Tensor], images: torch.Tensor
-                          ) -> tuple[list[torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
+    def featurize_batched(
+        self, inputs: list[torch.Tensor], images: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
         """Featurize several teacher-size batches and, for tile upsamplers, the tiles of
         ``images``, in ONE teacher call (as NVlabs/FeatSharp batches the global view
         with the tiles). Returns the features of each input, the summaries of the first
@@ -112,9 +115,13 @@ class UpsampledTeacher(Teacher):
     def check_size(self, images: torch.Tensor) -> None:
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"{self.name}: expected images [B,3,H,W], got {tuple(images.shape)}")
-        check_image_size(images.shape[-2], images.shape[-1], self.factor * self.patch_size,
-                         f"{self.name} (upsampled {self.factor}x, patch {self.patch_size}: sides must be "
-                         f"multiples of {self.factor * self.patch_size})")
+        check_image_size(
+            images.shape[-2],
+            images.shape[-1],
+            self.factor * self.patch_size,
+            f"{self.name} (upsampled {self.factor}x, patch {self.patch_size}: sides must be "
+            f"multiples of {self.factor * self.patch_size})",
+        )
 
     def forward(self, images: torch.Tensor) -> TeacherOutput:
         self.check_size(images)
@@ -131,8 +138,9 @@ class UpsampledTeacher(Teacher):
 # ----------------------------------------------------------------------------- export
 
 
-def save_upsampler(run_dir: str | os.PathLike, up_teacher: UpsampledTeacher,
-                   config: dict[str, Any] | None = None) -> Path:
+def save_upsampler(
+    run_dir: str | os.PathLike, up_teacher: UpsampledTeacher, config: dict[str, Any] | None = None
+) -> Path:
     """Export the upsampler, de-bias buffer and PHI-S (never the teacher's weights).
 
     ``config`` should hold ``teacher`` (the teacher's build config, e.g.
@@ -145,8 +153,10 @@ def save_upsampler(run_dir: str | os.PathLike, up_teacher: UpsampledTeacher,
     upsampler = up_teacher.upsampler
     up_cfg = dict(config.get("upsampler") or getattr(upsampler, "build_config", {}) or {})
     if "name" not in up_cfg:
-        raise ValueError("save_upsampler: the upsampler config needs its registry 'name' "
-                         "(build the upsampler with radiosharp.build_upsampler, or pass config['upsampler'])")
+        raise ValueError(
+            "save_upsampler: the upsampler config needs its registry 'name' "
+            "(build the upsampler through the registry (radiosharp.create_upsampler), or pass config['upsampler'])"
+        )
     for key in ("run", "factor", "dim", "patch_size"):
         up_cfg.pop(key, None)
     debias = up_teacher.debias
@@ -168,20 +178,21 @@ def load_upsampled_teacher(run_dir: str | os.PathLike, teacher: Teacher | None =
     ``teacher``: the frozen teacher to wrap; by default it is rebuilt from the export's
     teacher config with ``radiosharp.build_teacher``.
     """
-    import radiosharp
-    from upsamplers.debias import Debias
+    from radiosharp.builders import build_teacher, build_upsampler
+    from radiosharp.debias import Debias
 
     _, config, state = read_export(run_dir, expect_kind=EXPORT_KIND)
     if teacher is None:
         if not config.get("teacher"):
             raise ValueError(f"{run_dir}: the export has no teacher config; pass teacher= to load it")
-        teacher = radiosharp.build_teacher(config["teacher"], "teacher")
+        teacher = build_teacher(config["teacher"], "teacher")
     dim, patch, factor = int(config["dim"]), int(config["patch_size"]), int(config["factor"])
     if teacher.embed_dim != dim or teacher.patch_size != patch:
-        raise ValueError(f"{run_dir}: upsampler was trained for {dim}-channel features with patch {patch}; "
-                         f"the teacher has {teacher.embed_dim} channels and patch {teacher.patch_size}")
-    upsampler = radiosharp.build_upsampler(dict(config["upsampler"]), "upsampler", factor=factor, dim=dim,
-                                           patch_size=patch)
+        raise ValueError(
+            f"{run_dir}: upsampler was trained for {dim}-channel features with patch {patch}; "
+            f"the teacher has {teacher.embed_dim} channels and patch {teacher.patch_size}"
+        )
+    upsampler = build_upsampler(dict(config["upsampler"]), "upsampler", factor=factor, dim=dim, patch_size=patch)
     debias = Debias(dim, tuple(config["debias"]["grid"])) if config.get("debias") else None
     phi_s = None
     if config.get("phi_s"):

@@ -8,6 +8,7 @@ Layout (as RADIO's ``MLP2``): ``Linear(in, hidden)``, then ``num_inner`` residua
 blocks ``x + Linear(GELU(LayerNorm(x)))``, then ``Linear(GELU(LayerNorm(x)), out)``.
 The inner blocks are residual so that deeper heads start close to the shallow one.
 """
+
 from __future__ import annotations
 
 import torch

@@ -20,6 +20,7 @@ Both cases are one batched ``F.grid_sample`` with one affine grid per sample; th
 evaluation grid is the identity window, which equals ``F.interpolate(...,
 mode="bilinear", align_corners=False)`` of the table.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,11 +34,7 @@ class CroppedPositionEmbedding(nn.Module):
     """A learned ``[D, rows, cols]`` table read through per-sample windows."""
 
     def __init__(
-        self,
-        embed_dim: int,
-        table_grid: tuple[int, int],
-        min_area: float = 0.1,
-        max_aspect: float = 4 / 3,
+        self, embed_dim: int, table_grid: tuple[int, int], min_area: float = 0.1, max_aspect: float = 4 / 3
     ) -> None:
         super().__init__()
         if not 0.0 < min_area <= 1.0:
@@ -103,8 +100,7 @@ class CroppedPositionEmbedding(nn.Module):
         # All windows read the one table: their grids are stacked along the rows of a single
         # sampling grid, so the table's gradient is one [D, T, T] map, not one per sample.
         stacked = sample_grid.reshape(1, batch * grid[0], grid[1], 2)
-        out = F.grid_sample(self.table.float(), stacked, mode="bilinear", padding_mode="border",
-                            align_corners=False)
+        out = F.grid_sample(self.table.float(), stacked, mode="bilinear", padding_mode="border", align_corners=False)
         return out.view(dim, batch, grid[0], grid[1]).transpose(0, 1)
 
     def forward(self, batch: int, grid: tuple[int, int], device: torch.device | None = None) -> torch.Tensor:

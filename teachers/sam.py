@@ -10,6 +10,7 @@ its parts ourselves: patch projection, the absolute position table resized
 bicubically to the input grid, then its layers (windowed layers pad to whole
 windows; the global layers resize their relative-position tables themselves).
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -19,19 +20,17 @@ from torch import nn
 
 from radiosharp.contracts import IMAGENET_MEAN, IMAGENET_STD, TeacherOutput, seeded
 from radiosharp.registry import TEACHERS
-from teachers._common import (
+from teachers._contract import (
     SIZES,
     FrozenTeacher,
     check_choice,
     check_random_size,
-    check_weights_path,
-    hf_config,
-    hf_from_pretrained,
     jitter_zero_tables,
-    load_weights_file,
     resize_pos_grid,
     resolve_native_size,
 )
+from teachers._transformers import hf_config, hf_from_pretrained
+from teachers._weights import check_weights_path, load_weights_file
 
 FAMILY = "sam"
 DEFAULT_MODEL = "facebook/sam-vit-huge"
@@ -53,12 +52,23 @@ TINY_CONFIG = dict(
 # The image encoders of the three SAM checkpoints (Kirillov et al. 2023: ViT-B/L/H with
 # 14x14 windows and 4 evenly spaced global layers), for `size: random` without config files.
 RANDOM_CONFIGS = {
-    "facebook/sam-vit-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, mlp_dim=3072,
-                                  global_attn_indexes=[2, 5, 8, 11]),
-    "facebook/sam-vit-large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, mlp_dim=4096,
-                                   global_attn_indexes=[5, 11, 17, 23]),
-    "facebook/sam-vit-huge": dict(hidden_size=1280, num_hidden_layers=32, num_attention_heads=16, mlp_dim=5120,
-                                  global_attn_indexes=[7, 15, 23, 31]),
+    "facebook/sam-vit-base": dict(
+        hidden_size=768, num_hidden_layers=12, num_attention_heads=12, mlp_dim=3072, global_attn_indexes=[2, 5, 8, 11]
+    ),
+    "facebook/sam-vit-large": dict(
+        hidden_size=1024,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        mlp_dim=4096,
+        global_attn_indexes=[5, 11, 17, 23],
+    ),
+    "facebook/sam-vit-huge": dict(
+        hidden_size=1280,
+        num_hidden_layers=32,
+        num_attention_heads=16,
+        mlp_dim=5120,
+        global_attn_indexes=[7, 15, 23, 31],
+    ),
 }
 HF_MODEL_TYPES = ("sam", "sam_vision_model")
 # Where the encoder sits in a SamModel checkpoint / in a teacher.state_dict().
@@ -123,15 +133,20 @@ def build_sam(
         if size == "tiny":
             config = SamVisionConfig(**TINY_CONFIG, image_size=native, patch_size=PATCH)
         else:
-            config = SamVisionConfig(**RANDOM_CONFIGS[model], image_size=REAL_NATIVE, patch_size=PATCH,
-                                     initializer_range=0.02)
+            config = SamVisionConfig(
+                **RANDOM_CONFIGS[model], image_size=REAL_NATIVE, patch_size=PATCH, initializer_range=0.02
+            )
         with seeded(seed):
             net = SamVisionModel(config)
             jitter_zero_tables(net, ("pos_embed", "rel_pos_h", "rel_pos_w"))
     else:
         config = hf_config(FAMILY, model, cache_dir, HF_MODEL_TYPES)
         config = getattr(config, "vision_config", config)
-        net = SamVisionModel(config) if weights_path is not None else hf_from_pretrained(FAMILY, SamVisionModel, model, cache_dir)
+        net = (
+            SamVisionModel(config)
+            if weights_path is not None
+            else hf_from_pretrained(FAMILY, SamVisionModel, model, cache_dir)
+        )
     if weights_path is not None:
         load_weights_file(net.vision_encoder, weights_path, FAMILY, prefixes=WEIGHT_PREFIXES)
     return SamTeacher(net.float(), native).freeze()

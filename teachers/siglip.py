@@ -15,46 +15,39 @@ With ``text: true`` the text tower comes too (``teachers/_text.py``): open_clip'
 SigLIP text transformer (``text.*``) or transformers' ``SiglipTextModel``
 (``text_model.*``), whose pooled output is in the space of the image ``summary``.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, Sequence
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import nn
 
 from radiosharp.contracts import HALF_MEAN, HALF_STD, TeacherOutput, seeded
 from radiosharp.registry import TEACHERS
-from teachers._common import (
+from teachers._contract import (
     SIZES,
     FrozenTeacher,
-    TimmViTTeacher,
+    TeacherRequest,
     check_choice,
     check_random_size,
-    check_weights_path,
-    create_timm_vit,
-    hf_config,
-    hf_from_pretrained,
-    load_weights_state,
-    open_clip_model_config,
-    open_clip_pretrained,
-    open_clip_weights_file,
-    read_weights_file,
     resolve_native_size,
     tokens_to_map,
 )
-from teachers._text import (
-    TINY_CONTEXT,
-    TINY_TEXT,
-    HFTextTower,
-    TextTower,
-    Tokenizer,
-    hf_tokenizer,
-    load_text_state,
+from teachers._open_clip import (
+    open_clip_model_config,
+    open_clip_pretrained,
     open_clip_text_tokenizer,
     open_clip_text_tower,
+    open_clip_weights_file,
     simple_tokenizer,
 )
+from teachers._text import TINY_CONTEXT, TINY_TEXT, TextTower, Tokenizer, load_text_state, text_tower_builder
+from teachers._timm import TimmViTTeacher, create_timm_vit
+from teachers._transformers import HFTextTower, hf_config, hf_from_pretrained, hf_tokenizer
+from teachers._weights import check_weights_path, load_weights_state, read_weights_file
 
 FAMILY = "siglip"
 SOURCES = ("open_clip", "hf")
@@ -103,8 +96,9 @@ class OpenClipSiglipSetup(NamedTuple):
     weights: Path | None  # `weights:`, or the tag's cached checkpoint (real)
 
 
-def _open_clip_setup(size: str, model: str, pretrained: str | None, weights: Path | None,
-                     cache_dir: str | None) -> OpenClipSiglipSetup:
+def _open_clip_setup(
+    size: str, model: str, pretrained: str | None, weights: Path | None, cache_dir: str | None
+) -> OpenClipSiglipSetup:
     config = open_clip_model_config(FAMILY, model, cache_dir)
     vision = config["vision_cfg"]
     timm_name = vision.get("timm_model_name")
@@ -124,39 +118,47 @@ def _open_clip_setup(size: str, model: str, pretrained: str | None, weights: Pat
     return OpenClipSiglipSetup(config, timm_name, mean, std, path)
 
 
-def _open_clip_text(setup: OpenClipSiglipSetup, model: str, size: str, seed: int,
-                    state: dict[str, torch.Tensor] | None, tokenizer: Tokenizer) -> TextTower:
+def _open_clip_text(
+    setup: OpenClipSiglipSetup, request: TeacherRequest, state: dict[str, torch.Tensor] | None, tokenizer: Tokenizer
+) -> TextTower:
     """SigLIP's text transformer (``text.*`` of open_clip's CustomTextCLIP), width = the image embedding's."""
-    output_dim = TINY_WIDTH if size == "tiny" else setup.config["embed_dim"]
-    quick_gelu = bool(setup.config.get("quick_gelu", False))
-    return open_clip_text_tower(FAMILY, model, setup.config, quick_gelu, output_dim, size, seed, state,
-                                f"file {setup.weights}", tokenizer)
+    size, config = request.size, setup.config
+    output_dim = TINY_WIDTH if size == "tiny" else config["embed_dim"]
+    quick_gelu = bool(config.get("quick_gelu", False))
+    where = f"file {setup.weights}"
+    return open_clip_text_tower(
+        FAMILY, request.model, config, quick_gelu, output_dim, size, request.seed, state, where, tokenizer
+    )
 
 
-def _build_open_clip(
-    size: str, model: str, pretrained: str | None, weights: Path | None,
-    native_size: int | None, cache_dir: str | None, seed: int, text: bool,
-) -> TimmViTTeacher:
+def _build_open_clip(request: TeacherRequest) -> TimmViTTeacher:
+    size, model, pretrained, weights, native_size, cache_dir, seed, text = request
     setup = _open_clip_setup(size, model, pretrained, weights, cache_dir)
     tokenizer = open_clip_text_tokenizer(FAMILY, model, setup.config, size, cache_dir) if text else None
     if size == "tiny":
         native = resolve_native_size(FAMILY, native_size, TINY_NATIVE, PATCH)
         with seeded(seed):
             trunk = create_timm_vit(
-                setup.timm_name, global_pool="map", img_size=native,
-                embed_dim=TINY_WIDTH, depth=TINY_DEPTH, num_heads=TINY_HEADS,
+                setup.timm_name,
+                global_pool="map",
+                img_size=native,
+                embed_dim=TINY_WIDTH,
+                depth=TINY_DEPTH,
+                num_heads=TINY_HEADS,
             )
     else:
         with seeded(seed):  # the weights of size: random; real ones are loaded below
             trunk = create_timm_vit(setup.timm_name, global_pool="map")
         patch = trunk.patch_embed.patch_size[0]
-        native = resolve_native_size(FAMILY, native_size, _default_native(trunk.patch_embed.img_size[0], patch, size), patch)
+        native = resolve_native_size(
+            FAMILY, native_size, _default_native(trunk.patch_embed.img_size[0], patch, size), patch
+        )
     state = read_weights_file(setup.weights) if setup.weights is not None else None
     if state is not None:
         load_weights_state(trunk, state, FAMILY, f"file {setup.weights}", prefixes=("visual.trunk.", "trunk."))
     teacher = TimmViTTeacher(trunk, FAMILY, native, setup.mean, setup.std, summary="head")
     if text:
-        teacher.attach_text_tower(_open_clip_text(setup, model, size, seed, state, tokenizer))
+        teacher.attach_text_tower(_open_clip_text(setup, request, state, tokenizer))
     return teacher
 
 
@@ -172,21 +174,34 @@ def _hf_model_config(model: str, cache_dir: str | None, text: bool) -> Any:
     """The hub config of a real HF SigLIP; with ``text`` it must be a whole (vision + text) model."""
     config = hf_config(FAMILY, model, cache_dir, HF_MODEL_TYPES)
     if text and getattr(config, "text_config", None) is None:
-        raise ValueError(f"{FAMILY}: '{model}' is a '{config.model_type}' model without a text tower; "
-                         f"`text: true` needs a whole SigLIP model id (e.g. {DEFAULT_MODELS['hf']})")
+        raise ValueError(
+            f"{FAMILY}: '{model}' is a '{config.model_type}' model without a text tower; "
+            f"`text: true` needs a whole SigLIP model id (e.g. {DEFAULT_MODELS['hf']})"
+        )
     return config
 
 
-def _hf_text(size: str, model: str, config: Any, seed: int, state: dict[str, torch.Tensor] | None,
-             source: str, tokenizer: Tokenizer, cache_dir: str | None) -> HFTextTower:
+def _hf_text(
+    size: str,
+    model: str,
+    config: Any,
+    seed: int,
+    state: dict[str, torch.Tensor] | None,
+    source: str,
+    tokenizer: Tokenizer,
+    cache_dir: str | None,
+) -> HFTextTower:
     """transformers' ``SiglipTextModel``: ``pooler_output`` = the text head on the last token."""
     from transformers import SiglipTextConfig, SiglipTextModel
 
     if size == "tiny":
         tiny = SiglipTextConfig(
-            vocab_size=simple_tokenizer(FAMILY).vocab_size, hidden_size=TINY_TEXT["width"],
-            intermediate_size=4 * TINY_TEXT["width"], num_hidden_layers=TINY_TEXT["layers"],
-            num_attention_heads=TINY_TEXT["heads"], max_position_embeddings=TINY_CONTEXT,
+            vocab_size=simple_tokenizer(FAMILY).vocab_size,
+            hidden_size=TINY_TEXT["width"],
+            intermediate_size=4 * TINY_TEXT["width"],
+            num_hidden_layers=TINY_TEXT["layers"],
+            num_attention_heads=TINY_TEXT["heads"],
+            max_position_embeddings=TINY_CONTEXT,
             projection_size=TINY_WIDTH,
         )
         with seeded(seed):
@@ -206,10 +221,8 @@ def _hf_tokenizer(size: str, model: str, config: Any, cache_dir: str | None) -> 
     return hf_tokenizer(FAMILY, model, config.text_config.max_position_embeddings, cache_dir)
 
 
-def _build_hf(
-    size: str, model: str, pretrained: str | None, weights: Path | None,
-    native_size: int | None, cache_dir: str | None, seed: int, text: bool,
-) -> HFSiglipTeacher:
+def _build_hf(request: TeacherRequest) -> HFSiglipTeacher:
+    size, model, pretrained, weights, native_size, cache_dir, seed, text = request
     from transformers import SiglipVisionConfig, SiglipVisionModel
 
     _check_hf_options(pretrained)
@@ -232,7 +245,11 @@ def _build_hf(
         native = resolve_native_size(
             FAMILY, native_size, _default_native(config.image_size, config.patch_size, size), config.patch_size
         )
-        net = SiglipVisionModel(config) if weights is not None else hf_from_pretrained(FAMILY, SiglipVisionModel, model, cache_dir)
+        net = (
+            SiglipVisionModel(config)
+            if weights is not None
+            else hf_from_pretrained(FAMILY, SiglipVisionModel, model, cache_dir)
+        )
     state = read_weights_file(weights) if weights is not None else None
     if state is not None:
         load_weights_state(net, state, FAMILY, f"file {weights}", prefixes=("vision_model.",))
@@ -242,8 +259,9 @@ def _build_hf(
     return teacher
 
 
-def _resolve(size: str, source: str, model: str | None, pretrained: str | None, weights: str | None
-             ) -> tuple[str, str | None, Path | None]:
+def _resolve(
+    size: str, source: str, model: str | None, pretrained: str | None, weights: str | None
+) -> tuple[str, str | None, Path | None]:
     """Checked options: (model, pretrained tag, weights path)."""
     check_choice(FAMILY, "size", size, SIZES)
     check_choice(FAMILY, "source", source, SOURCES)
@@ -289,27 +307,29 @@ def build_siglip(
     """
     model, pretrained, weights_path = _resolve(size, source, model, pretrained, weights)
     check_random_size(FAMILY, size, weights, text, source, ("open_clip",))
+    request = TeacherRequest(size, model, pretrained, weights_path, native_size, cache_dir, seed, text)
     if source == "open_clip":
-        teacher = _build_open_clip(size, model, pretrained, weights_path, native_size, cache_dir, seed, text)
+        teacher = _build_open_clip(request)
     else:
-        teacher = _build_hf(size, model, pretrained, weights_path, native_size, cache_dir, seed, text)
+        teacher = _build_hf(request)
     return teacher.freeze()
 
 
+@text_tower_builder(build_siglip)
 def build_siglip_text_tower(
-    size: Literal["tiny", "real", "random"] = "real",
-    source: Literal["open_clip", "hf"] = "open_clip",
-    model: str | None = None,
-    pretrained: str | None = None,
-    weights: str | None = None,
-    native_size: int | None = None,  # noqa: ARG001 - the teacher's options, taken as they are stored
-    cache_dir: str | None = None,
-    seed: int = 0,
-    text: bool = False,  # noqa: ARG001
-) -> TextTower:
+    size: str,
+    source: str,
+    model: str | None,
+    pretrained: str | None,
+    weights: str | None,
+    native_size: int | None,
+    cache_dir: str | None,
+    seed: int,  # noqa: ARG001
+    text: bool,
+) -> TextTower:  # noqa: ARG001 - the teacher's options, as stored
     """Only the text tower of ``build_siglip(**same options, text=True)`` (no vision tower built).
 
-    What ``load_student(run, text_towers=True)`` uses to give a student its teacher's text tower.
+    Takes ``build_siglip``'s options with its defaults (see ``text_tower_builder``).
     """
     model, pretrained, weights_path = _resolve(size, source, model, pretrained, weights)
     check_random_size(FAMILY, size, weights, text=True)
@@ -317,12 +337,10 @@ def build_siglip_text_tower(
         setup = _open_clip_setup(size, model, pretrained, weights_path, cache_dir)
         tokenizer = open_clip_text_tokenizer(FAMILY, model, setup.config, size, cache_dir)
         state = read_weights_file(setup.weights) if setup.weights is not None else None
-        return _open_clip_text(setup, model, size, seed, state, tokenizer)
+        request = TeacherRequest(size, model, pretrained, weights_path, native_size, cache_dir, seed, text=True)
+        return _open_clip_text(setup, request, state, tokenizer)
     _check_hf_options(pretrained)
     full = None if size == "tiny" else _hf_model_config(model, cache_dir, text=True)
     tokenizer = _hf_tokenizer(size, model, full, cache_dir)
     state = read_weights_file(weights_path) if weights_path is not None else None
     return _hf_text(size, model, full, seed, state, f"file {weights_path}", tokenizer, cache_dir)
-
-
-build_siglip.build_text_tower = build_siglip_text_tower

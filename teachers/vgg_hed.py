@@ -19,9 +19,11 @@ followed by a channel flip in :meth:`VggHedTeacher.normalize`; ``pixel_mean`` /
 Pooling is 2x2/2 with Keras ``'same'`` padding, i.e. ``ceil_mode=True``; for inputs that
 are multiples of the stride the two agree with plain floor pooling anyway.
 """
+
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -38,16 +40,8 @@ from radiosharp.weights.hed import (
     VGG16_WIDTHS,
     conv_name,
 )
-from teachers._common import (
-    SIZES,
-    FrozenTeacher,
-    MissingWeightsError,
-    check_choice,
-    check_random_size,
-    check_weights_path,
-    load_weights_file,
-    resolve_native_size,
-)
+from teachers._contract import SIZES, FrozenTeacher, check_choice, check_random_size, resolve_native_size
+from teachers._weights import MissingWeightsError, check_weights_path, load_weights_file
 
 FAMILY = "vgg_hed"
 REAL_NATIVE = 224

@@ -6,6 +6,7 @@ as a JSON file; ``tests/test_engine.py`` launches it under ``torchrun`` that way
 
     torchrun --nproc_per_node 2 tests/_toy_trainer.py recipe.json
 """
+
 from __future__ import annotations
 
 import json
@@ -51,8 +52,9 @@ class ToyMLP(nn.Module):
         dim = 1
         for s in IMAGE_SHAPE:
             dim *= s
-        self.body = nn.Sequential(nn.Flatten(), nn.Linear(dim, 32), nn.GELU(), nn.Dropout(dropout),
-                                  nn.Linear(32, TARGET_DIM))
+        self.body = nn.Sequential(
+            nn.Flatten(), nn.Linear(dim, 32), nn.GELU(), nn.Dropout(dropout), nn.Linear(32, TARGET_DIM)
+        )
         # A head the loss never touches: DDP needs find_unused_parameters for it.
         self.unused = nn.Linear(4, 4) if unused_head else None
 
@@ -78,8 +80,15 @@ class ToyTrainer(Trainer):
 
     kind = "toy"
 
-    def __init__(self, recipe: Recipe, noise: bool = False, kill_at: int | None = None,
-                 dataset_size: int = 64, unused_head: bool = False, find_unused: bool | None = None) -> None:
+    def __init__(
+        self,
+        recipe: Recipe,
+        noise: bool = False,
+        kill_at: int | None = None,
+        dataset_size: int = 64,
+        unused_head: bool = False,
+        find_unused: bool | None = None,
+    ) -> None:
         self.noise, self.kill_at = noise, kill_at
         self.dataset_size, self.unused_head = dataset_size, unused_head
         self.find_unused_parameters = unused_head if find_unused is None else find_unused
@@ -108,15 +117,32 @@ class ToyTrainer(Trainer):
         save_export(self.run_dir, self.exported_model(), "toy", {"dropout": 0.3 if self.noise else 0.0})
 
 
-def toy_recipe(output_dir: str | Path, steps: int = 30, batch_size: int = 8, grad_accum: int = 1,
-               lr: float = 1e-2, warmup_steps: int = 5, log_every: int = 5, checkpoint_every: int = 0,
-               keep_checkpoints: int = 2, seed: int = 0, resume: bool = False, grad_clip: float | None = 1.0
-               ) -> Recipe:
+def toy_recipe(
+    output_dir: str | Path,
+    steps: int = 30,
+    batch_size: int = 8,
+    grad_accum: int = 1,
+    lr: float = 1e-2,
+    warmup_steps: int = 5,
+    log_every: int = 5,
+    checkpoint_every: int = 0,
+    keep_checkpoints: int = 2,
+    seed: int = 0,
+    resume: bool = False,
+    grad_clip: float | None = 1.0,
+) -> Recipe:
     """A CPU recipe for :class:`ToyTrainer` (kind ``distill`` only to satisfy the schema)."""
     optim = OptimConfig(lr=lr, warmup_steps=warmup_steps, min_lr_ratio=0.1, weight_decay=0.01, grad_clip=grad_clip)
-    train = TrainConfig(steps=steps, batch_size=batch_size, grad_accum=grad_accum, mixed_precision="auto",
-                        log_every=log_every, checkpoint_every=checkpoint_every,
-                        keep_checkpoints=keep_checkpoints, optim=optim)
+    train = TrainConfig(
+        steps=steps,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        mixed_precision="auto",
+        log_every=log_every,
+        checkpoint_every=checkpoint_every,
+        keep_checkpoints=keep_checkpoints,
+        optim=optim,
+    )
     return Recipe(kind="distill", name="toy", output_dir=str(output_dir), seed=seed, resume=resume, train=train)
 
 

@@ -1,7 +1,18 @@
-"""Shared test set-up."""
+"""Shared test set-up and the helpers several test modules use (test modules never import each other)."""
+
 from __future__ import annotations
 
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
 import pytest
+import torch
+import yaml
+
+import radiosharp
+from radiosharp.export import load_state_dict
 
 
 def fresh_process() -> None:
@@ -20,3 +31,116 @@ def fresh_accelerate_state(monkeypatch):
     fresh_process()
     yield
     fresh_process()
+
+
+def fake_hub_repo(cache: Path, repo_id: str) -> Path:
+    """A Hugging Face cache entry for ``repo_id`` (refs/main -> one snapshot); returns the snapshot."""
+    commit = "0" * 40
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    return snapshot
+
+
+@pytest.fixture(scope="module")
+def phis(tmp_path_factory) -> dict[str, str]:
+    """PHI-S statistics of the tiny teachers, computed once (what python -m radiosharp.stats writes)."""
+    from radiosharp.stats import teacher_moments
+
+    out = tmp_path_factory.mktemp("phi_s")
+    data = radiosharp.build_dataset({"source": "synthetic", "num_images": 16, "size": 128, "seed": 5})
+    paths = {}
+    for key in ("dfn_clip", "dinov2", "sam"):
+        teacher = radiosharp.build_teacher({"family": key, "size": "tiny"})
+        paths[key] = str(teacher_moments(teacher, data, 16, 8).save(out / f"{key}.safetensors"))
+    return paths
+
+
+def base_recipe(out: Path, phis: dict[str, str], **sections: Any) -> dict[str, Any]:
+    """Two tiny teachers, one 64 px partition (a 4x4 student grid vs the teachers' 8x8)."""
+    recipe = {
+        "kind": "distill",
+        "output_dir": str(out),
+        "teachers": {
+            "dfn_clip": {"size": "tiny", "phi_s": phis["dfn_clip"]},
+            "dinov2": {"size": "tiny", "phi_s": phis["dinov2"]},
+        },
+        "student": {"name": "radio", "size": "tiny"},
+        "data": {"source": "synthetic", "num_images": 48, "size": 128, "seed": 0},
+        "distill": {"partitions": [{"name": "low", "size": 64, "batch_size": 4}]},
+        "train": {
+            "steps": 4,
+            "batch_size": 4,
+            "log_every": 1,
+            "optim": {"lr": 2e-3, "warmup_steps": 2, "weight_decay": 0.0},
+        },
+    }
+    recipe.update(sections)
+    return recipe
+
+
+def write(path: Path, data: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def stage3_recipe(out: Path, phis: dict[str, str]) -> dict[str, Any]:
+    """A low 64 px partition and a hi 96 px one (6x6 student grid) where DFN CLIP is upsampled 2x."""
+    recipe = base_recipe(out, phis)
+    recipe["teachers"]["dfn_clip"]["upsampler"] = {"name": "bilinear", "factor": 2}
+    recipe["distill"] = {
+        "partitions": [
+            {"name": "low", "size": 64, "batch_size": 2},
+            {"name": "hi", "size": 96, "batch_size": 2, "upsample": True},
+        ]
+    }
+    recipe["train"]["steps"] = 2
+    return recipe
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return load_state_dict(run_dir / "model.safetensors")
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float = 0.0) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        if atol == 0.0:
+            assert torch.equal(a[key], b[key]), f"{key} differs by {(a[key] - b[key]).abs().max():.3g}"
+        else:
+            torch.testing.assert_close(a[key], b[key], atol=atol, rtol=0, msg=lambda m, k=key: f"{k}: {m}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(*args: str, nproc: int = 2) -> list[str]:
+    """The command that starts ``args`` on ``nproc`` local processes (a free port each time)."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        *args,
+    ]
+
+
+@pytest.fixture(scope="session")
+def real_weights():
+    """``real_weights(name)``: the converted file of a packaged real model (converted once if needed)."""
+    from radiosharp.weights import ensure_converted, get_spec
+
+    return lambda name: ensure_converted(get_spec(name))[0]

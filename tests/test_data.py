@@ -1,4 +1,5 @@
-"""Data sources, batching that skips unreadable files, and resumable loading."""
+"""Data sources, batching that skips unreadable files, and the sequential loader."""
+
 from __future__ import annotations
 
 import io
@@ -12,8 +13,8 @@ import torch
 from PIL import Image
 
 import radiosharp
-from radiosharp.data.loader import EpochBatchSampler, LoaderPosition, collate_skip_bad, cycle, make_loader
-from radiosharp.data.skipping import SkippedSample, SkipLog, UnreadableImageWarning
+from radiosharp.data.loader import collate_skip_bad, make_loader
+from radiosharp.data.skipping import SkipLog, SkippedSample, UnreadableImageWarning
 from radiosharp.registry import DATASETS
 
 
@@ -134,38 +135,10 @@ def test_skip_log_warns_once_per_name():
     assert [str(w.message).split("'")[1] for w in caught] == ["bad.jpg", "other.png"]
 
 
-def test_epoch_sampler_orders_depend_only_on_seed_and_epoch():
-    a, b = EpochBatchSampler(10, 4, shuffle=True, seed=1), EpochBatchSampler(10, 4, shuffle=True, seed=1)
-    b.set_epoch(1)
-    first_b1 = list(b)
-    a.set_epoch(1)
-    assert list(a) == first_b1
-    a.set_epoch(0)
-    epoch0 = list(a)
-    assert epoch0 != first_b1 and sorted(sum(epoch0, [])) == list(range(10))
-    assert [len(x) for x in epoch0] == [4, 4, 2]
-    assert len(EpochBatchSampler(10, 4, drop_last=True)) == 2
-
-
-def test_cycle_resumes_exactly_across_epochs():
-    ds = build(source="synthetic", num_images=5, size=16)
-    keys = lambda batch: tuple(batch["key"])  # noqa: E731
-    run = cycle(make_loader(ds, batch_size=2, shuffle=True, seed=7))
-    straight = [next(run) for _ in range(8)]  # 3 batches per epoch: spans 3 epochs
-    assert straight[2][0] == LoaderPosition(0, 3) and straight[3][0] == LoaderPosition(1, 1)
-    epoch_keys = [keys(b) for _, b in straight[:3]], [keys(b) for _, b in straight[3:6]]
-    assert epoch_keys[0] != epoch_keys[1]
-    resumed = cycle(make_loader(ds, batch_size=2, shuffle=True, seed=7), start=straight[3][0])
-    for position, batch in straight[4:]:
-        pos, again = next(resumed)
-        assert pos == position and keys(again) == keys(batch)
-        assert torch.equal(again["image"], batch["image"])
-
-
 def test_loader_workers_give_the_same_batches_as_the_main_process():
     ds = build(source="synthetic", num_images=6, size=32)
-    serial = list(make_loader(ds, batch_size=3, shuffle=True, seed=2))
-    parallel = list(make_loader(ds, batch_size=3, shuffle=True, seed=2, num_workers=2))
+    serial = list(make_loader(ds, batch_size=3))
+    parallel = list(make_loader(ds, batch_size=3, num_workers=2))
     assert [b["key"] for b in serial] == [b["key"] for b in parallel]
     assert all(torch.equal(x["image"], y["image"]) for x, y in zip(serial, parallel))
 
@@ -329,9 +302,14 @@ def write_shard(path: Path, items: list[tuple[str, bytes, int | None]]) -> None:
 def test_webdataset_reads_shards_and_skips_bad_images(tmp_path):
     colours = [(200, 0, 0), (0, 200, 0), (0, 0, 200), (90, 90, 90)]
     write_shard(tmp_path / "shard-000.tar", [(f"s{i}", jpeg_bytes(solid(20, 30, colours[i])), i) for i in (0, 1)])
-    write_shard(tmp_path / "shard-001.tar", [("s2", jpeg_bytes(solid(20, 30, colours[2])), 2),
-                                             ("broken", b"garbage bytes", 9),
-                                             ("s3", jpeg_bytes(solid(30, 20, colours[3])), 3)])
+    write_shard(
+        tmp_path / "shard-001.tar",
+        [
+            ("s2", jpeg_bytes(solid(20, 30, colours[2])), 2),
+            ("broken", b"garbage bytes", 9),
+            ("s3", jpeg_bytes(solid(30, 20, colours[3])), 3),
+        ],
+    )
     ds = build(source="webdataset", shards=str(tmp_path / "shard-{000..001}.tar"), size=8)
     loader = make_loader(ds, batch_size=2)
     with pytest.warns(UnreadableImageWarning, match="broken"):
@@ -351,10 +329,18 @@ def test_webdataset_reads_shards_and_skips_bad_images(tmp_path):
 
 def test_webdataset_splits_shards_between_workers(tmp_path):
     for s in range(4):
-        write_shard(tmp_path / f"part-{s}.tar", [(f"p{s}_{i}", jpeg_bytes(solid(8, 8, (s * 60, i * 60, 0))), s)
-                                                  for i in range(2)])
-    ds = build(source="webdataset", shards=[str(tmp_path / f"part-{s}.tar") for s in range(4)], size=8,
-               shuffle_buffer=4, shard_shuffle=True, seed=1)
+        write_shard(
+            tmp_path / f"part-{s}.tar",
+            [(f"p{s}_{i}", jpeg_bytes(solid(8, 8, (s * 60, i * 60, 0))), s) for i in range(2)],
+        )
+    ds = build(
+        source="webdataset",
+        shards=[str(tmp_path / f"part-{s}.tar") for s in range(4)],
+        size=8,
+        shuffle_buffer=4,
+        shard_shuffle=True,
+        seed=1,
+    )
     keys = sum((b["key"] for b in make_loader(ds, batch_size=2, num_workers=2)), [])
     assert sorted(keys) == sorted(f"p{s}_{i}" for s in range(4) for i in range(2))  # each sample exactly once
 
@@ -367,8 +353,9 @@ def test_hf_reads_a_saved_dataset(tmp_path):
     images = [Image.fromarray(solid(10, 14, (255, 0, 0))), Image.fromarray(solid(14, 10, (0, 0, 255)))]
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["red", "blue"])})
     ds = datasets.Dataset.from_dict({"image": images, "label": [0, 1]}, features=features)
-    bad = datasets.Dataset.from_dict({"image": [{"bytes": b"not an image", "path": None}], "label": [1]},
-                                     features=features)
+    bad = datasets.Dataset.from_dict(
+        {"image": [{"bytes": b"not an image", "path": None}], "label": [1]}, features=features
+    )
     datasets.concatenate_datasets([ds, bad]).save_to_disk(str(tmp_path / "saved"))
     source = build(source="hf", name_or_path=str(tmp_path / "saved"), label_column="label", size=6)
     assert len(source) == 3 and source.classes == ["red", "blue"] and source.num_classes == 2
@@ -385,20 +372,5 @@ def test_hf_reads_a_saved_dataset(tmp_path):
 
 def test_every_source_is_registered():
     assert {"synthetic", "samples", "photos", "image_folder", "seg_folder", "depth_folder", "webdataset", "hf"} <= set(
-        DATASETS.names())
-
-
-def test_webdataset_cycle_resumes_with_a_seeded_stream(tmp_path):
-    for s in range(2):
-        write_shard(tmp_path / f"r-{s}.tar", [(f"r{s}_{i}", jpeg_bytes(solid(8, 8, (s * 90, i * 60, 0))), s)
-                                               for i in range(3)])
-    ds = build(source="webdataset", shards=str(tmp_path / "r-{0..1}.tar"), size=8, shuffle_buffer=4,
-               shard_shuffle=True, seed=5)
-    run = cycle(make_loader(ds, batch_size=2))
-    straight = [next(run) for _ in range(7)]  # 3 batches per epoch
-    epochs = [sorted(sum((b["key"] for _, b in straight[e * 3:(e + 1) * 3]), [])) for e in range(2)]
-    assert epochs[0] == epochs[1] and len(epochs[0]) == 6  # every sample once per epoch
-    resumed = cycle(make_loader(ds, batch_size=2), start=straight[3][0])
-    for position, batch in straight[4:]:
-        pos, again = next(resumed)
-        assert pos == position and again["key"] == batch["key"]
+        DATASETS.names()
+    )

@@ -7,6 +7,7 @@ does (the same recipe, the same weights), that it shards the optimizer state, th
 killed run resumes bit-exactly, and that a bf16 run exports its float32 master weights.
 The first DeepSpeed start on a machine compiles its shared-memory op (about 30 s).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -20,17 +21,17 @@ from typing import Any
 
 import pytest
 import torch
-
 from _toy_trainer import ToyTrainer, toy_recipe
-from conftest import fresh_process
+from conftest import REPO, assert_same_weights, free_port, fresh_process, stage3_recipe, torchrun, weights, write
+
 from radiosharp.engine import deepspeed_config, make_accelerator, read_metrics
 from radiosharp.export import load_state_dict
 from radiosharp.recipe import RecipeError, load_recipe
-from test_distill import phis, stage3_recipe, write  # noqa: F401 (phis is a fixture)
-from test_engine import REPO, assert_same_weights, free_port, weights
 
-needs_deepspeed = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
-                                     reason="deepspeed is not installed (pip install radiosharp[deepspeed])")
+needs_deepspeed = pytest.mark.skipif(
+    importlib.util.find_spec("deepspeed") is None,
+    reason="deepspeed is not installed (pip install radiosharp[deepspeed])",
+)
 ZERO2 = {"zero_optimization": {"stage": 2}}
 
 
@@ -45,13 +46,13 @@ def run_launcher(cmd: list[str], cwd: Path) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-4000:]
 
 
-def torchrun(*args: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-            "--master_port", str(free_port()), *args]
-
-
-def toy_job(out: Path, deepspeed: dict[str, Any] | None = ZERO2, precision: str = "auto",
-            options: dict[str, Any] | None = None, **recipe: Any) -> dict[str, Any]:
+def toy_job(
+    out: Path,
+    deepspeed: dict[str, Any] | None = ZERO2,
+    precision: str = "auto",
+    options: dict[str, Any] | None = None,
+    **recipe: Any,
+) -> dict[str, Any]:
     data = toy_recipe(out, **recipe).model_dump(mode="json")
     data["deepspeed"] = deepspeed
     data["train"]["mixed_precision"] = precision
@@ -63,8 +64,9 @@ def toy_job(out: Path, deepspeed: dict[str, Any] | None = ZERO2, precision: str 
 
 def test_deepspeed_block_without_deepspeed_says_how_to_install(tmp_path, monkeypatch):
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "deepspeed" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "deepspeed" else real_find_spec(name, *a)
+    )
     recipe = toy_recipe(tmp_path / "out").model_copy(update={"deepspeed": ZERO2})
     with pytest.raises(RecipeError, match=r"pip install radiosharp\[deepspeed\]"):
         ToyTrainer(recipe)
@@ -73,15 +75,20 @@ def test_deepspeed_block_without_deepspeed_says_how_to_install(tmp_path, monkeyp
 
 def test_deepspeed_config_comes_from_the_recipe(tmp_path, monkeypatch):
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: object() if name == "deepspeed" else real_find_spec(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: object() if name == "deepspeed" else real_find_spec(name, *a)
+    )
 
     def recipe(**train: Any) -> Any:
         base = toy_recipe(tmp_path / "out", batch_size=32, grad_accum=2, **train)
         return base.model_copy(update={"deepspeed": ZERO2})
 
     ds = deepspeed_config(recipe(), world=4)
-    assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"]) == (4, 2, 32)
+    assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"]) == (
+        4,
+        2,
+        32,
+    )
     assert ds["gradient_clipping"] == 1.0 and ds["zero_optimization"] == {"stage": 2}
     # No clipping in the recipe means none under DeepSpeed (Accelerate's default would clip at 1.0).
     assert deepspeed_config(recipe(grad_clip=None), world=4)["gradient_clipping"] == 0.0
@@ -119,14 +126,14 @@ def test_the_shipped_zero2_recipe_avoids_lamb():
 # ----------------------------------------------------------------------------- real DeepSpeed, 2 processes
 
 
+@pytest.mark.subprocess
 @needs_deepspeed
 def test_zero2_on_two_processes_trains_as_one_process_shards_resumes_and_exports_float32(tmp_path):
     """One torchrun launch runs every job (jobs after a killed one start afresh, as a new
     process would): ZeRO-2 with gradient accumulation and active clipping; a noisy run
     straight through; the same run killed after its step-3 checkpoint, then resumed; bf16."""
     clip = {"steps": 4, "batch_size": 8, "grad_accum": 2, "lr": 3e-2, "log_every": 1}
-    noisy = {"steps": 6, "batch_size": 8, "lr": 3e-2, "log_every": 1, "checkpoint_every": 3,
-             "options": {"noise": True}}
+    noisy = {"steps": 6, "batch_size": 8, "lr": 3e-2, "log_every": 1, "checkpoint_every": 3, "options": {"noise": True}}
     jobs = [
         toy_job(tmp_path / "zero2", **clip),
         toy_job(tmp_path / "straight", **noisy),
@@ -149,12 +156,15 @@ def test_zero2_on_two_processes_trains_as_one_process_shards_resumes_and_exports
     assert losses == pytest.approx([r["loss"] for r in read_metrics(tmp_path / "one")], abs=1e-5)
     fresh_process()
     ToyTrainer(toy_recipe(tmp_path / "one_unclipped", **clip, grad_clip=None)).run()
-    assert (weights(tmp_path / "one")["body.1.weight"] - weights(tmp_path / "one_unclipped")["body.1.weight"]
-            ).abs().max() > 1e-4, "the test needs steps where clipping acts"
+    assert (
+        weights(tmp_path / "one")["body.1.weight"] - weights(tmp_path / "one_unclipped")["body.1.weight"]
+    ).abs().max() > 1e-4, "the test needs steps where clipping acts"
 
     # A killed run resumes from its ZeRO checkpoint bit-exactly (weights, data, RNG, LR).
     assert_same_weights(weights(tmp_path / "cut"), weights(tmp_path / "straight"))
-    assert [r["loss"] for r in read_metrics(tmp_path / "cut")] == [r["loss"] for r in read_metrics(tmp_path / "straight")]
+    assert [r["loss"] for r in read_metrics(tmp_path / "cut")] == [
+        r["loss"] for r in read_metrics(tmp_path / "straight")
+    ]
 
     # bf16: the loss falls and the export holds the float32 master weights, not bf16 ones.
     rows = read_metrics(tmp_path / "bf16")
@@ -164,6 +174,7 @@ def test_zero2_on_two_processes_trains_as_one_process_shards_resumes_and_exports
     assert any(not torch.equal(w, w.bfloat16().float()) for w in exported.values())
 
 
+@pytest.mark.subprocess
 @needs_deepspeed
 def test_accelerate_launch_use_deepspeed_distills_as_ddp(tmp_path, phis):
     """The users' command, `accelerate launch --use_deepspeed -m radiosharp.train`, on a
@@ -179,8 +190,21 @@ def test_accelerate_launch_use_deepspeed_distills_as_ddp(tmp_path, phis):
         write(tmp_path / f"{name}.yaml", data)
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent))
     assert accelerate is not None
-    run_launcher([accelerate, "launch", "--use_deepspeed", "--num_processes", "2", "--main_process_port",
-                  str(free_port()), "-m", "radiosharp.train", str(tmp_path / "zero2.yaml")], tmp_path)
+    run_launcher(
+        [
+            accelerate,
+            "launch",
+            "--use_deepspeed",
+            "--num_processes",
+            "2",
+            "--main_process_port",
+            str(free_port()),
+            "-m",
+            "radiosharp.train",
+            str(tmp_path / "zero2.yaml"),
+        ],
+        tmp_path,
+    )
     run_launcher(torchrun("-m", "radiosharp.train", str(tmp_path / "ddp.yaml")), tmp_path)
 
     assert (tmp_path / "zero2" / "checkpoints" / "step_00000004" / "pytorch_model").is_dir()
@@ -188,8 +212,11 @@ def test_accelerate_launch_use_deepspeed_distills_as_ddp(tmp_path, phis):
     # ZeRO-2 reduces gradients in its own buckets, DDP in others: float32 sums in another order.
     # Over 4 steps that moves a weight by up to ~1e-5 (1.02e-5 seen with the packages of
     # 2026-12); a real difference in training (a missed clip, a wrong LR) moves them by ~1e-2.
-    assert_same_weights(load_state_dict(tmp_path / "zero2" / "model.safetensors"),
-                        load_state_dict(tmp_path / "ddp" / "model.safetensors"), atol=3e-5)
+    assert_same_weights(
+        load_state_dict(tmp_path / "zero2" / "model.safetensors"),
+        load_state_dict(tmp_path / "ddp" / "model.safetensors"),
+        atol=3e-5,
+    )
     student = load_student(tmp_path / "zero2").eval()
     with torch.no_grad():
         out = student(torch.rand(1, 3, 64, 64))

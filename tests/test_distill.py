@@ -6,6 +6,7 @@ recipe mistakes are caught before anything is written.
 Everything is tiny: random-init tiny teachers (112-128 px native), the tiny student at
 64-96 px, a few dozen synthetic scenes, PHI-S statistics computed once per module.
 """
+
 from __future__ import annotations
 
 import math
@@ -16,54 +17,17 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from conftest import base_recipe, fresh_process, stage3_recipe, write
 
 import radiosharp
 from radiosharp.engine import checkpoint_dirs, read_metrics
 from radiosharp.export import load_state_dict
-from radiosharp.recipe import RecipeError, load_recipe
+from radiosharp.recipe import load_recipe
 from radiosharp.student_io import load_student, save_student
-from conftest import fresh_process
 from radiosharp.train import main as train_main
 from radiosharp.trainers import distill
 from radiosharp.trainers.common import build_teacher_slots
 from radiosharp.trainers.distill import DistillTrainer
-
-
-
-@pytest.fixture(scope="module")
-def phis(tmp_path_factory) -> dict[str, str]:
-    """PHI-S statistics of the tiny teachers, computed once (what python -m radiosharp.stats writes)."""
-    from radiosharp.stats import teacher_moments
-
-    out = tmp_path_factory.mktemp("phi_s")
-    data = radiosharp.build_dataset({"source": "synthetic", "num_images": 16, "size": 128, "seed": 5})
-    paths = {}
-    for key in ("dfn_clip", "dinov2", "sam"):
-        teacher = radiosharp.build_teacher({"family": key, "size": "tiny"})
-        paths[key] = str(teacher_moments(teacher, data, 16, 8).save(out / f"{key}.safetensors"))
-    return paths
-
-
-def base_recipe(out: Path, phis: dict[str, str], **sections: Any) -> dict[str, Any]:
-    """Two tiny teachers, one 64 px partition (a 4x4 student grid vs the teachers' 8x8)."""
-    recipe = {
-        "kind": "distill",
-        "output_dir": str(out),
-        "teachers": {"dfn_clip": {"size": "tiny", "phi_s": phis["dfn_clip"]},
-                     "dinov2": {"size": "tiny", "phi_s": phis["dinov2"]}},
-        "student": {"name": "radio", "size": "tiny"},
-        "data": {"source": "synthetic", "num_images": 48, "size": 128, "seed": 0},
-        "distill": {"partitions": [{"name": "low", "size": 64, "batch_size": 4}]},
-        "train": {"steps": 4, "batch_size": 4, "log_every": 1,
-                  "optim": {"lr": 2e-3, "warmup_steps": 2, "weight_decay": 0.0}},
-    }
-    recipe.update(sections)
-    return recipe
-
-
-def write(path: Path, data: dict[str, Any]) -> Path:
-    path.write_text(yaml.safe_dump(data))
-    return path
 
 
 def train(path: Path, *overrides: str) -> Path:
@@ -71,26 +35,17 @@ def train(path: Path, *overrides: str) -> Path:
     return DistillTrainer(load_recipe(path, list(overrides))).run()
 
 
-def stage3_recipe(out: Path, phis: dict[str, str]) -> dict[str, Any]:
-    """A low 64 px partition and a hi 96 px one (6x6 student grid) where DFN CLIP is upsampled 2x."""
-    recipe = base_recipe(out, phis)
-    recipe["teachers"]["dfn_clip"]["upsampler"] = {"name": "bilinear", "factor": 2}
-    recipe["distill"] = {"partitions": [{"name": "low", "size": 64, "batch_size": 2},
-                                        {"name": "hi", "size": 96, "batch_size": 2, "upsample": True}]}
-    recipe["train"]["steps"] = 2
-    return recipe
-
-
 def export_featsharp(run_dir: Path, teacher_cfg: dict[str, Any], bias: float = 0.5) -> Path:
     """An exported FeatSharp 2x upsampler run for ``teacher_cfg``, untrained but for a visible
     de-bias buffer (what a ``kind: upsampler`` run leaves behind)."""
+    from radiosharp.debias import Debias
     from radiosharp.phis import PhiS
     from radiosharp.upsampled import UpsampledTeacher, save_upsampler
-    from upsamplers.debias import Debias
 
     teacher = radiosharp.build_teacher(teacher_cfg)
-    upsampler = radiosharp.build_upsampler({"name": "featsharp"}, factor=2, dim=teacher.embed_dim,
-                                           patch_size=teacher.patch_size)
+    upsampler = radiosharp.build_upsampler(
+        {"name": "featsharp"}, factor=2, dim=teacher.embed_dim, patch_size=teacher.patch_size
+    )
     debias = Debias(teacher.embed_dim, teacher.feature_grid)
     with torch.no_grad():
         debias.bias.fill_(bias)
@@ -124,8 +79,9 @@ def test_loss_falls_and_export_reloads_to_identical_outputs(tmp_path, phis):
     first, last = sum(losses[:3]) / 3, sum(losses[-5:]) / 5
     assert last < 0.75 * first, f"loss did not fall: first steps {first:.3f}, last steps {last:.3f}"
     rows = read_metrics(run_dir)
-    assert {"low/dfn_clip/features", "low/dfn_clip/summary", "low/dinov2/features", "lr",
-            "images_per_s"} <= rows[-1].keys()
+    assert {"low/dfn_clip/features", "low/dfn_clip/summary", "low/dinov2/features", "lr", "images_per_s"} <= rows[
+        -1
+    ].keys()
 
     trained = trainer.unwrapped().student.eval()
     reloaded = load_student(run_dir)
@@ -141,8 +97,9 @@ def test_loss_falls_and_export_reloads_to_identical_outputs(tmp_path, phis):
 def test_init_from_starts_the_next_stage_from_the_previous_weights(tmp_path, phis):
     stage1 = train(write(tmp_path / "s1.yaml", base_recipe(tmp_path / "stage1", phis)))
     stage2 = base_recipe(tmp_path / "stage2", phis, init_from=str(stage1))
-    stage2["distill"] = {"partitions": [{"name": "low", "size": 64, "batch_size": 2},
-                                        {"name": "mid", "size": 96, "batch_size": 2}]}
+    stage2["distill"] = {
+        "partitions": [{"name": "low", "size": 64, "batch_size": 2}, {"name": "mid", "size": 96, "batch_size": 2}]
+    }
     fresh_process()
     trainer = DistillTrainer(load_recipe(write(tmp_path / "s2.yaml", stage2)))
     trainer.build()
@@ -186,17 +143,18 @@ def test_upsampled_targets_and_low_res_debias(tmp_path, phis):
     """Hi-res targets come from the upsampler run; the low-res ones get its de-bias buffer."""
     teacher_cfg = {"family": "dfn_clip", "size": "tiny"}
     featsharp = export_featsharp(tmp_path / "up", teacher_cfg, bias=0.5)
-    recipe = load_recipe(write(tmp_path / "r.yaml", stage3_recipe(tmp_path / "run", phis)),
-                         [f"teachers.dfn_clip.upsampler={featsharp}"])
+    recipe = load_recipe(
+        write(tmp_path / "r.yaml", stage3_recipe(tmp_path / "run", phis)), [f"teachers.dfn_clip.upsampler={featsharp}"]
+    )
     slot = build_teacher_slots(recipe)["dfn_clip"]
     slot.low_res_debias = slot.upsampled.debias
     images = torch.rand(2, 3, 96, 96, generator=torch.Generator().manual_seed(1))
     teacher = radiosharp.build_teacher(teacher_cfg)
     with torch.no_grad():
-        plain = teacher(torch.nn.functional.interpolate(images, size=(112, 112), mode="bilinear",
-                                                        align_corners=False))
+        plain = teacher(torch.nn.functional.interpolate(images, size=(112, 112), mode="bilinear", align_corners=False))
         expected_hi = radiosharp.load_upsampled_teacher(featsharp)(
-            torch.nn.functional.interpolate(images, size=(224, 224), mode="bilinear", align_corners=False))
+            torch.nn.functional.interpolate(images, size=(224, 224), mode="bilinear", align_corners=False)
+        )
     low, hi = slot.targets(images), slot.targets(images, upsample=True)
     torch.testing.assert_close(low.features, plain.features + 0.5)
     torch.testing.assert_close(low.summary, plain.summary)
@@ -206,18 +164,22 @@ def test_upsampled_targets_and_low_res_debias(tmp_path, phis):
 
 def test_sam_teaches_its_own_partition_without_a_summary(tmp_path, phis):
     recipe = base_recipe(tmp_path / "run", phis)
-    recipe["teachers"] = {"dfn_clip": {"size": "tiny", "phi_s": phis["dfn_clip"], "partitions": ["low"]},
-                          "sam": {"size": "tiny", "phi_s": phis["sam"], "partitions": ["sam"]}}
-    recipe["distill"] = {"partitions": [{"name": "low", "size": 64, "batch_size": 2},
-                                        {"name": "sam", "size": 128, "batch_size": 2}]}
+    recipe["teachers"] = {
+        "dfn_clip": {"size": "tiny", "phi_s": phis["dfn_clip"], "partitions": ["low"]},
+        "sam": {"size": "tiny", "phi_s": phis["sam"], "partitions": ["sam"]},
+    }
+    recipe["distill"] = {
+        "partitions": [{"name": "low", "size": 64, "batch_size": 2}, {"name": "sam", "size": 128, "batch_size": 2}]
+    }
     recipe["train"]["steps"] = 2
     fresh_process()
     trainer = DistillTrainer(load_recipe(write(tmp_path / "r.yaml", recipe)))
     run_dir = trainer.run()
     row = read_metrics(run_dir)[-1]
     assert "sam/sam/features" in row and "low/dfn_clip/summary" in row
-    assert not any(k.startswith("sam/sam/summary") or k.startswith("low/sam") or k.startswith("sam/dfn_clip")
-                   for k in row)
+    assert not any(
+        k.startswith("sam/sam/summary") or k.startswith("low/sam") or k.startswith("sam/dfn_clip") for k in row
+    )
     assert torch.isfinite(torch.tensor(row["loss"]))
     student = load_student(run_dir)
     with torch.no_grad():
@@ -229,11 +191,13 @@ def test_partition_losses_are_weighted_by_their_share_of_the_batch(tmp_path, phi
     """The step loss is the per-image mean: 3 images at 1.0 and 1 at 5.0 give 2.0, not 3.0."""
     recipe = base_recipe(tmp_path / "run", phis)
     recipe["teachers"] = {"dinov2": {"size": "tiny", "phi_s": phis["dinov2"]}}
-    recipe["distill"] = {"partitions": [{"name": "a", "size": 64, "batch_size": 3},
-                                        {"name": "b", "size": 96, "batch_size": 1}]}
+    recipe["distill"] = {
+        "partitions": [{"name": "a", "size": 64, "batch_size": 3}, {"name": "b", "size": 96, "batch_size": 1}]
+    }
     monkeypatch.setattr(distill, "summary_loss", lambda pred, target: pred.sum() * 0)
-    monkeypatch.setattr(distill, "feature_loss",
-                        lambda pred, target, phi: pred.sum() * 0 + (1.0 if pred.shape[-1] == 4 else 5.0))
+    monkeypatch.setattr(
+        distill, "feature_loss", lambda pred, target, phi: pred.sum() * 0 + (1.0 if pred.shape[-1] == 4 else 5.0)
+    )
     fresh_process()
     trainer = DistillTrainer(load_recipe(write(tmp_path / "r.yaml", recipe)))
     trainer.build()
@@ -309,8 +273,9 @@ def _unknown_key(r, tmp):
 
 
 def _incompatible_init(r, tmp):
-    other = radiosharp.build_student({"name": "radio", "size": "tiny"},
-                                     teachers={"dinov2": {"feature_dim": 32, "summary_dim": 32}})
+    other = radiosharp.build_student(
+        {"name": "radio", "size": "tiny"}, teachers={"dinov2": {"feature_dim": 32, "summary_dim": 32}}
+    )
     save_student(tmp / "other_student", other)
     r["init_from"] = str(tmp / "other_student")
 
@@ -332,25 +297,34 @@ def _init_from_an_upsampler_run(r, tmp):
 
 
 def _no_teacher_for_a_partition(r, tmp):
-    r["distill"]["partitions"] = [{"name": "low", "size": 64, "batch_size": 2},
-                                  {"name": "sam", "size": 128, "batch_size": 2}]
+    r["distill"]["partitions"] = [
+        {"name": "low", "size": 64, "batch_size": 2},
+        {"name": "sam", "size": 128, "batch_size": 2},
+    ]
     for t in r["teachers"].values():
         t["partitions"] = ["low"]
 
 
-@pytest.mark.parametrize("mutate,message", [
-    (_bad_partition_size, r"distill\.partitions\[low\]\.size:.*72x72.*multiple of the patch size 16.*64x64"),
-    (_batch_sum, r"train\.batch_size \(6\) must equal the sum of the partitions' batch sizes \(4 = 4\)"),
-    (_unknown_partition, r"teachers\.dinov2\.partitions names 'hi'; valid partitions: low"),
-    (_untrained_featsharp, r"teachers\.dfn_clip\.upsampler: 'featsharp' must be trained first.*bilinear, tiles, s2"),
-    (_missing_run, r"teachers\.dfn_clip\.upsampler: run folder not found: .*nope"),
-    (_unknown_key, r"unknown key 'distill\.partitions\.0\.sise'"),
-    (_incompatible_init, r"init_from .*other_student: its student does not match.*adaptors\.dfn_clip"),
-    (_reordered_init, r"learned teachers \['dinov2', 'dfn_clip'\] in that order"),
-    (_upsampler_for_another_teacher, r"trained for another teacher \(seed: 1 there, 0 here\)"),
-    (_init_from_an_upsampler_run, r"init_from: .*holds a 'upsampler' export, expected 'student'"),
-    (_no_teacher_for_a_partition, r"distill partition 'sam' has no teacher"),
-], ids=lambda v: v.__name__.strip("_") if callable(v) else "")
+@pytest.mark.parametrize(
+    "mutate,message",
+    [
+        (_bad_partition_size, r"distill\.partitions\[low\]\.size:.*72x72.*multiple of the patch size 16.*64x64"),
+        (_batch_sum, r"train\.batch_size \(6\) must equal the sum of the partitions' batch sizes \(4 = 4\)"),
+        (_unknown_partition, r"teachers\.dinov2\.partitions names 'hi'; valid partitions: low"),
+        (
+            _untrained_featsharp,
+            r"teachers\.dfn_clip\.upsampler: 'featsharp' must be trained first.*bilinear, s2, tiles",
+        ),
+        (_missing_run, r"teachers\.dfn_clip\.upsampler: run folder not found: .*nope"),
+        (_unknown_key, r"unknown key 'distill\.partitions\.0\.sise'"),
+        (_incompatible_init, r"init_from .*other_student: its student does not match.*adaptors\.dfn_clip"),
+        (_reordered_init, r"learned teachers \['dinov2', 'dfn_clip'\] in that order"),
+        (_upsampler_for_another_teacher, r"trained for another teacher \(seed: 1 there, 0 here\)"),
+        (_init_from_an_upsampler_run, r"init_from: .*holds a 'upsampler' export, expected 'student'"),
+        (_no_teacher_for_a_partition, r"distill partition 'sam' has no teacher"),
+    ],
+    ids=lambda v: v.__name__.strip("_") if callable(v) else "",
+)
 def test_recipe_mistakes_fail_clearly_before_anything_is_written(tmp_path, phis, capsys, mutate, message):
     data = base_recipe(tmp_path / "out", phis)
     mutate(data, tmp_path)
@@ -381,8 +355,7 @@ def demo_phis(tmp_path_factory) -> dict[str, str]:
 
 
 def demo_overrides(phis: dict[str, str], out: Path) -> list[str]:
-    return [f"teachers.dinov2.phi_s={phis['dinov2']}", f"teachers.vgg_hed.phi_s={phis['vgg_hed']}",
-            f"output_dir={out}"]
+    return [f"teachers.dinov2.phi_s={phis['dinov2']}", f"teachers.vgg_hed.phi_s={phis['vgg_hed']}", f"output_dir={out}"]
 
 
 def demo_dinov2() -> dict[str, Any]:
@@ -391,8 +364,13 @@ def demo_dinov2() -> dict[str, Any]:
 
 
 def test_demo_stage1_trains_and_its_loss_falls(tmp_path, demo_phis):
-    run_dir = train(DEMO / "stage1.yaml", *demo_overrides(demo_phis, tmp_path / "stage1"),
-                    "train.steps=30", "train.log_every=1", "train.optim.warmup_steps=3")
+    run_dir = train(
+        DEMO / "stage1.yaml",
+        *demo_overrides(demo_phis, tmp_path / "stage1"),
+        "train.steps=30",
+        "train.log_every=1",
+        "train.optim.warmup_steps=3",
+    )
     losses = [r["loss"] for r in read_metrics(run_dir)]
     assert sum(losses[-5:]) / 5 < 0.75 * sum(losses[:3]) / 3, losses
 
@@ -401,13 +379,19 @@ def test_demo_stage3_runs_with_bilinear_and_with_featsharp_by_override(tmp_path,
     featsharp = export_featsharp(tmp_path / "up_featsharp", demo_dinov2())
     common = ["init_from=", "train.steps=2", "train.log_every=1"]  # no stage 2 to start from here
     bilinear = train(DEMO / "stage3_hires.yaml", *demo_overrides(demo_phis, tmp_path / "bilinear"), *common)
-    sharp = train(DEMO / "stage3_hires.yaml", *demo_overrides(demo_phis, tmp_path / "featsharp"), *common,
-                  f"teachers.dinov2.upsampler={featsharp}")
+    sharp = train(
+        DEMO / "stage3_hires.yaml",
+        *demo_overrides(demo_phis, tmp_path / "featsharp"),
+        *common,
+        f"teachers.dinov2.upsampler={featsharp}",
+    )
     for run in (bilinear, sharp):
         assert {"hi/dinov2/features", "low/dinov2/features", "low/vgg_hed/features"} <= read_metrics(run)[-1].keys()
         assert "hi/vgg_hed/features" not in read_metrics(run)[-1]  # VGG16-HED teaches at 128 px only
-    up = [yaml.safe_load((run / "recipe.yaml").read_text())["teachers"]["dinov2"]["upsampler"]
-          for run in (bilinear, sharp)]
+    up = [
+        yaml.safe_load((run / "recipe.yaml").read_text())["teachers"]["dinov2"]["upsampler"]
+        for run in (bilinear, sharp)
+    ]
     assert (up[0]["name"], up[0]["run"]) == ("bilinear", None) and up[1]["run"] == str(featsharp)
 
 
@@ -417,8 +401,10 @@ def test_demo_stages_chain_as_shipped(tmp_path, demo_phis):
     s1 = train(DEMO / "stage1.yaml", *demo_overrides(demo_phis, tmp_path / "stage1"))
     s2 = train(DEMO / "stage2.yaml", *demo_overrides(demo_phis, tmp_path / "stage2"), f"init_from={s1}")
     featsharp = export_featsharp(tmp_path / "up_featsharp", demo_dinov2())
-    s3 = [train(DEMO / "stage3_hires.yaml", *demo_overrides(demo_phis, tmp_path / name), f"init_from={s2}", *extra)
-          for name, extra in (("bilinear", []), ("featsharp", [f"teachers.dinov2.upsampler={featsharp}"]))]
+    s3 = [
+        train(DEMO / "stage3_hires.yaml", *demo_overrides(demo_phis, tmp_path / name), f"init_from={s2}", *extra)
+        for name, extra in (("bilinear", []), ("featsharp", [f"teachers.dinov2.upsampler={featsharp}"]))
+    ]
     losses = [r["loss"] for r in read_metrics(s1)]
     assert sum(losses[-3:]) / 3 < 0.5 * losses[0], losses
     for run in s3:  # the student has never seen 384 px before stage 3: the hi partition learns

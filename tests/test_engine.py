@@ -4,15 +4,14 @@ run-folder safety, several processes == one process, and the step-indexed data o
 Every run here is the toy kind of run of ``tests/_toy_trainer.py`` (a small MLP on a
 64-sample dataset), so what is tested is the engine itself.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import random
 import shutil
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,35 +19,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-
-from conftest import fresh_process
 from _toy_trainer import Interrupted, ToyDataset, ToyMLP, ToyTrainer, toy_recipe
-from radiosharp.engine import (
-    StepBatchSampler,
-    checkpoint_dirs,
-    lr_at,
-    read_metrics,
-    resolve_precision,
-    step_loader,
-)
-from radiosharp.export import load_state_dict
+from conftest import REPO, assert_same_weights, fresh_process, torchrun, weights
+
+from radiosharp.engine import StepBatchSampler, checkpoint_dirs, lr_at, read_metrics, resolve_precision, step_loader
 from radiosharp.recipe import OptimConfig, Recipe, RecipeError
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-
-def weights(run_dir: Path) -> dict[str, torch.Tensor]:
-    return load_state_dict(run_dir / "model.safetensors")
-
-
-def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float = 0.0) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        if atol == 0.0:
-            assert torch.equal(a[key], b[key]), f"{key} differs by {(a[key] - b[key]).abs().max():.3g}"
-        else:
-            torch.testing.assert_close(a[key], b[key], atol=atol, rtol=0, msg=lambda m, k=key: f"{k}: {m}")
 
 
 def scramble_rngs() -> None:
@@ -59,8 +34,7 @@ def scramble_rngs() -> None:
 
 
 def tree(path: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(path)): (p.read_bytes() if p.is_file() else b"<dir>")
-            for p in sorted(path.rglob("*"))}
+    return {str(p.relative_to(path)): (p.read_bytes() if p.is_file() else b"<dir>") for p in sorted(path.rglob("*"))}
 
 
 # ----------------------------------------------------------------------------- 1. the loop
@@ -125,13 +99,23 @@ def test_each_micro_step_sees_its_share_of_the_step_batch(tmp_path):
 # ----------------------------------------------------------------------------- 2. exact resume
 
 
-@pytest.mark.parametrize("noise,grad_accum", [(False, 1), (True, 1), (True, 2)],
-                         ids=["plain", "dropout+noise", "dropout+noise+accum2"])
+@pytest.mark.parametrize(
+    "noise,grad_accum", [(False, 1), (True, 1), (True, 2)], ids=["plain", "dropout+noise", "dropout+noise+accum2"]
+)
 def test_resumed_run_equals_uninterrupted_run(tmp_path, noise, grad_accum):
     steps = 8
+
     def recipe(name, resume=False):
-        return toy_recipe(tmp_path / name, steps=steps, batch_size=8, grad_accum=grad_accum, log_every=1,
-                          checkpoint_every=steps // 2, warmup_steps=2, resume=resume)
+        return toy_recipe(
+            tmp_path / name,
+            steps=steps,
+            batch_size=8,
+            grad_accum=grad_accum,
+            log_every=1,
+            checkpoint_every=steps // 2,
+            warmup_steps=2,
+            resume=resume,
+        )
 
     straight = ToyTrainer(recipe("straight"), noise=noise)
     straight.run()
@@ -211,8 +195,7 @@ def test_crash_mid_save_keeps_last_good_checkpoint_and_resume_uses_it(tmp_path):
     assert [p.name for p in checkpoint_dirs(run_dir)] == ["step_00000002", "step_00000004"]
 
     fresh_process()
-    resumed = ToyTrainer(toy_recipe(run_dir, steps=6, checkpoint_every=2, keep_checkpoints=2, log_every=1,
-                                    resume=True))
+    resumed = ToyTrainer(toy_recipe(run_dir, steps=6, checkpoint_every=2, keep_checkpoints=2, log_every=1, resume=True))
     resumed.run()
     assert resumed.lrs == pytest.approx([lr_at(s, 6, resumed.recipe.train.optim) for s in (4, 5)])
     # Stale .tmp folders are cleared, and keep_checkpoints=2 pruned step 2.
@@ -229,7 +212,10 @@ def test_keep_last_k_checkpoints(tmp_path):
     # Saved at 2, 4, 6 and at the end (7); the oldest went.
     assert [p.name for p in checkpoint_dirs(run_dir)] == ["step_00000004", "step_00000006", "step_00000007"]
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
-        "step_00000004", "step_00000006", "step_00000007"]
+        "step_00000004",
+        "step_00000006",
+        "step_00000007",
+    ]
 
 
 # ----------------------------------------------------------------------------- 4. run-folder safety
@@ -298,29 +284,27 @@ def test_find_unused_parameters_reaches_ddp(tmp_path):
 # ----------------------------------------------------------------------------- 5. two processes
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
+@pytest.mark.subprocess
 def test_two_processes_match_one_process(tmp_path):
     """torchrun, 2 CPU processes (gloo): each takes half of every micro-batch, DDP averages
     the gradients, so the weights equal a 1-process run with the same global batch. The
     second job has a head that never gets a gradient: it trains only because the trainer
     asks DDP to find unused parameters."""
     jobs = [
-        {"recipe": toy_recipe(tmp_path / "ddp", steps=3, batch_size=8, grad_accum=2, log_every=1
-                              ).model_dump(mode="json")},
-        {"recipe": toy_recipe(tmp_path / "ddp_unused", steps=2, batch_size=4, log_every=1
-                              ).model_dump(mode="json"), "options": {"unused_head": True}},
+        {
+            "recipe": toy_recipe(tmp_path / "ddp", steps=3, batch_size=8, grad_accum=2, log_every=1).model_dump(
+                mode="json"
+            )
+        },
+        {
+            "recipe": toy_recipe(tmp_path / "ddp_unused", steps=2, batch_size=4, log_every=1).model_dump(mode="json"),
+            "options": {"unused_head": True},
+        },
     ]
     (tmp_path / "jobs.json").write_text(json.dumps(jobs))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), str(REPO / "tests" / "_toy_trainer.py"), str(tmp_path / "jobs.json")]
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=180)
+    cmd = torchrun(str(REPO / "tests" / "_toy_trainer.py"), str(tmp_path / "jobs.json"))
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     ToyTrainer(toy_recipe(tmp_path / "one", steps=3, batch_size=8, grad_accum=2, log_every=1)).run()
@@ -346,7 +330,7 @@ def test_every_sample_once_per_epoch_and_epochs_reshuffle():
     n, batch = 12, 4
     sampler = StepBatchSampler(n, batch, seed=3, num_steps=4 * n // batch)
     flat = [i for b in sampler for i in b]
-    epochs = [flat[e * n:(e + 1) * n] for e in range(4)]
+    epochs = [flat[e * n : (e + 1) * n] for e in range(4)]
     for epoch in epochs:
         assert sorted(epoch) == list(range(n))
     assert len({tuple(e) for e in epochs}) == 4  # a fresh permutation each epoch

@@ -1,4 +1,5 @@
 """Streaming sources (webdataset shards) feed the engine epoch after epoch; resume skips exactly."""
+
 from __future__ import annotations
 
 import itertools
@@ -55,20 +56,25 @@ def test_no_weight_decay_on_tokens_tables_and_1d_parameters():
 
 
 def test_resume_refuses_a_changed_recipe_but_allows_a_longer_run(tmp_path):
+    import pytest
+
     from radiosharp.engine import check_resumed_recipe
     from radiosharp.recipe import RecipeError, recipe_to_yaml, validate_recipe
 
-    import pytest
-
-    base = {"kind": "featurize", "output_dir": str(tmp_path), "teachers": {"dinov2": {"size": "tiny"}},
-            "train": {"steps": 10}}
+    base = {
+        "kind": "featurize",
+        "output_dir": str(tmp_path),
+        "teachers": {"dinov2": {"size": "tiny"}},
+        "train": {"steps": 10},
+    }
     (tmp_path / "recipe.yaml").write_text(recipe_to_yaml(validate_recipe(base)))
     longer = validate_recipe({**base, "resume": True, "train": {"steps": 20}})
     check_resumed_recipe(longer, tmp_path)  # allowed: only the length changes
     other_lr = validate_recipe({**base, "resume": True, "train": {"steps": 10, "optim": {"lr": 0.5}}})
     with pytest.raises(RecipeError, match=r"train\.optim\.lr: 0\.0001 -> 0\.5"):
         check_resumed_recipe(other_lr, tmp_path)
-    more_teachers = validate_recipe({**base, "resume": True, "teachers": {"dinov2": {"size": "tiny"},
-                                                                          "sam": {"size": "tiny"}}})
+    more_teachers = validate_recipe(
+        {**base, "resume": True, "teachers": {"dinov2": {"size": "tiny"}, "sam": {"size": "tiny"}}}
+    )
     with pytest.raises(RecipeError, match=r"teachers\.sam"):
         check_resumed_recipe(more_teachers, tmp_path)

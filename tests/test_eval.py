@@ -1,4 +1,5 @@
 """Eval: metric functions, probes that must learn known answers, MTL gain, the CLI."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,7 @@ from radiosharp.contracts import StudentOutput, TeacherOutput
 from radiosharp.eval import metrics as M
 from radiosharp.eval.features import FeatureSet, split_output
 from radiosharp.eval.mtl import metric_delta, mtl_gain
-from radiosharp.eval.probes import (fit_depth_probe, fit_segmentation_probe, knn_predict,
-                                    predict_segmentation)
+from radiosharp.eval.probes import fit_depth_probe, fit_segmentation_probe, knn_predict, predict_segmentation
 from radiosharp.eval.settings import EvalError, parse_settings, select_tasks
 from radiosharp.eval.task import EvalContext
 from radiosharp.registry import DATASETS, TASKS
@@ -28,10 +28,16 @@ def ok(**metrics):
 
 
 def test_mtl_gain_known_numbers():
-    base = {"knn": ok(top1=(0.40, True)), "depth": ok(rmse=(1.0, False), delta1=(0.90, True)),
-            "zeroshot": ok(top1=(0.2, True))}
-    run = {"knn": ok(top1=(0.50, True)), "depth": ok(rmse=(0.8, False), delta1=(0.90, True)),
-           "zeroshot": {"status": "skipped", "reason": "no text tower"}}
+    base = {
+        "knn": ok(top1=(0.40, True)),
+        "depth": ok(rmse=(1.0, False), delta1=(0.90, True)),
+        "zeroshot": ok(top1=(0.2, True)),
+    }
+    run = {
+        "knn": ok(top1=(0.50, True)),
+        "depth": ok(rmse=(0.8, False), delta1=(0.90, True)),
+        "zeroshot": {"status": "skipped", "reason": "no text tower"},
+    }
     gain = mtl_gain(run, base)
     assert gain["metric_deltas"]["knn/top1"] == pytest.approx(25.0)
     assert gain["metric_deltas"]["depth/rmse"] == pytest.approx(20.0)  # lower is better: 20 % less error
@@ -350,8 +356,13 @@ class BlockScenes(torch.utils.data.Dataset):
         cells = torch.randint(0, 4, (1, 1, 4, 4), generator=g).float()
         mask = F.interpolate(cells, size=(self.size, self.size), mode="nearest")[0, 0].long()
         image = (PALETTE[mask].permute(2, 0, 1) + 0.05 * torch.randn(3, self.size, self.size, generator=g)).clamp(0, 1)
-        return {"image": image, "mask": mask, "depth": 1.0 + mask.float(), "label": int(mask.flatten().mode().values),
-                "key": f"{self.seed}-{i}"}
+        return {
+            "image": image,
+            "mask": mask,
+            "depth": 1.0 + mask.float(),
+            "label": int(mask.flatten().mode().values),
+            "key": f"{self.seed}-{i}",
+        }
 
 
 @pytest.fixture
@@ -394,8 +405,9 @@ def two_runs(tmp_path, monkeypatch, blocks_source):
     runs = []
     for name, seed in (("base", 0), ("new", 1)):
         run = tmp_path / name
-        student = radiosharp.build_student({"name": "radio", "size": "tiny", "seed": seed},
-                                           teachers={"clip": {"summary_dim": 16, "feature_dim": 24}})
+        student = radiosharp.build_student(
+            {"name": "radio", "size": "tiny", "seed": seed}, teachers={"clip": {"summary_dim": 16, "feature_dim": 24}}
+        )
         save_student(run, student)
         (run / "recipe.yaml").write_text(RECIPE)
         runs.append(run)
@@ -423,8 +435,7 @@ def test_mtl_cli_writes_table_json_report_and_reuses_cache(two_runs, tmp_path, c
     assert report == new / "eval" / "mtl_report.md" and "Δm" in report.read_text()
     assert len(LOADS) == 2
 
-    assert main(["mtl", str(new), "--baseline", str(base), "--no-progress",
-                 "--report", str(tmp_path / "r.md")]) == 0
+    assert main(["mtl", str(new), "--baseline", str(base), "--no-progress", "--report", str(tmp_path / "r.md")]) == 0
     text = capsys.readouterr().out
     assert len(LOADS) == 2  # cached: no featurizer was loaded again
     lines = text.splitlines()
@@ -495,8 +506,9 @@ def test_default_suite_on_the_synthetic_benchmark(tmp_path, capsys):
 
     if "synthetic" not in DATASETS:
         pytest.skip("the synthetic data source is not available")
-    student = radiosharp.build_student({"name": "radio", "size": "tiny"},
-                                       teachers={"clip": {"summary_dim": 16, "feature_dim": 24}})
+    student = radiosharp.build_student(
+        {"name": "radio", "size": "tiny"}, teachers={"clip": {"summary_dim": 16, "feature_dim": 24}}
+    )
     save_student(tmp_path / "run", student)
     assert main(["run", str(tmp_path / "run"), "--json", "--no-progress"]) == 0
     tasks = json.loads(capsys.readouterr().out)["runs"][0]["tasks"]

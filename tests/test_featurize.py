@@ -1,4 +1,5 @@
 """kind: featurize writes one PCA picture per image; the PCA basis is shared and stable."""
+
 from __future__ import annotations
 
 import numpy as np

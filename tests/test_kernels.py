@@ -4,6 +4,7 @@ Both must equal naive references (unfold + masked softmax; FeatUp's JBU formula
 written out), forward and backward, and keep far less memory for backward than the
 unfold version does.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -132,7 +133,7 @@ def _naive_jbu(stage: JointBilateralUpsampler, features: torch.Tensor, images: t
     range_kernel = logits.masked_fill(~inside, float("-inf")).softmax(dim=1)
     ticks = torch.linspace(-1, 1, k, dtype=up.dtype)
     yy, xx = torch.meshgrid(ticks, ticks, indexing="ij")
-    spatial = torch.exp(-(yy ** 2 + xx ** 2) / (2 * stage.sigma_spatial ** 2)).reshape(1, k * k, 1, 1)
+    spatial = torch.exp(-(yy**2 + xx**2) / (2 * stage.sigma_spatial**2)).reshape(1, k * k, 1, 1)
     kernel = range_kernel * spatial
     kernel = kernel / kernel.sum(1, keepdim=True)
     return (kernel.unsqueeze(1) * win_feats).sum(2)
@@ -175,8 +176,12 @@ def test_jbu_spatial_kernel_gradient_reaches_every_tap():
 
 def test_jbu_filter_gradcheck():
     g = torch.Generator().manual_seed(4)
-    args = [torch.randn(1, 2, 4, 3, generator=g, dtype=D64), torch.randn(1, 2, 4, 3, generator=g, dtype=D64),
-            torch.randn(1, 2, 4, 3, generator=g, dtype=D64), torch.randn(1, 9, generator=g, dtype=D64)]
+    args = [
+        torch.randn(1, 2, 4, 3, generator=g, dtype=D64),
+        torch.randn(1, 2, 4, 3, generator=g, dtype=D64),
+        torch.randn(1, 2, 4, 3, generator=g, dtype=D64),
+        torch.randn(1, 9, generator=g, dtype=D64),
+    ]
     args = [a.requires_grad_() for a in args]
     assert torch.autograd.gradcheck(lambda f, q, k, s: joint_bilateral_filter(f, q, k, s, 3), args)
 

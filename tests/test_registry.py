@@ -1,4 +1,5 @@
 """Registries: names resolve, unknown names list the valid ones, options are checked."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """``python -m radiosharp.reproduce``: a reduced fidelity row on the real teacher, end to end."""
+
 from __future__ import annotations
 
 import json
@@ -42,9 +43,13 @@ def test_quick_fidelity_row_writes_the_page_with_its_command(tmp_path, capsys):
 
 
 def test_paper_checks_are_computed_from_the_numbers():
-    data = {"rows": [{"method": "bilinear", "factor": 2, "fidelity": [2.0, 2.2]},
-                     {"method": "featup", "factor": 2, "fidelity": [1.9]},
-                     {"method": "featsharp", "factor": 2, "fidelity": [2.5, 2.4]}]}
+    data = {
+        "rows": [
+            {"method": "bilinear", "factor": 2, "fidelity": [2.0, 2.2]},
+            {"method": "featup", "factor": 2, "fidelity": [1.9]},
+            {"method": "featsharp", "factor": 2, "fidelity": [2.5, 2.4]},
+        ]
+    }
     checks = paper_checks("fidelity", data)
     assert "- FeatSharp has the highest fidelity at 2x: agrees (highest: featsharp)" in checks
     assert "- FeatUp beats bilinear in fidelity at 2x: **disagrees**" in checks

@@ -1,4 +1,5 @@
 """The RADIO student: shapes, CPE, registers, ViTDet, export round trip, gradients."""
+
 from __future__ import annotations
 
 import math
@@ -35,6 +36,7 @@ def outputs_as_list(out) -> list[torch.Tensor]:
 
 # ---------------------------------------------------------------- shapes and tokens
 
+
 @pytest.mark.parametrize("height,width", [(64, 96), (128, 128), (96, 48)])
 def test_output_shapes(student, height, width):
     with torch.no_grad():
@@ -56,7 +58,9 @@ def test_public_attributes(student):
     assert student.adaptors["sam"].summary is None
 
 
-@pytest.mark.parametrize("teachers,multiple,registers", [(3, 8, 5), (8, 8, 0), (9, 8, 7), (3, 0, 0), (3, None, 0), (1, 4, 3)])
+@pytest.mark.parametrize(
+    "teachers,multiple,registers", [(3, 8, 5), (8, 8, 0), (9, 8, 7), (3, 0, 0), (3, None, 0), (1, 4, 3)]
+)
 def test_register_padding(teachers, multiple, registers):
     assert count_registers(teachers, multiple) == registers
     assert (teachers + registers) % (multiple or 1) == 0
@@ -92,8 +96,20 @@ def test_builder_rejects_bad_options():
 def test_registered_with_recipe_options():
     assert "radio" in STUDENTS.names()
     options = STUDENTS.options("radio")
-    for key in ("teachers", "size", "backbone", "max_resolution", "register_multiple", "vitdet_window",
-                "num_global", "adaptor_hidden", "adaptor_inner", "cpe_min_area", "cpe_max_aspect", "seed"):
+    for key in (
+        "teachers",
+        "size",
+        "backbone",
+        "max_resolution",
+        "register_multiple",
+        "vitdet_window",
+        "num_global",
+        "adaptor_hidden",
+        "adaptor_inner",
+        "cpe_min_area",
+        "cpe_max_aspect",
+        "seed",
+    ):
         assert key in options
 
 
@@ -109,6 +125,7 @@ def test_same_seed_same_weights_and_global_rng_untouched():
 
 
 # ---------------------------------------------------------------- CPE
+
 
 def test_train_mode_crops_differ_per_sample(student):
     student.train()
@@ -172,6 +189,7 @@ def test_train_mode_position_embeddings_differ_per_sample():
 
 # ---------------------------------------------------------------- ViTDet
 
+
 def test_global_block_indices_are_evenly_spaced_and_end_global():
     assert global_block_indices(12, 4) == [2, 5, 8, 11]
     assert global_block_indices(4, 2) == [1, 3]
@@ -213,7 +231,9 @@ def test_vitdet_small_window_differs_from_global():
     assert not torch.allclose(a.backbone, b.backbone, atol=1e-3)
 
 
-@pytest.mark.parametrize("size,window", [((64, 64), 4), ((64, 96), 6), ((64, 96), 8)])  # exact; rows padded; both padded
+@pytest.mark.parametrize(
+    "size,window", [((64, 64), 4), ((64, 96), 6), ((64, 96), 8)]
+)  # exact; rows padded; both padded
 def test_vitdet_one_window_covering_grid_equals_global(size, window):
     """With no summary tokens (teachers=None, no registers), one window is global attention."""
     common = dict(teachers=None, register_multiple=0, max_resolution=128, seed=2)
@@ -227,6 +247,7 @@ def test_vitdet_one_window_covering_grid_equals_global(size, window):
 
 
 # ---------------------------------------------------------------- export and training
+
 
 def test_export_round_trip_gives_identical_outputs(tmp_path):
     original = build_radio(teachers=TEACHERS, max_resolution=128, vitdet_window=2, num_global=2, seed=3).eval()
@@ -266,7 +287,7 @@ def test_export_with_trainer_config_and_missing_runs(tmp_path):
 
 def test_export_weight_mismatch_is_an_error(tmp_path):
     student = build_radio(teachers=TEACHERS, max_resolution=64)
-    save_student(tmp_path / "run", student, {**student.config, "adaptor_inner": 2})
+    save_student(tmp_path / "run", student, {**student.build_config, "adaptor_inner": 2})
     with pytest.raises(RuntimeError, match="Missing key"):
         load_student(tmp_path / "run")
 
@@ -341,8 +362,9 @@ def test_cpe_keeps_the_table_unstretched_for_non_square_inputs():
 
     cpe = CroppedPositionEmbedding(8, (16, 16)).eval()
     wide = cpe(1, (4, 8))  # twice as wide as tall: the top half of the table, not a squashed whole
-    top_half = torch.nn.functional.interpolate(cpe.table[:, :, :8, :], size=(4, 8), mode="bilinear",
-                                               align_corners=False)
+    top_half = torch.nn.functional.interpolate(
+        cpe.table[:, :, :8, :], size=(4, 8), mode="bilinear", align_corners=False
+    )
     assert torch.allclose(wide, top_half, atol=1e-5)
     cpe.train()
     windows = cpe.sample_windows(4096, torch.device("cpu"), cpe.relative_aspect((4, 8)))

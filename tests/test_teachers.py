@@ -1,27 +1,41 @@
 """The four teacher families: shapes, the library's own outputs, seeding, freezing,
 size errors, and every way weights arrive (local file, hub cache, neither)."""
+
 from __future__ import annotations
 
 import json
 import re
+import typing
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import fake_hub_repo
 from safetensors.torch import save_file
 
 from radiosharp.registry import TEACHERS
-from teachers._common import MissingWeightsError, WeightsMismatchError, resize_pos_grid
+from teachers._contract import resize_pos_grid
+from teachers._weights import MissingWeightsError, WeightsMismatchError
 
-# (family, options) -> (patch, tiny native, embed_dim, summary_dim)
-CASES = {
-    "dfn_clip": ("dfn_clip", {}),
-    "siglip-open_clip": ("siglip", {}),
-    "siglip-hf": ("siglip", {"source": "hf"}),
-    "dinov2-timm": ("dinov2", {}),
-    "dinov2-hf": ("dinov2", {"source": "hf"}),
-    "sam": ("sam", {}),
-}
+SPECIFIC = ("dfn_clip", "siglip", "dinov2", "sam")  # families with library-reference tests below
+
+
+def source_cases(families) -> dict[str, tuple[str, dict]]:
+    """One case per family and per choice of its builder's ``source`` (read from the registry)."""
+    cases: dict[str, tuple[str, dict]] = {}
+    for family in families:
+        source = TEACHERS.options(family).get("source")
+        hints = typing.get_type_hints(TEACHERS.get(family))
+        choices = typing.get_args(hints["source"]) if source is not None else ()
+        if not choices:
+            cases[family] = (family, {})
+        for choice in choices:
+            cases[f"{family}-{choice}"] = (family, {} if choice == source.default else {"source": choice})
+    return cases
+
+
+# case -> (family, options); EXPECTED: family -> (patch, tiny native, embed_dim, summary_dim)
+CASES = source_cases(SPECIFIC)
 EXPECTED = {
     "dfn_clip": (14, 112, 64, 24),
     "siglip": (14, 112, 48, 48),
@@ -54,6 +68,26 @@ def teachers() -> dict:
 
 def test_registry_lists_the_four_families():
     assert {"dfn_clip", "siglip", "dinov2", "sam"} <= set(TEACHERS.names())
+    assert list(CASES) == ["dfn_clip", "siglip-open_clip", "siglip-hf", "dinov2-timm", "dinov2-hf", "sam"]
+
+
+@pytest.mark.parametrize("case", source_cases(TEACHERS.names()))
+def test_every_registered_teacher_meets_the_contract(case):
+    """Any family in the registry (a new plug-in too): tiny build, frozen, shapes, seeded."""
+    family, options = source_cases(TEACHERS.names())[case]
+    teacher = TEACHERS.build(family, size="tiny", seed=1, **options)
+    n, p = teacher.native_size, teacher.patch_size
+    assert n % p == 0 and teacher.embed_dim > 0
+    assert not teacher.training and not any(q.requires_grad for q in teacher.parameters())
+    x = images(2, n, n)
+    out = teacher(x)
+    assert out.features.shape == (2, teacher.embed_dim, n // p, n // p) and not out.features.requires_grad
+    if teacher.summary_dim is None:
+        assert out.summary is None
+    else:
+        assert out.summary.shape == (2, teacher.summary_dim)
+    again = TEACHERS.build(family, size="tiny", seed=1, **options)(x)
+    assert torch.equal(again.features, out.features)
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -61,7 +95,10 @@ def test_shapes_at_native_and_non_square_sizes(teachers, case):
     teacher = teachers[case]
     patch, native, embed_dim, summary_dim = EXPECTED[CASES[case][0]]
     assert (teacher.patch_size, teacher.native_size, teacher.embed_dim, teacher.summary_dim) == (
-        patch, native, embed_dim, summary_dim,
+        patch,
+        native,
+        embed_dim,
+        summary_dim,
     )
     for batch, height, width in [(2, native, native), (1, native - 2 * patch, native + 2 * patch)]:
         out = teacher(images(batch, height, width))
@@ -86,13 +123,13 @@ def library_outputs(teacher, case: str, pixels: torch.Tensor):
     if case in ("siglip-open_clip", "dinov2-timm"):
         tokens = model.forward_features(pixels)
         summary = model(pixels) if case == "siglip-open_clip" else tokens[:, 0]
-        return summary, tokens[:, model.num_prefix_tokens:]
+        return summary, tokens[:, model.num_prefix_tokens :]
     if case == "siglip-hf":
         out = model(pixel_values=pixels)
         return out.pooler_output, out.last_hidden_state
     if case == "dinov2-hf":
         out = model(pixel_values=pixels)
-        return out.pooler_output, out.last_hidden_state[:, 1 + model.config.num_register_tokens:]
+        return out.pooler_output, out.last_hidden_state[:, 1 + model.config.num_register_tokens :]
     hidden = model(pixel_values=pixels, output_hidden_states=True).hidden_states[-1]  # sam: before the neck
     return None, hidden.flatten(1, 2)
 
@@ -238,17 +275,6 @@ def test_position_grid_resize_keeps_identity_and_constants():
 # ----------------------------------------------------------------------------- the hub cache
 
 
-def fake_hub_repo(cache: Path, repo_id: str) -> Path:
-    """A Hugging Face cache entry for ``repo_id`` (refs/main -> one snapshot); returns the snapshot."""
-    commit = "0" * 40
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    snapshot = repo / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    return snapshot
-
-
 def test_real_open_clip_weights_come_from_the_hub_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     source = tiny("dfn_clip", seed=4)
@@ -263,7 +289,9 @@ def test_real_open_clip_weights_come_from_the_hub_cache(tmp_path, monkeypatch):
     state = {"visual." + k: v for k, v in source.model.state_dict().items()}
     state["text_projection"] = torch.zeros(8, 24)
     save_weights(snapshot / "open_clip_model.safetensors", state)
-    teacher = TEACHERS.build("dfn_clip", size="real", model="hf-hub:test/tiny-clip", native_size=112, cache_dir=str(tmp_path))
+    teacher = TEACHERS.build(
+        "dfn_clip", size="real", model="hf-hub:test/tiny-clip", native_size=112, cache_dir=str(tmp_path)
+    )
     x = images(1, 112, 112)
     assert torch.equal(teacher(x).summary, source(x).summary)
 
@@ -308,7 +336,9 @@ def test_real_transformers_checkpoint_missing_a_weight_fails(tmp_path, monkeypat
     dropped = sorted(k for k in state if "layers.0" in k)[0]
     del state[dropped]
     save_weights(snapshot / "model.safetensors", state)
-    with pytest.raises(WeightsMismatchError, match=f"leaves weights of SamVisionModel unset: missing .*{re.escape(dropped)}"):
+    with pytest.raises(
+        WeightsMismatchError, match=f"leaves weights of SamVisionModel unset: missing .*{re.escape(dropped)}"
+    ):
         TEACHERS.build("sam", size="real", model="test/tiny-sam", native_size=128, cache_dir=str(tmp_path))
 
 
@@ -338,8 +368,14 @@ RANDOM_CASES = {
 
 
 def count_blocks(teacher) -> int:
-    return max(int(m.group(1)) for name, _ in teacher.named_parameters()
-               if (m := re.search(r"(?:blocks|resblocks|layers)\.(\d+)\.", name))) + 1
+    return (
+        max(
+            int(m.group(1))
+            for name, _ in teacher.named_parameters()
+            if (m := re.search(r"(?:blocks|resblocks|layers)\.(\d+)\.", name))
+        )
+        + 1
+    )
 
 
 @pytest.mark.parametrize("family", RANDOM_CASES)
@@ -369,8 +405,11 @@ def test_random_size_refuses_what_it_cannot_build(tmp_path):
         TEACHERS.build("siglip", size="random", source="hf")
     with pytest.raises(ValueError, match=r"dfn_clip: size=random has no text tower"):
         TEACHERS.build("dfn_clip", size="random", text=True)
-    with pytest.raises(ValueError, match=r"sam: model \(with size=random\)='org/sam' is not valid; choose one of: "
-                                         r"facebook/sam-vit-base, facebook/sam-vit-large, facebook/sam-vit-huge"):
+    with pytest.raises(
+        ValueError,
+        match=r"sam: model \(with size=random\)='org/sam' is not valid; choose one of: "
+        r"facebook/sam-vit-base, facebook/sam-vit-large, facebook/sam-vit-huge",
+    ):
         TEACHERS.build("sam", size="random", model="org/sam")
     weights = save_weights(tmp_path / "w.safetensors", {"x": torch.zeros(1)})
     with pytest.raises(ValueError, match=r"size=random builds random weights; drop `weights:`"):
@@ -378,8 +417,9 @@ def test_random_size_refuses_what_it_cannot_build(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family,params_m,width", [("dfn_clip", 632, 1280), ("siglip", 428, 1152),
-                                                   ("dinov2", 304, 1024), ("sam", 637, 1280)])
+@pytest.mark.parametrize(
+    "family,params_m,width", [("dfn_clip", 632, 1280), ("siglip", 428, 1152), ("dinov2", 304, 1024), ("sam", 637, 1280)]
+)
 def test_random_size_defaults_are_the_papers_teachers(family, params_m, width):
     """The default models at `size: random`: DFN CLIP ViT-H/14-378, SigLIP SO400M/14-384,
     DINOv2-L/14 with registers, SAM ViT-H's encoder (parameter counts in millions)."""

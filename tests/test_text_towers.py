@@ -7,6 +7,7 @@ clearly. Students: an export stores the teachers' build configs (never their wei
 and ``load_student(run, text_towers=True)`` rebuilds the towers. Zero-shot runs on
 both and is skipped, with its reason, without a tower.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,28 +16,30 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import fake_hub_repo
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from radiosharp.eval.features import FeatureStore
 from radiosharp.eval.task import EvalContext
-from radiosharp.registry import STUDENTS, TASKS, TEACHERS
 from radiosharp.recipe import TeacherConfig
+from radiosharp.registry import STUDENTS, TASKS, TEACHERS
 from radiosharp.student_io import load_student, save_student, teacher_build_config
-from teachers._common import MissingWeightsError, WeightsMismatchError
-from test_teachers import fake_hub_repo
+from teachers._weights import MissingWeightsError, WeightsMismatchError
 
-CASES = {
-    "dfn_clip": ("dfn_clip", {}),
-    "siglip-open_clip": ("siglip", {}),
-    "siglip-hf": ("siglip", {"source": "hf"}),
-}
+CASES = {"dfn_clip": ("dfn_clip", {}), "siglip-open_clip": ("siglip", {}), "siglip-hf": ("siglip", {"source": "hf"})}
 PROMPTS = ["a photo of a dog.", "a photo of a cat.", "a red square"]
 # The tiny towers, as the builders make them (see teachers/dfn_clip.py, teachers/siglip.py).
 TINY_CLIP_VISION = {"image_size": 112, "layers": 2, "width": 64, "head_width": 16, "patch_size": 14}
 TINY_CLIP_TEXT = {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}
-TINY_SIGLIP_TEXT = {**TINY_CLIP_TEXT, "mlp_ratio": 3.7362, "no_causal_mask": True, "proj_bias": True,
-                    "pool_type": "last", "norm_kwargs": {"eps": 1e-6}}
+TINY_SIGLIP_TEXT = {
+    **TINY_CLIP_TEXT,
+    "mlp_ratio": 3.7362,
+    "no_causal_mask": True,
+    "proj_bias": True,
+    "pool_type": "last",
+    "norm_kwargs": {"eps": 1e-6},
+}
 
 
 def tiny(case: str, **extra):
@@ -144,10 +147,18 @@ def test_siglip_open_clip_text_tower_reads_the_text_keys(tmp_path):
 def tiny_siglip_model():
     from transformers import SiglipConfig, SiglipModel
 
-    text = dict(vocab_size=49408, hidden_size=32, intermediate_size=128, num_hidden_layers=2,
-                num_attention_heads=2, max_position_embeddings=16, projection_size=48)
-    vision = dict(hidden_size=48, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
-                  image_size=112, patch_size=14)
+    text = dict(
+        vocab_size=49408,
+        hidden_size=32,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=16,
+        projection_size=48,
+    )
+    vision = dict(
+        hidden_size=48, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4, image_size=112, patch_size=14
+    )
     torch.manual_seed(0)
     return SiglipModel(SiglipConfig(text_config=text, vision_config=vision)).eval()
 
@@ -206,8 +217,9 @@ def test_real_dfn_clip_text_comes_from_the_hub_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     clip = tiny_open_clip(custom_text=False)
     write_open_clip_repo(tmp_path, "test/tiny-clip", clip, TINY_CLIP_TEXT)
-    teacher = TEACHERS.build("dfn_clip", size="real", model="hf-hub:test/tiny-clip", native_size=112,
-                             cache_dir=str(tmp_path), text=True)
+    teacher = TEACHERS.build(
+        "dfn_clip", size="real", model="hf-hub:test/tiny-clip", native_size=112, cache_dir=str(tmp_path), text=True
+    )
     tokens = open_clip.get_tokenizer("ViT-B-32", context_length=16)(PROMPTS)
     assert torch.equal(teacher.tokenize(PROMPTS), tokens)
     with torch.no_grad():
@@ -215,14 +227,21 @@ def test_real_dfn_clip_text_comes_from_the_hub_cache(tmp_path, monkeypatch):
     # an open_clip model whose HF tokenizer is not cached: the error names it
     write_open_clip_repo(tmp_path, "test/clip-hf-tok", clip, {**TINY_CLIP_TEXT, "hf_tokenizer_name": "test/no-tok"})
     with pytest.raises(MissingWeightsError, match=r"text tokenizer of 'hf-hub:test/clip-hf-tok' \(test/no-tok\)"):
-        TEACHERS.build("dfn_clip", size="real", model="hf-hub:test/clip-hf-tok", native_size=112,
-                       cache_dir=str(tmp_path), text=True)
+        TEACHERS.build(
+            "dfn_clip",
+            size="real",
+            model="hf-hub:test/clip-hf-tok",
+            native_size=112,
+            cache_dir=str(tmp_path),
+            text=True,
+        )
     # ... and once cached, that tokenizer is used, padded to the context length
     tokenizer_repo = fake_hub_repo(tmp_path, "test/no-tok")
     word_tokenizer(tokenizer_repo)
     (tokenizer_repo / "config.json").write_text('{"model_type": "bert"}')  # AutoTokenizer reads it first
-    tower = TEACHERS.get("dfn_clip").build_text_tower(size="real", model="hf-hub:test/clip-hf-tok",
-                                                      cache_dir=str(tmp_path))
+    tower = TEACHERS.get("dfn_clip").build_text_tower(
+        size="real", model="hf-hub:test/clip-hf-tok", cache_dir=str(tmp_path)
+    )
     assert tower.tokenize(["a red square"])[0, :4].tolist() == [2, 7, 8, 0]
 
 
@@ -242,8 +261,7 @@ def test_missing_vocab_weights_and_text_keys_fail_clearly(tmp_path, monkeypatch)
         tiny("dfn_clip", weights=str(path), text=True)
     tiny("siglip-hf").model.save_pretrained(fake_hub_repo(tmp_path, "test/vision-only"))
     with pytest.raises(ValueError, match="without a text tower; `text: true` needs a whole SigLIP model"):
-        TEACHERS.build("siglip", source="hf", size="real", model="test/vision-only", cache_dir=str(tmp_path),
-                       text=True)
+        TEACHERS.build("siglip", source="hf", size="real", model="test/vision-only", cache_dir=str(tmp_path), text=True)
 
 
 # ----------------------------------------------------------------------------- zero-shot
@@ -284,8 +302,15 @@ def test_zeroshot_is_skipped_without_a_text_tower():
 
 STUDENT_TEACHERS = {"clip": {"feature_dim": 64, "summary_dim": 24}, "dino": {"feature_dim": 32, "summary_dim": 32}}
 TEACHER_CONFIGS = {
-    "clip": {"family": "dfn_clip", "size": "tiny", "seed": 2, "text": True,
-             "summary_weight": 2.0, "upsampler": {"name": "bilinear"}, "phi_s": None},
+    "clip": {
+        "family": "dfn_clip",
+        "size": "tiny",
+        "seed": 2,
+        "text": True,
+        "summary_weight": 2.0,
+        "upsampler": {"name": "bilinear"},
+        "phi_s": None,
+    },
     "dino": {"family": "dinov2", "size": "tiny"},
 }
 
@@ -300,8 +325,10 @@ def exported_student(tmp_path_factory) -> Path:
 
 def test_export_stores_teacher_build_configs_but_no_teacher_weights(exported_student):
     stored = json.loads((exported_student / "model.json").read_text())["config"]["teacher_configs"]
-    assert stored == {"clip": {"family": "dfn_clip", "size": "tiny", "seed": 2, "text": True},
-                      "dino": {"family": "dinov2", "size": "tiny"}}
+    assert stored == {
+        "clip": {"family": "dfn_clip", "size": "tiny", "seed": 2, "text": True},
+        "dino": {"family": "dinov2", "size": "tiny"},
+    }
     with safe_open(str(exported_student / "model.safetensors"), "pt") as f:
         assert not [k for k in f.keys() if "text" in k or k.startswith("model.")]
     plain = load_student(exported_student)
@@ -329,14 +356,17 @@ def test_load_student_rebuilds_the_text_towers(exported_student, tmp_path):
 
 
 def test_text_tower_requests_that_cannot_be_met_fail_clearly(exported_student):
-    with pytest.raises(ValueError, match="'dino' \\(family 'dinov2'\\) has no text tower; families with one: "
-                                         "dfn_clip, siglip"):
+    with pytest.raises(
+        ValueError, match="'dino' \\(family 'dinov2'\\) has no text tower; families with one: dfn_clip, siglip"
+    ):
         load_student(exported_student, text_towers=["dino"])
     with pytest.raises(ValueError, match="no teacher config for 'nope'.*stored: clip, dino"):
         load_student(exported_student, text_towers="nope")
     student = load_student(exported_student)
     wrong = TEACHERS.get("siglip").build_text_tower(size="tiny")  # 48-d, the clip head is 24-d
-    with pytest.raises(ValueError, match="text tower of 'clip' gives 48-d embeddings but the summary head 'clip' is 24-d"):
+    with pytest.raises(
+        ValueError, match="text tower of 'clip' gives 48-d embeddings but the summary head 'clip' is 24-d"
+    ):
         student.attach_text_towers({"clip": wrong})
     with pytest.raises(ValueError, match="no summary head 'siglip'.*teachers with one: clip, dino"):
         student.attach_text_towers({"siglip": wrong})

@@ -4,6 +4,7 @@ complete, the export reloads to the trained module, resume is exact, bad recipes
 One short FeatSharp run (tiny DFN CLIP, synthetic scenes, batch 2, 2 views, 24 steps,
 PHI-S computed in-run) is shared by the tests of this module.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,14 @@ def tiny_recipe(out: Path, upsampler: dict | str | None = None, **sections) -> d
         "data": {"source": "synthetic", "num_images": 48, "size": 128, "seed": 0},
         "eval_data": {"source": "synthetic", "num_images": 6, "size": 128, "seed": 1},
         "stats": {"num_images": 16, "batch_size": 8},
-        "train": {"steps": 24, "batch_size": 2, "log_every": 4, "checkpoint_every": 12, "mixed_precision": "no",
-                  "optim": {"name": "nadam", "lr": 1.0e-2, "weight_decay": 0.0, "grad_clip": 1.0}},
+        "train": {
+            "steps": 24,
+            "batch_size": 2,
+            "log_every": 4,
+            "checkpoint_every": 12,
+            "mixed_precision": "no",
+            "optim": {"name": "nadam", "lr": 1.0e-2, "weight_decay": 0.0, "grad_clip": 1.0},
+        },
         "upsampler_training": {"views": {"num_views": 2}, "downsampler_kernel": 3, "heldout_images": 6},
     }
     for key, value in sections.items():
@@ -70,8 +77,15 @@ def test_training_lowers_the_heldout_multiview_loss(trained):
 
 def test_run_folder_holds_recipe_metrics_checkpoints_and_exports(trained):
     _, run_dir, _ = trained
-    for name in ("recipe.yaml", "metrics.jsonl", "model.safetensors", "model.json", "downsampler.safetensors",
-                 "heldout.json", "phi_s/dfn_clip.safetensors"):
+    for name in (
+        "recipe.yaml",
+        "metrics.jsonl",
+        "model.safetensors",
+        "model.json",
+        "downsampler.safetensors",
+        "heldout.json",
+        "phi_s/dfn_clip.safetensors",
+    ):
         assert (run_dir / name).is_file(), name
     rows = read_metrics(run_dir)
     assert [r["step"] for r in rows] == [4, 8, 12, 16, 20, 24]
@@ -100,7 +114,7 @@ def test_export_reloads_to_the_trained_module(trained):
     assert loaded.debias.bias.abs().max() > 1e-3
     assert loaded.upsampler.block.ls2.gamma.abs().max() > 1e-4
     # the downsampler is exported too and loads strictly into a fresh module
-    from upsamplers.downsampler import AttentionDownsampler
+    from radiosharp.downsampler import AttentionDownsampler
 
     state = load_state_dict(run_dir / "downsampler.safetensors")
     fresh = AttentionDownsampler(trained_up.embed_dim, 3)
@@ -110,6 +124,7 @@ def test_export_reloads_to_the_trained_module(trained):
 
 def test_resumed_run_equals_an_uninterrupted_one(tmp_path, monkeypatch):
     """A run killed after its step-2 checkpoint and resumed ends with the same weights."""
+
     def recipe_for(name: str) -> Path:
         data = tiny_recipe(tmp_path / name, {"name": "featup", "factor": 2})
         data["train"].update(steps=4, checkpoint_every=2, log_every=2)
@@ -145,11 +160,14 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- bad recipes
 
 
-@pytest.mark.parametrize("section, key", [
-    ({"viewz": {"num_views": 2}}, "upsampler_training.viewz"),
-    ({"views": {"num_viewz": 2}}, "upsampler_training.views.num_viewz"),
-    ({"downsampler_kernel": 0}, "upsampler_training.downsampler_kernel"),
-])
+@pytest.mark.parametrize(
+    "section, key",
+    [
+        ({"viewz": {"num_views": 2}}, "upsampler_training.viewz"),
+        ({"views": {"num_viewz": 2}}, "upsampler_training.views.num_viewz"),
+        ({"downsampler_kernel": 0}, "upsampler_training.downsampler_kernel"),
+    ],
+)
 def test_bad_section_keys_fail_naming_the_key_before_writing(tmp_path, capsys, section, key):
     out = tmp_path / "run"
     path = write_recipe(tmp_path / "bad.yaml", tiny_recipe(out, upsampler_training=section))
@@ -212,19 +230,30 @@ def test_real_scale_recipe_trains_on_webdataset_shards_at_tiny_scale(tmp_path):
     for shard in range(2):
         with tarfile.open(tmp_path / f"{shard:06d}.tar", "w") as tar:
             for i in range(4):
-                pixels = (torch.rand(3, 96, 128, generator=torch.Generator().manual_seed(10 * shard + i)) * 255)
+                pixels = torch.rand(3, 96, 128, generator=torch.Generator().manual_seed(10 * shard + i)) * 255
                 buf = io.BytesIO()
                 Image.fromarray(pixels.byte().permute(1, 2, 0).numpy()).save(buf, format="JPEG")
                 info = tarfile.TarInfo(f"s{shard}_{i}.jpg")
                 info.size = len(buf.getvalue())
                 tar.addfile(info, io.BytesIO(buf.getvalue()))
     overrides = [
-        "teachers.dinov2.size=tiny", "teachers.dinov2.native_size=112",
-        f"data.shards={tmp_path / '000000.tar'}", f"eval_data.shards={tmp_path / '000001.tar'}",
-        "data.size=224", "eval_data.size=224", "data.shuffle_buffer=0",
-        "train.steps=2", "train.batch_size=2", "train.num_workers=0", "train.log_every=1",
-        "train.checkpoint_every=0", "train.optim.warmup_steps=1", "stats.num_images=4", "stats.batch_size=2",
-        "upsampler_training.heldout_images=2", "upsampler_training.views.num_views=2",
+        "teachers.dinov2.size=tiny",
+        "teachers.dinov2.native_size=112",
+        f"data.shards={tmp_path / '000000.tar'}",
+        f"eval_data.shards={tmp_path / '000001.tar'}",
+        "data.size=224",
+        "eval_data.size=224",
+        "data.shuffle_buffer=0",
+        "train.steps=2",
+        "train.batch_size=2",
+        "train.num_workers=0",
+        "train.log_every=1",
+        "train.checkpoint_every=0",
+        "train.optim.warmup_steps=1",
+        "stats.num_images=4",
+        "stats.batch_size=2",
+        "upsampler_training.heldout_images=2",
+        "upsampler_training.views.num_views=2",
         f"output_dir={tmp_path / 'run'}",
     ]
     recipe = load_recipe(RECIPES / "upsamplers" / "featsharp_dinov2_2x.yaml", overrides)

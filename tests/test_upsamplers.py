@@ -4,6 +4,7 @@ Most tests use a stand-in teacher that is a patch-embedding conv only: it is pur
 patch-local, so running it on u x u tiles of an image is exactly running it on the
 whole image — which pins down what the tile mosaic must produce.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -13,11 +14,11 @@ from torch import nn
 
 import radiosharp
 from radiosharp.contracts import Teacher, TeacherOutput
+from radiosharp.debias import Debias
+from radiosharp.downsampler import AttentionDownsampler
 from radiosharp.registry import TEACHERS, UPSAMPLERS
 from radiosharp.upsampled import UpsampledTeacher, load_upsampled_teacher, save_upsampler
 from upsamplers._base import prime_factors
-from upsamplers.debias import Debias
-from upsamplers.downsampler import AttentionDownsampler
 from upsamplers.featsharp import FeatSharpUpsampler
 from upsamplers.tiles import tile_mosaic
 
@@ -62,13 +63,15 @@ def teacher() -> PatchTeacher:
 
 
 def build(name: str, factor: int, teacher: Teacher, **options) -> nn.Module:
-    return radiosharp.build_upsampler({"name": name, **options}, factor=factor, dim=teacher.embed_dim,
-                                      patch_size=teacher.patch_size)
+    return radiosharp.build_upsampler(
+        {"name": name, **options}, factor=factor, dim=teacher.embed_dim, patch_size=teacher.patch_size
+    )
 
 
 def lowres_of(teacher: Teacher, images: torch.Tensor) -> torch.Tensor:
-    return teacher(F.interpolate(images, size=(teacher.native_size,) * 2, mode="bilinear",
-                                 align_corners=False, antialias=True)).features
+    return teacher(
+        F.interpolate(images, size=(teacher.native_size,) * 2, mode="bilinear", align_corners=False, antialias=True)
+    ).features
 
 
 def test_registry_has_every_upsampler():
@@ -139,7 +142,7 @@ def test_tile_mosaic_places_tile_ij_at_block_ij():
     images = torch.zeros(1, 3, 6, 9)
     for i in range(3):
         for j in range(3):
-            images[..., 2 * i: 2 * i + 2, 3 * j: 3 * j + 3] = 10 * i + j
+            images[..., 2 * i : 2 * i + 2, 3 * j : 3 * j + 3] = 10 * i + j
     out = tile_mosaic(images, 3, lambda x: x[:, :1, :1, :1].expand(-1, 1, 2, 2), (2, 3))
     expected = torch.tensor([[10.0 * i + j for j in range(3)] for i in range(3)])
     torch.testing.assert_close(out[0, 0, ::2, ::2], expected)
@@ -417,8 +420,10 @@ def test_upsampled_teacher_runs_global_view_and_tiles_in_one_teacher_call(name):
     import radiosharp
 
     teacher = radiosharp.build_teacher({"family": "dinov2", "size": "tiny"})
-    up = UpsampledTeacher(teacher, radiosharp.build_upsampler({"name": name}, factor=2, dim=teacher.embed_dim,
-                                                              patch_size=teacher.patch_size))
+    up = UpsampledTeacher(
+        teacher,
+        radiosharp.build_upsampler({"name": name}, factor=2, dim=teacher.embed_dim, patch_size=teacher.patch_size),
+    )
     calls = []
     original = teacher.forward
     teacher.forward = lambda x: (calls.append(len(x)), original(x))[1]
@@ -427,8 +432,11 @@ def test_upsampled_teacher_runs_global_view_and_tiles_in_one_teacher_call(name):
         out = up(images)
         assert calls == [2 + (8 if up.upsampler.uses_tiles else 0)]  # 2 global views (+ 2*2*2 tiles)
         # the same result as featurizing the global view and the tiles separately
-        lowres = up.featurize(torch.nn.functional.interpolate(images, size=(112, 112), mode="bilinear",
-                                                              antialias=True, align_corners=False))
+        lowres = up.featurize(
+            torch.nn.functional.interpolate(
+                images, size=(112, 112), mode="bilinear", antialias=True, align_corners=False
+            )
+        )
         separate = up.upsampler(images, lowres, up.featurize)
     torch.testing.assert_close(out.features, separate, rtol=1e-4, atol=1e-4)
 
@@ -450,8 +458,10 @@ def test_a_bf16_upsampled_teacher_takes_float32_images(name, teacher):
 def test_jbu_loads_exports_with_0_dim_scalars(teacher):
     """Exports written before 0.2.0 stored the JBU scalars as 0-dim tensors."""
     up = build("featup", 2, teacher)
-    state = {k: (v.reshape(()) if k.endswith(("log_range_temperature", "sigma_spatial")) else v) + 0.25
-             for k, v in up.state_dict().items()}
+    state = {
+        k: (v.reshape(()) if k.endswith(("log_range_temperature", "sigma_spatial")) else v) + 0.25
+        for k, v in up.state_dict().items()
+    }
     fresh = build("featup", 2, teacher)
     fresh.load_state_dict(state)
     assert fresh.jbu.stages[0].sigma_spatial.shape == (1,)

@@ -8,6 +8,7 @@ process-wide; the test process never imports keras). HED's side-output resize
 (``tf.image.resize``, bilinear with half-pixel centres) and the fusion are written out
 in numpy there, so the edges do not rest on torch's ``interpolate``.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -25,7 +26,7 @@ from safetensors.torch import save_file
 from radiosharp.registry import TEACHERS
 from radiosharp.weights.cache import ConvertedWeightsError, ensure_converted, package_file
 from radiosharp.weights.hed import VGG16_HED, VGG16_HED_WEIGHTS, convert_hed
-from teachers._common import MissingWeightsError, WeightsMismatchError
+from teachers._weights import MissingWeightsError, WeightsMismatchError
 
 # (height, width, layer): square and non-square; conv4_3 at a size whose stride-16 grid is
 # odd-sized, so block 5 (run for the edges) pools with Keras's 'same' padding.
@@ -142,9 +143,8 @@ def to_images(rgb: np.ndarray) -> torch.Tensor:
 
 
 @pytest.fixture(scope="session")
-def hed_weights() -> Path:
-    path, _ = ensure_converted(VGG16_HED)
-    return path
+def hed_weights(real_weights) -> Path:
+    return real_weights(VGG16_HED.name)
 
 
 @pytest.fixture(scope="session")
@@ -163,11 +163,18 @@ def reference(hed_weights, tmp_path_factory) -> dict:
         images[(h, w)] = uint8_image(h, w, seed)
         np.save(folder / f"image_{h}x{w}.npy", images[(h, w)])
     env = {**os.environ, "KERAS_BACKEND": "torch", "KERAS_HOME": str(folder / "keras_home")}
-    done = subprocess.run([sys.executable, "-c", REFERENCE_SCRIPT, str(package_file(VGG16_HED)), str(folder)],
-                          env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", REFERENCE_SCRIPT, str(package_file(VGG16_HED)), str(folder)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
-    return {key: (rgb, *(np.load(folder / f"{kind}_{key[0]}x{key[1]}.npy") for kind in ("conv4", "conv5", "edges")))
-            for key, rgb in images.items()}
+    return {
+        key: (rgb, *(np.load(folder / f"{kind}_{key[0]}x{key[1]}.npy") for kind in ("conv4", "conv5", "edges")))
+        for key, rgb in images.items()
+    }
 
 
 def test_registry_lists_vgg_hed():
@@ -186,6 +193,7 @@ def test_conversion_holds_every_conv_in_torch_layout(hed_weights):
     assert ensure_converted(VGG16_HED) == (hed_weights, False)  # valid: not converted again
 
 
+@pytest.mark.subprocess  # the Keras reference runs in its own process
 @pytest.mark.parametrize("height,width,layer", REFERENCE_CASES)
 def test_features_and_edges_equal_the_keras_reference(hed_weights, reference, height, width, layer):
     rgb, conv4, conv5, edges = reference[(height, width)]
@@ -257,8 +265,10 @@ def test_tiny_and_random_builds_are_seeded():
 
 
 def test_missing_weights_say_to_run_make_setup(tmp_path, monkeypatch):
-    with pytest.raises(MissingWeightsError, match=r"size=real needs `weights:`.*"
-                       + r"\$RADIOSHARP_CACHE/weights/vgg16_hed\.safetensors.*make setup"):
+    with pytest.raises(
+        MissingWeightsError,
+        match=r"size=real needs `weights:`.*" + r"\$RADIOSHARP_CACHE/weights/vgg16_hed\.safetensors.*make setup",
+    ):
         TEACHERS.build("vgg_hed")
     monkeypatch.setenv("RADIOSHARP_CACHE", str(tmp_path))
     with pytest.raises(FileNotFoundError, match=f"{tmp_path}/weights/vgg16_hed.safetensors.*make setup"):

@@ -3,6 +3,7 @@
 The benchmark tests check the report's structure and arithmetic (ratios, shares,
 images/s), never speed: timings on a shared CPU are noise.
 """
+
 from __future__ import annotations
 
 import json
@@ -52,8 +53,19 @@ def featsharp_run(tmp_path_factory, teacher) -> Path:
 
 def test_viz_cli_writes_one_panel_per_map(featsharp_run, tmp_path, capsys):
     out = tmp_path / "fig.png"
-    args = ["skimage:astronaut", "--teacher", "dinov2", "--size", "tiny",
-            "--upsampler", str(featsharp_run), "bilinear", "tiles", "--out", str(out)]
+    args = [
+        "skimage:astronaut",
+        "--teacher",
+        "dinov2",
+        "--size",
+        "tiny",
+        "--upsampler",
+        str(featsharp_run),
+        "bilinear",
+        "tiles",
+        "--out",
+        str(out),
+    ]
     assert viz_main(args) == 0
     # image, raw features, bilinear (not repeated when named), the featsharp run, tiles
     assert panel_count(out) == 5
@@ -61,8 +73,20 @@ def test_viz_cli_writes_one_panel_per_map(featsharp_run, tmp_path, capsys):
 
     # --teacher given as the run folder: its teacher config is used, factor from the run
     out2 = tmp_path / "fig2.png"
-    assert viz_main(["skimage:astronaut", "--teacher", str(featsharp_run), "--upsampler", str(featsharp_run),
-                     "--out", str(out2)]) == 0
+    assert (
+        viz_main(
+            [
+                "skimage:astronaut",
+                "--teacher",
+                str(featsharp_run),
+                "--upsampler",
+                str(featsharp_run),
+                "--out",
+                str(out2),
+            ]
+        )
+        == 0
+    )
     assert panel_count(out2) == 4
 
 
@@ -74,8 +98,12 @@ def test_make_figure_with_bilinear_and_untrained_featsharp(teacher, tmp_path):
     assert picture.std() > 10  # real content, not a blank canvas
 
     with pytest.raises(ValueError, match="factor mismatch.*'b' upsamples 3x"):
-        make_figure(image, teacher, {"a": build("featsharp", 2, teacher), "b": build("bilinear", 3, teacher)},
-                    tmp_path / "g.png")
+        make_figure(
+            image,
+            teacher,
+            {"a": build("featsharp", 2, teacher), "b": build("bilinear", 3, teacher)},
+            tmp_path / "g.png",
+        )
     assert not (tmp_path / "g.png").exists()
 
 
@@ -109,20 +137,31 @@ def test_teacher_configs_compare_with_defaults_filled_in():
     assert not same_teacher(TINY, {**TINY, "seed": 1})
 
 
-@pytest.mark.parametrize("args, message", [
-    (["missing.jpg", "--teacher", "dinov2", "--size", "tiny"], "image not found: missing.jpg"),
-    (["skimage:nothing", "--teacher", "dinov2", "--size", "tiny"], "no sample image 'nothing'"),
-    (["skimage:astronaut", "--teacher", "dinov3"], "neither a teacher family (dfn_clip, dinov2"),
-    (["skimage:astronaut", "--teacher", "runs/none"], "run folder not found: runs/none"),
-    (["skimage:astronaut", "--teacher", "dinov2", "--size", "tiny", "--upsampler", "runs/none"],
-     "run folder not found: runs/none"),
-    (["skimage:astronaut", "--teacher", "dinov2", "--size", "tiny", "--upsampler", "featsharp"],
-     "'featsharp' must be trained first"),
-    (["skimage:astronaut", "--teacher", "{family: dinov2, size: tiny, seed: 1}", "--upsampler", "RUN"],
-     "mismatched teacher: RUN was trained for teacher"),
-    (["skimage:astronaut", "--teacher", "RUN", "--upsampler", "RUN", "--factor", "3"],
-     "factor mismatch: --factor 3, but RUN was trained at 2x"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["missing.jpg", "--teacher", "dinov2", "--size", "tiny"], "image not found: missing.jpg"),
+        (["skimage:nothing", "--teacher", "dinov2", "--size", "tiny"], "no sample image 'nothing'"),
+        (["skimage:astronaut", "--teacher", "dinov3"], "neither a teacher family (dfn_clip, dinov2"),
+        (["skimage:astronaut", "--teacher", "runs/none"], "run folder not found: runs/none"),
+        (
+            ["skimage:astronaut", "--teacher", "dinov2", "--size", "tiny", "--upsampler", "runs/none"],
+            "run folder not found: runs/none",
+        ),
+        (
+            ["skimage:astronaut", "--teacher", "dinov2", "--size", "tiny", "--upsampler", "featsharp"],
+            "'featsharp' must be trained first",
+        ),
+        (
+            ["skimage:astronaut", "--teacher", "{family: dinov2, size: tiny, seed: 1}", "--upsampler", "RUN"],
+            "mismatched teacher: RUN was trained for teacher",
+        ),
+        (
+            ["skimage:astronaut", "--teacher", "RUN", "--upsampler", "RUN", "--factor", "3"],
+            "factor mismatch: --factor 3, but RUN was trained at 2x",
+        ),
+    ],
+)
 def test_viz_bad_input_exits_2_with_a_clear_message(args, message, featsharp_run, tmp_path, capsys):
     out = tmp_path / "never.png"
     args = [str(featsharp_run) if a == "RUN" else a for a in args]
@@ -174,7 +213,7 @@ def test_crossover_measured_interpolated_and_analytic():
     from radiosharp.bench.crossover import crossover
 
     us = [1, 2, 3]
-    out = crossover(us, [u ** 4 for u in us], [1 + u ** 2 for u in us], native_seconds=1.0)
+    out = crossover(us, [u**4 for u in us], [1 + u**2 for u in us], native_seconds=1.0)
     assert out["measured"] == 2 and out["extrapolated"] is None
     r1, r2 = 2.0, 5 / 16  # ratios featsharp / teacher at 1x and 2x
     assert out["interpolated"] == pytest.approx(1 + math.log(r1) / (math.log(r1) - math.log(r2)))
@@ -187,13 +226,13 @@ def test_crossover_extrapolates_when_no_measured_factor_crosses():
     from radiosharp.bench.crossover import crossover
 
     us = [1, 2]
-    out = crossover(us, [u ** 3 for u in us], [10 + 0.5 * u ** 2 for u in us], native_seconds=1.0)
+    out = crossover(us, [u**3 for u in us], [10 + 0.5 * u**2 for u in us], native_seconds=1.0)
     assert out["measured"] is None and out["interpolated"] is None
     root = out["extrapolated"]
-    assert root is not None and 10 + 0.5 * root ** 2 == pytest.approx(root ** 3, rel=1e-6)
+    assert root is not None and 10 + 0.5 * root**2 == pytest.approx(root**3, rel=1e-6)
     assert "extrapolated" in out["note"]
 
-    never = crossover(us, [u ** 2 for u in us], [3 * (1 + u ** 2) for u in us], native_seconds=1.0)
+    never = crossover(us, [u**2 for u in us], [3 * (1 + u**2) for u in us], native_seconds=1.0)
     assert never["extrapolated"] is None and "do not cross" in never["note"]
 
 
@@ -214,15 +253,47 @@ def test_bench_upsample_json_rows_and_ratios(tmp_path, capsys):
     from radiosharp.bench.cli import main
 
     path = tmp_path / "bench.json"
-    assert main(["upsample", "--teacher", "{family: dinov2, size: tiny}", "--factors", "1", "2",
-                 "--repeats", "1", "--warmup", "0", "--views", "2", "--json", str(path)]) == 0
+    assert (
+        main(
+            [
+                "upsample",
+                "--teacher",
+                "{family: dinov2, size: tiny}",
+                "--factors",
+                "1",
+                "2",
+                "--repeats",
+                "1",
+                "--warmup",
+                "0",
+                "--views",
+                "2",
+                "--json",
+                str(path),
+            ]
+        )
+        == 0
+    )
     assert "x teacher" in capsys.readouterr().out  # the table is printed too
     report = json.loads(path.read_text())
     rows = report["rows"]
     assert [(r["factor"], r["method"]) for r in rows] == [
-        (u, m) for u in (1, 2) for m in ("teacher", "bilinear", "featup", "featsharp")]
-    keys = {"factor", "method", "input_size", "teacher_images", "time_s", "peak_mb", "time_excl_s",
-            "peak_excl_mb", "time_ratio", "mem_ratio", "time_excl_ratio", "mem_excl_ratio"}
+        (u, m) for u in (1, 2) for m in ("teacher", "bilinear", "featup", "featsharp")
+    ]
+    keys = {
+        "factor",
+        "method",
+        "input_size",
+        "teacher_images",
+        "time_s",
+        "peak_mb",
+        "time_excl_s",
+        "peak_excl_mb",
+        "time_ratio",
+        "mem_ratio",
+        "time_excl_ratio",
+        "mem_excl_ratio",
+    }
     for row in rows:
         assert set(row) == keys
         ref = next(r for r in rows if r["factor"] == row["factor"] and r["method"] == "teacher")
@@ -239,8 +310,12 @@ def test_bench_upsample_json_rows_and_ratios(tmp_path, capsys):
     assert featsharp == {1: 2, 2: 5}  # 1 + u^2 teacher images per input image
     assert {r["teacher_images"] for r in rows if r["method"] in ("bilinear", "featup")} == {1}
     train = report["train"]
-    assert [(r["factor"], r["method"]) for r in train] == [(1, "featup"), (1, "featsharp"),
-                                                           (2, "featup"), (2, "featsharp")]
+    assert [(r["factor"], r["method"]) for r in train] == [
+        (1, "featup"),
+        (1, "featsharp"),
+        (2, "featup"),
+        (2, "featsharp"),
+    ]
     for r in train:
         assert r["images_per_s"] == pytest.approx(r["batch"] / r["step_s"]) and r["views"] == 2
     assert set(report["crossover"]) >= {"measured", "interpolated", "extrapolated", "analytic", "note"}
@@ -279,11 +354,17 @@ def test_bench_train_phase_shares_sum_to_one(tmp_path, monkeypatch):
     recipe = tmp_path / "distill.yaml"
     recipe.write_text(DISTILL)
     path = tmp_path / "train.json"
-    assert main(["train", str(recipe), "train.batch_size=4", "--steps", "1", "--warmup", "0",
-                 "--json", str(path)]) == 0
+    assert main(["train", str(recipe), "train.batch_size=4", "--steps", "1", "--warmup", "0", "--json", str(path)]) == 0
     report = json.loads(path.read_text())
-    assert set(report["shares"]) == {"teachers", "upsamplers", "student_forward", "loss", "backward",
-                                     "optimizer", "other"}
+    assert set(report["shares"]) == {
+        "teachers",
+        "upsamplers",
+        "student_forward",
+        "loss",
+        "backward",
+        "optimizer",
+        "other",
+    }
     assert sum(report["shares"].values()) == pytest.approx(1.0)
     assert sum(report["seconds"].values()) == pytest.approx(report["step_s"], rel=1e-6)
     assert report["images_per_s"] == pytest.approx(4 / report["step_s"])
@@ -319,8 +400,24 @@ def test_bench_train_builds_named_upsamplers_untrained_and_training_refuses_them
     recipe = tmp_path / "distill.yaml"
     recipe.write_text(DISTILL)
     path = tmp_path / "train.json"
-    assert main(["train", str(recipe), "teachers.dinov2.upsampler=featsharp", "teachers.dinov2.upsampler.factor=2",
-                 "deepspeed.zero_optimization.stage=2", "--steps", "1", "--warmup", "0", "--json", str(path)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(recipe),
+                "teachers.dinov2.upsampler=featsharp",
+                "teachers.dinov2.upsampler.factor=2",
+                "deepspeed.zero_optimization.stage=2",
+                "--steps",
+                "1",
+                "--warmup",
+                "0",
+                "--json",
+                str(path),
+            ]
+        )
+        == 0
+    )
     assert "deepspeed block is left out" in capsys.readouterr().out
     hi = json.loads(path.read_text())["partitions"][1]
     assert hi["upsample"] and hi["shares"]["upsamplers"] > 0

@@ -1,4 +1,5 @@
 """``python -m radiosharp.weights``: convert once, report, rebuild what is missing or corrupt."""
+
 from __future__ import annotations
 
 import shutil
@@ -11,7 +12,8 @@ from radiosharp.weights.cache import expand_weights_path, record_path
 def test_expand_weights_path_knows_the_cache_even_when_unset(monkeypatch, tmp_path):
     monkeypatch.delenv("RADIOSHARP_CACHE", raising=False)
     assert str(expand_weights_path("$RADIOSHARP_CACHE/weights/x.safetensors")).endswith(
-        ".cache/radiosharp/weights/x.safetensors")
+        ".cache/radiosharp/weights/x.safetensors"
+    )
     monkeypatch.setenv("RADIOSHARP_CACHE", str(tmp_path))
     assert expand_weights_path("${RADIOSHARP_CACHE}/weights/x.safetensors") == tmp_path / "weights" / "x.safetensors"
 

@@ -7,16 +7,15 @@ and ``featurize``, the (de-biased, normalized) teacher call, so tile-based
 upsamplers can run the teacher on crops. The teacher's input size is implied:
 ``(h*p, w*p)`` with ``p`` the patch size.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
-import torch
-from torch import nn
+from torch import Tensor, nn
 
 from radiosharp.images import resize  # noqa: F401 (the upsamplers and their users import it from here)
-
-Featurize = Callable[[torch.Tensor], torch.Tensor]
+from upsamplers._mosaic import Featurize, cut_tiles, tile_mosaic
 
 
 def prime_factors(n: int) -> list[int]:
@@ -38,8 +37,8 @@ class Upsampler(nn.Module):
     """Base of every upsampler: ``forward(images, lowres, featurize, tile_features=None) -> [B,C,u*h,u*w]``.
 
     ``factor``, ``dim`` and ``patch_size`` are the structural arguments the system
-    passes to every builder; ``build_config`` records the registry name and recipe
-    options so an export can rebuild the module. ``trainable`` says whether the
+    passes to every builder; ``build_config`` (set by the registry when the module is
+    built) holds the registry name and recipe options, so an export can rebuild it. ``trainable`` says whether the
     upsampler has weights to learn (bilinear, tiles and S2 do not).
 
     ``uses_tiles`` upsamplers (tiles, s2, featsharp) run the teacher on the ``u x u``
@@ -63,49 +62,42 @@ class Upsampler(nn.Module):
         self.patch_size = patch_size
         self.build_config: dict[str, Any] = {}
 
-    def check_inputs(self, images: torch.Tensor, lowres: torch.Tensor) -> None:
+    def check_inputs(self, images: Tensor, lowres: Tensor) -> None:
         """Clear errors for inputs that break the contract (shapes, batch, channels)."""
         name = type(self).__name__
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"{name}: expected images [B,3,H,W], got {tuple(images.shape)}")
         if lowres.ndim != 4 or lowres.shape[0] != images.shape[0]:
-            raise ValueError(f"{name}: expected low-res features [B,C,h,w] with B={images.shape[0]}, "
-                             f"got {tuple(lowres.shape)}")
+            raise ValueError(
+                f"{name}: expected low-res features [B,C,h,w] with B={images.shape[0]}, got {tuple(lowres.shape)}"
+            )
         if self.dim and lowres.shape[1] != self.dim:
             raise ValueError(f"{name}: built for {self.dim}-channel features, got {lowres.shape[1]} channels")
 
-    def teacher_input_size(self, lowres: torch.Tensor) -> tuple[int, int]:
+    def teacher_input_size(self, lowres: Tensor) -> tuple[int, int]:
         """The teacher's input size implied by the low-res grid: ``(h*p, w*p)``."""
         return lowres.shape[-2] * self.patch_size, lowres.shape[-1] * self.patch_size
 
-    def tile_inputs(self, images: torch.Tensor, teacher_size: tuple[int, int]) -> torch.Tensor:
+    def tile_inputs(self, images: Tensor, teacher_size: tuple[int, int]) -> Tensor:
         """The tiles this upsampler would featurize for ``images`` (``[B*u*u,3,*teacher_size]``)."""
-        from upsamplers.tiles import cut_tiles
-
         return cut_tiles(images, self.factor, teacher_size)
 
-    def tile_mosaic(self, images: torch.Tensor, lowres: torch.Tensor, featurize: Featurize,
-                    tile_features: torch.Tensor | None = None) -> torch.Tensor:
+    def tile_mosaic(
+        self, images: Tensor, lowres: Tensor, featurize: Featurize, tile_features: Tensor | None = None
+    ) -> Tensor:
         """The teacher's features of the ``u x u`` tiles of ``images``, stitched into ``[B,C,u*h,u*w]``.
 
         ``tile_features``: the caller's features of :meth:`tile_inputs` (else featurized here).
         """
-        from upsamplers.tiles import tile_mosaic
-
         return tile_mosaic(images, self.factor, featurize, self.teacher_input_size(lowres), tile_features)
 
-    def output_size(self, lowres: torch.Tensor) -> tuple[int, int]:
+    def output_size(self, lowres: Tensor) -> tuple[int, int]:
         return lowres.shape[-2] * self.factor, lowres.shape[-1] * self.factor
 
-    def forward(self, images: torch.Tensor, lowres: torch.Tensor, featurize: Featurize,
-                tile_features: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, images: Tensor, lowres: Tensor, featurize: Featurize, tile_features: Tensor | None = None
+    ) -> Tensor:
         raise NotImplementedError
 
     def extra_repr(self) -> str:
         return f"factor={self.factor}, dim={self.dim}, patch_size={self.patch_size}"
-
-
-def recorded(name: str, module: Upsampler, **options: Any) -> Upsampler:
-    """Attach the registry name and recipe options a builder was called with."""
-    module.build_config = {"name": name, **options}
-    return module

@@ -39,10 +39,12 @@ upsamplers run. A fused backend (torch ``flex_attention`` with a sliding-window
 block mask, or natten) could sit behind :func:`neighborhood_attention` later; this
 pure-PyTorch path is the reference either must match.
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 __all__ = ["neighborhood_attention", "neighborhood_attention_reference", "window_offsets"]
 
@@ -53,7 +55,7 @@ def window_offsets(kernel_size: int) -> list[tuple[int, int]]:
     return [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)]
 
 
-def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, kernel_size: int) -> None:
+def _check(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, kernel_size: int) -> None:
     if kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be odd and >= 1 (e.g. 3, 5, 7), got {kernel_size}")
     if q.ndim != 5 or k.shape != q.shape:
@@ -61,11 +63,12 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
     if v.ndim != 5 or v.shape[:2] != q.shape[:2] or v.shape[-2:] != q.shape[-2:]:
         raise ValueError(f"v must be [B,heads,Dv,H,W] matching q {tuple(q.shape)}; got {tuple(v.shape)}")
     if bias is not None and tuple(bias.shape) != (q.shape[1], kernel_size * kernel_size):
-        raise ValueError(f"bias must be [heads, kernel_size^2] = [{q.shape[1]}, {kernel_size ** 2}], "
-                         f"got {tuple(bias.shape)}")
+        raise ValueError(
+            f"bias must be [heads, kernel_size^2] = [{q.shape[1]}, {kernel_size**2}], got {tuple(bias.shape)}"
+        )
 
 
-def _outside(h: int, w: int, r: int, device: torch.device) -> torch.Tensor:
+def _outside(h: int, w: int, r: int, device: torch.device) -> Tensor:
     """[H+2r, W+2r] bool, True on the padding: the keys each offset must mask are its shifted slice.
 
     Built once per call; per-offset slices are views, so masking needs no host sync
@@ -79,11 +82,12 @@ def _center_first(kernel_size: int) -> list[tuple[int, int, int]]:
     """(index, dy, dx) with the centre first: it is always inside the map, so the running max starts finite."""
     offsets = list(enumerate(window_offsets(kernel_size)))
     centre = len(offsets) // 2
-    return [(i, dy, dx) for i, (dy, dx) in [offsets[centre]] + offsets[:centre] + offsets[centre + 1:]]
+    return [(i, dy, dx) for i, (dy, dx) in [offsets[centre]] + offsets[:centre] + offsets[centre + 1 :]]
 
 
-def _logits(qs: torch.Tensor, k_pad: torch.Tensor, bias: torch.Tensor | None, outside: torch.Tensor,
-            o: int, dy: int, dx: int, r: int, h: int, w: int) -> torch.Tensor:
+def _logits(
+    qs: Tensor, k_pad: Tensor, bias: Tensor | None, outside: Tensor, o: int, dy: int, dx: int, r: int, h: int, w: int
+) -> Tensor:
     """[B,N,H,W] logits of offset (dy,dx): scaled q . shifted k + bias, -inf outside the map."""
     window = (slice(r + dy, r + dy + h), slice(r + dx, r + dx + w))
     logits = torch.linalg.vecdot(qs, k_pad[(...,) + window], dim=2)
@@ -94,7 +98,7 @@ def _logits(qs: torch.Tensor, k_pad: torch.Tensor, bias: torch.Tensor | None, ou
     return logits
 
 
-def _accumulation_dtype(*tensors: torch.Tensor) -> torch.dtype:
+def _accumulation_dtype(*tensors: Tensor) -> torch.dtype:
     dtype = torch.float32
     for t in tensors:
         dtype = torch.promote_types(dtype, t.dtype)
@@ -127,7 +131,7 @@ class _NeighborhoodAttention(torch.autograd.Function):
         m = den = num = None
         for o, dy, dx in _center_first(kernel_size):
             logits = _logits(qs, k_pad, bias_acc, outside, o, dy, dx, r, h, w)
-            v_o = v_pad[..., r + dy: r + dy + h, r + dx: r + dx + w]
+            v_o = v_pad[..., r + dy : r + dy + h, r + dx : r + dx + w]
             if m is None:
                 m, den, num = logits, torch.ones_like(logits), v_o.clone()
                 continue
@@ -187,19 +191,14 @@ class _NeighborhoodAttention(torch.autograd.Function):
         return dq, dk, dv, dbias, None, None
 
 
-def _scaled(x: torch.Tensor, scale: float) -> torch.Tensor:
+def _scaled(x: Tensor, scale: float) -> Tensor:
     """``x * scale``, without the pass (and the copy autograd would not need) when scale is 1 (JBU)."""
     return x if scale == 1.0 else x * scale
 
 
 def neighborhood_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    kernel_size: int,
-    bias: torch.Tensor | None = None,
-    scale: float = 1.0,
-) -> torch.Tensor:
+    q: Tensor, k: Tensor, v: Tensor, kernel_size: int, bias: Tensor | None = None, scale: float = 1.0
+) -> Tensor:
     """Sliding-window attention on a 2-D map, without materializing the windows.
 
     q, k: ``[B,heads,D,H,W]``; v: ``[B,heads,Dv,H,W]``; bias: ``[heads, k*k]`` added to
@@ -212,19 +211,14 @@ def neighborhood_attention(
 
 
 def neighborhood_attention_reference(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    kernel_size: int,
-    bias: torch.Tensor | None = None,
-    scale: float = 1.0,
-) -> torch.Tensor:
+    q: Tensor, k: Tensor, v: Tensor, kernel_size: int, bias: Tensor | None = None, scale: float = 1.0
+) -> Tensor:
     """The naive version (unfold every window; memory ``k*k`` times the map). For tests only."""
     _check(q, k, v, bias, kernel_size)
     b, n, d, h, w = q.shape
     kk, r = kernel_size * kernel_size, kernel_size // 2
 
-    def windows(x: torch.Tensor) -> torch.Tensor:  # [B,N,D,H,W] -> [B,N,D,k*k,H,W]
+    def windows(x: Tensor) -> Tensor:  # [B,N,D,H,W] -> [B,N,D,k*k,H,W]
         c = x.shape[2]
         cols = F.unfold(x.reshape(b * n, c, h, w), kernel_size, padding=r)
         return cols.view(b, n, c, kk, h, w)

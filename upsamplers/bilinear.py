@@ -1,18 +1,20 @@
 """``bilinear``: the training-free baseline every learned upsampler must beat."""
+
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from radiosharp.registry import UPSAMPLERS
-from upsamplers._base import Featurize, Upsampler, recorded
+from upsamplers._base import Featurize, Upsampler
 
 
 class BilinearUpsampler(Upsampler):
     """``F.interpolate(lowres, scale u, bilinear, align_corners=False)``; ignores the image."""
 
-    def forward(self, images: torch.Tensor, lowres: torch.Tensor, featurize: Featurize,
-                tile_features: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, images: Tensor, lowres: Tensor, featurize: Featurize, tile_features: Tensor | None = None
+    ) -> Tensor:
         self.check_inputs(images, lowres)
         if self.factor == 1:
             return lowres
@@ -21,4 +23,4 @@ class BilinearUpsampler(Upsampler):
 
 @UPSAMPLERS.register("bilinear")
 def build_bilinear(factor: int = 2, dim: int = 0, patch_size: int = 14) -> BilinearUpsampler:
-    return recorded("bilinear", BilinearUpsampler(factor, dim, patch_size))
+    return BilinearUpsampler(factor, dim, patch_size)

@@ -22,14 +22,15 @@ reference (head pairs share slope 1/2, 1/4, ...; even heads look along rows, odd
 heads along columns); a learned per-tile position embedding (zeros at init) added
 to the mosaic; keys outside the map are masked (see ``upsamplers._kernels``).
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from radiosharp.registry import UPSAMPLERS
-from upsamplers._base import Featurize, Upsampler, recorded
+from upsamplers._base import Featurize, Upsampler
 from upsamplers._kernels import neighborhood_attention, window_offsets
 from upsamplers.jbu import JBUStack
 
@@ -37,7 +38,7 @@ MAX_AUTO_HEADS = 16
 WINDOW_SIZES = (1, 3, 5, 7, 9, 11)
 
 
-def alibi_slopes_init(num_heads: int) -> torch.Tensor:
+def alibi_slopes_init(num_heads: int) -> Tensor:
     """``[heads, 2]`` (row, column) slopes: head pairs get 1/2, 1/4, ...; even heads rows, odd columns."""
     slopes = torch.zeros(num_heads, 2)
     for h in range(num_heads):
@@ -60,15 +61,16 @@ class NeighborhoodAttention(nn.Module):
         offsets = torch.tensor(window_offsets(window_size), dtype=torch.float32).abs()
         self.register_buffer("abs_offsets", offsets, persistent=False)  # [k*k, 2] = |dy|, |dx|
 
-    def position_bias(self) -> torch.Tensor:
+    def position_bias(self) -> Tensor:
         """``[heads, k*k]`` = ``-(s_y |dy| + s_x |dx|)`` per head and window offset."""
         return -(self.alibi_slopes @ self.abs_offsets.T)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: Tensor) -> Tensor:
         b, h, w, d = x.shape
         qkv = self.qkv(x).view(b, h, w, 3, self.num_heads, self.head_dim).permute(3, 0, 4, 5, 1, 2)
-        out = neighborhood_attention(qkv[0], qkv[1], qkv[2], self.window_size, self.position_bias(),
-                                     scale=self.head_dim ** -0.5)
+        out = neighborhood_attention(
+            qkv[0], qkv[1], qkv[2], self.window_size, self.position_bias(), scale=self.head_dim**-0.5
+        )
         return self.proj(out.permute(0, 3, 4, 1, 2).reshape(b, h, w, d))
 
 
@@ -80,7 +82,7 @@ class SwiGLU(nn.Module):
         self.w_in = nn.Linear(dim, 2 * hidden)
         self.w_out = nn.Linear(hidden, out_dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: Tensor) -> Tensor:
         a, b = self.w_in(x).chunk(2, dim=-1)
         return self.w_out(F.silu(a) * b)
 
@@ -90,15 +92,22 @@ class LayerScale(nn.Module):
         super().__init__()
         self.gamma = nn.Parameter(torch.full((dim,), float(init)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: Tensor) -> Tensor:
         return x * self.gamma
 
 
 class FeatSharpBlock(nn.Module):
     """The pre-norm block on ``[B,H,W,2C]`` returning ``[B,H,W,C]`` (residual on the first C only)."""
 
-    def __init__(self, dim: int, num_heads: int, window_size: int, mlp_hidden: int,
-                 layer_scale_init: float = 1e-6, layer_norm: bool = True) -> None:
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window_size: int,
+        mlp_hidden: int,
+        layer_scale_init: float = 1e-6,
+        layer_norm: bool = True,
+    ) -> None:
         super().__init__()
         width = 2 * dim
         self.dim = dim
@@ -109,7 +118,7 @@ class FeatSharpBlock(nn.Module):
         self.mlp = SwiGLU(width, mlp_hidden, dim)
         self.ls2 = LayerScale(dim, layer_scale_init)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: Tensor) -> Tensor:
         x = x + self.ls1(self.attn(self.norm1(x)))
         return x[..., : self.dim] + self.ls2(self.mlp(self.norm2(x)))
 
@@ -136,30 +145,46 @@ class FeatSharpUpsampler(Upsampler):
 
     trainable = True
 
-    def __init__(self, factor: int, dim: int, patch_size: int, num_heads: int | None = None,
-                 window_size: int = 5, jbu_kernel_size: int = 7, key_dim: int = 32,
-                 mlp_hidden: int | None = None, layer_scale_init: float = 1e-6, layer_norm: bool = True) -> None:
+    def __init__(
+        self,
+        factor: int = 2,
+        dim: int = 0,
+        patch_size: int = 14,
+        num_heads: int | None = None,
+        window_size: int = 5,
+        jbu_kernel_size: int = 7,
+        key_dim: int = 32,
+        mlp_hidden: int | None = None,
+        layer_scale_init: float = 1e-6,
+        layer_norm: bool = True,
+    ) -> None:
         super().__init__(factor, dim, patch_size)
         if dim < 1:
             raise ValueError("featsharp: needs the feature width dim >= 1 (the teacher's embed_dim)")
         if window_size not in WINDOW_SIZES:
-            raise ValueError(f"featsharp: window_size must be odd, one of {WINDOW_SIZES} "
-                             f"(the paper finds 3 or 5 best), got {window_size}")
+            raise ValueError(
+                f"featsharp: window_size must be odd, one of {WINDOW_SIZES} "
+                f"(the paper finds 3 or 5 best), got {window_size}"
+            )
         width = 2 * dim
         heads = default_heads(width) if num_heads is None else num_heads
         if heads < 1 or width % heads:
             valid = [h for h in range(1, 65) if width % h == 0]
-            raise ValueError(f"featsharp: num_heads={num_heads} does not divide the block width 2*dim={width}; "
-                             f"valid choices: {', '.join(map(str, valid))}")
+            raise ValueError(
+                f"featsharp: num_heads={num_heads} does not divide the block width 2*dim={width}; "
+                f"valid choices: {', '.join(map(str, valid))}"
+            )
         self.jbu = JBUStack(factor, jbu_kernel_size, key_dim)
         self.tile_pos = nn.Parameter(torch.zeros(1, dim, factor, factor))
-        self.block = FeatSharpBlock(dim, heads, window_size, mlp_hidden or default_mlp_hidden(dim),
-                                    layer_scale_init, layer_norm)
+        self.block = FeatSharpBlock(
+            dim, heads, window_size, mlp_hidden or default_mlp_hidden(dim), layer_scale_init, layer_norm
+        )
 
     uses_tiles = True
 
-    def tile_buffer(self, images: torch.Tensor, lowres: torch.Tensor, featurize: Featurize,
-                    tile_features: torch.Tensor | None = None) -> torch.Tensor:
+    def tile_buffer(
+        self, images: Tensor, lowres: Tensor, featurize: Featurize, tile_features: Tensor | None = None
+    ) -> Tensor:
         """The tile mosaic plus each tile's learned position embedding."""
         tiles = self.tile_mosaic(images, lowres, featurize, tile_features)
         (b, c), (h, w), u = tiles.shape[:2], lowres.shape[-2:], self.factor
@@ -167,8 +192,9 @@ class FeatSharpUpsampler(Upsampler):
         pos = self.tile_pos.view(1, c, u, 1, u, 1).to(tiles.dtype)
         return (tiles.reshape(b, c, u, h, u, w) + pos).view(b, c, u * h, u * w)
 
-    def forward(self, images: torch.Tensor, lowres: torch.Tensor, featurize: Featurize,
-                tile_features: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, images: Tensor, lowres: Tensor, featurize: Featurize, tile_features: Tensor | None = None
+    ) -> Tensor:
         self.check_inputs(images, lowres)
         smooth = self.jbu(lowres, images)
         tiles = self.tile_buffer(images, lowres, featurize, tile_features)
@@ -178,12 +204,5 @@ class FeatSharpUpsampler(Upsampler):
         return self.block(x).permute(0, 3, 1, 2)
 
 
-@UPSAMPLERS.register("featsharp")
-def build_featsharp(factor: int = 2, dim: int = 0, patch_size: int = 14, num_heads: int | None = None,
-                    window_size: int = 5, jbu_kernel_size: int = 7, key_dim: int = 32,
-                    mlp_hidden: int | None = None, layer_scale_init: float = 1e-6,
-                    layer_norm: bool = True) -> FeatSharpUpsampler:
-    options = dict(num_heads=num_heads, window_size=window_size, jbu_kernel_size=jbu_kernel_size,
-                   key_dim=key_dim, mlp_hidden=mlp_hidden, layer_scale_init=layer_scale_init,
-                   layer_norm=layer_norm)
-    return recorded("featsharp", FeatSharpUpsampler(factor, dim, patch_size, **options), **options)
+# the class is the builder (one signature); the registry records its options as build_config
+build_featsharp = UPSAMPLERS.register("featsharp")(FeatSharpUpsampler)

@@ -22,25 +22,22 @@ drops them too); guidance is ImageNet-standardized RGB. The filter runs on the
 memory-lean kernel of ``upsamplers._kernels`` (its gradient reaches all k*k taps,
 unlike FeatUp's CUDA kernel).
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from radiosharp.contracts import IMAGENET_MEAN, IMAGENET_STD
 from radiosharp.registry import UPSAMPLERS
-from upsamplers._base import Featurize, Upsampler, prime_factors, recorded
+from upsamplers._base import Featurize, Upsampler, prime_factors
 from upsamplers._kernels import neighborhood_attention, window_offsets
 
 
 def joint_bilateral_filter(
-    features: torch.Tensor,
-    range_queries: torch.Tensor,
-    range_keys: torch.Tensor,
-    spatial_logits: torch.Tensor,
-    kernel_size: int,
-) -> torch.Tensor:
+    features: Tensor, range_queries: Tensor, range_keys: Tensor, spatial_logits: Tensor, kernel_size: int
+) -> Tensor:
     """``out_i = sum_j softmax_j(q_i . k_j + spatial_j) f_j`` over a ``k x k`` window.
 
     features ``[B,C,H,W]`` (already on the output grid); range queries/keys
@@ -48,8 +45,9 @@ def joint_bilateral_filter(
     ``[1, k*k]`` = log of the spatial kernel. Equal to "range softmax times spatial
     kernel, renormalized" because the range softmax's normalizer cancels.
     """
-    out = neighborhood_attention(range_queries.unsqueeze(1), range_keys.unsqueeze(1), features.unsqueeze(1),
-                                 kernel_size, bias=spatial_logits)
+    out = neighborhood_attention(
+        range_queries.unsqueeze(1), range_keys.unsqueeze(1), features.unsqueeze(1), kernel_size, bias=spatial_logits
+    )
     return out.squeeze(1)
 
 
@@ -62,8 +60,7 @@ class JointBilateralUpsampler(nn.Module):
             raise ValueError(f"JBU kernel_size must be odd (e.g. 3, 5, 7), got {kernel_size}")
         self.factor = factor
         self.kernel_size = kernel_size
-        self.range_proj = nn.Sequential(
-            nn.Conv2d(guidance_dim, key_dim, 1), nn.GELU(), nn.Conv2d(key_dim, key_dim, 1))
+        self.range_proj = nn.Sequential(nn.Conv2d(guidance_dim, key_dim, 1), nn.GELU(), nn.Conv2d(key_dim, key_dim, 1))
         # Shape [1], not []: DeepSpeed cannot broadcast 0-dim bf16 parameters.
         self.log_range_temperature = nn.Parameter(torch.zeros(1))  # log(1 / sigma_range^2)
         self.sigma_spatial = nn.Parameter(torch.ones(1))
@@ -81,26 +78,27 @@ class JointBilateralUpsampler(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
-    def range_temperature(self) -> torch.Tensor:
+    def range_temperature(self) -> Tensor:
         """``1 / sigma_range^2`` (clamped as FeatUp does)."""
         return self.log_range_temperature.exp().clamp(1e-4, 1e4)
 
-    def spatial_logits(self) -> torch.Tensor:
+    def spatial_logits(self) -> Tensor:
         """``[1, k*k]`` log of the spatial Gaussian: ``-|offset|^2 / (2 sigma_spatial^2)``."""
-        return -(self.offset_dist_sq / self.radius ** 2) / (2 * self.sigma_spatial ** 2)
+        return -(self.offset_dist_sq / self.radius**2) / (2 * self.sigma_spatial**2)
 
-    def guidance(self, images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    def guidance(self, images: Tensor, size: tuple[int, int]) -> Tensor:
         """The image area-pooled to the output grid, standardized; ``[B,3,H,W]``."""
         pooled = F.adaptive_avg_pool2d(images, size)
         guidance = (pooled - self.guidance_mean.to(pooled.dtype)) / self.guidance_std.to(pooled.dtype)
         return guidance.to(self.log_range_temperature.dtype)  # the weights' dtype (bf16 after .to(bf16))
 
-    def forward(self, features: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: Tensor, images: Tensor) -> Tensor:
         size = (features.shape[-2] * self.factor, features.shape[-1] * self.factor)
         keys = self.range_proj(self.guidance(images, size))
         upsampled = F.interpolate(features, size=size, mode="bilinear", align_corners=False)
-        return joint_bilateral_filter(upsampled, keys * self.range_temperature, keys, self.spatial_logits(),
-                                      self.kernel_size)
+        return joint_bilateral_filter(
+            upsampled, keys * self.range_temperature, keys, self.spatial_logits(), self.kernel_size
+        )
 
     def extra_repr(self) -> str:
         return f"factor={self.factor}, kernel_size={self.kernel_size}"
@@ -112,10 +110,9 @@ class JBUStack(nn.Module):
     def __init__(self, factor: int, kernel_size: int = 7, key_dim: int = 32) -> None:
         super().__init__()
         self.factor = factor
-        self.stages = nn.ModuleList(
-            JointBilateralUpsampler(f, kernel_size, key_dim) for f in prime_factors(factor))
+        self.stages = nn.ModuleList(JointBilateralUpsampler(f, kernel_size, key_dim) for f in prime_factors(factor))
 
-    def forward(self, features: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: Tensor, images: Tensor) -> Tensor:
         for stage in self.stages:
             features = stage(features, images)
         return features
@@ -130,17 +127,17 @@ class FeatUpUpsampler(Upsampler):
         super().__init__(factor, dim, patch_size)
         self.jbu = JBUStack(factor, kernel_size, key_dim)
 
-    def forward(self, images: torch.Tensor, lowres: torch.Tensor, featurize: Featurize,
-                tile_features: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, images: Tensor, lowres: Tensor, featurize: Featurize, tile_features: Tensor | None = None
+    ) -> Tensor:
         self.check_inputs(images, lowres)
         return self.jbu(lowres, images)
 
 
 @UPSAMPLERS.register("featup")
-def build_featup(factor: int = 2, dim: int = 0, patch_size: int = 14, kernel_size: int = 7,
-                 key_dim: int = 32) -> FeatUpUpsampler:
+def build_featup(
+    factor: int = 2, dim: int = 0, patch_size: int = 14, kernel_size: int = 7, key_dim: int = 32
+) -> FeatUpUpsampler:
     if key_dim < 1:
         raise ValueError(f"featup: key_dim must be >= 1, got {key_dim}")
-    module = FeatUpUpsampler(factor, dim, patch_size, kernel_size, key_dim)
-    return recorded("featup", module, kernel_size=kernel_size, key_dim=key_dim)
-
+    return FeatUpUpsampler(factor, dim, patch_size, kernel_size, key_dim)

@@ -12,6 +12,7 @@
 How time and memory are measured: :mod:`radiosharp.bench.measure`. Benchmarks live
 here, not in timed tests.
 """
+
 from radiosharp.bench.crossover import crossover
 from radiosharp.bench.measure import Cost, measure
 from radiosharp.bench.train import bench_train

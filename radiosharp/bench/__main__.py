@@ -1,4 +1,5 @@
 """Command line of ``python -m radiosharp.bench`` (see :mod:`radiosharp.bench`)."""
+
 import sys
 
 from radiosharp.bench.cli import main

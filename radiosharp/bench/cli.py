@@ -1,4 +1,5 @@
 """``python -m radiosharp.bench {upsample,train}``: argument parsing and the printed tables."""
+
 from __future__ import annotations
 
 import argparse
@@ -21,22 +22,54 @@ def _ms(seconds: float | None) -> float | None:
 def upsample_tables(report: dict[str, Any]) -> str:
     """The inference table, the training-step table and the crossover lines."""
     t = report["teacher"]
-    head = (f"teacher {t['name']} (native {t['native_size']}px, patch {t['patch_size']}, dim {t['embed_dim']}) "
-            f"on {report['device']}, batch {report['batch']}, {report['precision']}, median of "
-            f"{report['repeats']} after {report['warmup']} warm-up; {report['weights']}\n"
-            f"x teacher = cost / cost of the teacher at u x input; peak memory: {report['memory']}")
-    rows = [[r["factor"], r["method"], r["input_size"], r["teacher_images"], _ms(r["time_s"]), r["time_ratio"],
-             _ms(r["time_excl_s"]), r["time_excl_ratio"], r["peak_mb"], r["mem_ratio"], r["peak_excl_mb"],
-             r["mem_excl_ratio"]] for r in report["rows"]]
-    headers = ["u", "method", "input px", "teacher imgs", "ms", "x teacher", "ms excl", "x teacher",
-               f"peak {MB}", "x teacher", f"{MB} excl", "x teacher"]
+    head = (
+        f"teacher {t['name']} (native {t['native_size']}px, patch {t['patch_size']}, dim {t['embed_dim']}) "
+        f"on {report['device']}, batch {report['batch']}, {report['precision']}, median of "
+        f"{report['repeats']} after {report['warmup']} warm-up; {report['weights']}\n"
+        f"x teacher = cost / cost of the teacher at u x input; peak memory: {report['memory']}"
+    )
+    rows = [
+        [
+            r["factor"],
+            r["method"],
+            r["input_size"],
+            r["teacher_images"],
+            _ms(r["time_s"]),
+            r["time_ratio"],
+            _ms(r["time_excl_s"]),
+            r["time_excl_ratio"],
+            r["peak_mb"],
+            r["mem_ratio"],
+            r["peak_excl_mb"],
+            r["mem_excl_ratio"],
+        ]
+        for r in report["rows"]
+    ]
+    headers = [
+        "u",
+        "method",
+        "input px",
+        "teacher imgs",
+        "ms",
+        "x teacher",
+        "ms excl",
+        "x teacher",
+        f"peak {MB}",
+        "x teacher",
+        f"{MB} excl",
+        "x teacher",
+    ]
     parts = [head, format_table(headers, rows)]
     if report["train"]:
-        train = [[r["factor"], r["method"], r["batch"], r["views"], _ms(r["step_s"]), r["images_per_s"],
-                  r["peak_mb"]] for r in report["train"]]
-        parts.append("multi-view training step (views, teacher targets, upsampler, downsampler, loss, "
-                     "backward, NAdam):\n"
-                     + format_table(["u", "method", "batch", "views", "step ms", "images/s", f"peak {MB}"], train))
+        train = [
+            [r["factor"], r["method"], r["batch"], r["views"], _ms(r["step_s"]), r["images_per_s"], r["peak_mb"]]
+            for r in report["train"]
+        ]
+        parts.append(
+            "multi-view training step (views, teacher targets, upsampler, downsampler, loss, "
+            "backward, NAdam):\n"
+            + format_table(["u", "method", "batch", "views", "step ms", "images/s", f"peak {MB}"], train)
+        )
     cross = report.get("crossover")
     if cross:
         a = cross["analytic"]
@@ -49,27 +82,52 @@ def upsample_tables(report: dict[str, Any]) -> str:
             f" + {cross['featsharp_fit']['b_seconds'] * 1e3:.3g} * u^2 ms"
             f"\n  analytic (eq. 6, 1+u^2 teacher calls vs u^p, block cost ignored): p=4 (attention-bound) "
             f"{fmt(a['attention_bound_u4'])}, p=2 (patch-linear) {fmt(a['patch_linear_u2'])}, "
-            f"measured p {fmt(a['measured_exponent'])}")
+            f"measured p {fmt(a['measured_exponent'])}"
+        )
     return "\n\n".join(parts)
 
 
 def train_tables(report: dict[str, Any]) -> str:
-    head = (f"recipe {report['recipe']} on {report['device']} ({report['mixed_precision']}), "
-            f"{report['steps']} steps after {report['warmup']} warm-up, micro-batch {report['micro_batch']}: "
-            f"{report['images_per_s']:.3g} images/s ({report['step_s'] * 1e3:.3g} ms/step)")
+    head = (
+        f"recipe {report['recipe']} on {report['device']} ({report['mixed_precision']}), "
+        f"{report['steps']} steps after {report['warmup']} warm-up, micro-batch {report['micro_batch']}: "
+        f"{report['images_per_s']:.3g} images/s ({report['step_s'] * 1e3:.3g} ms/step)"
+    )
     peak = report.get("peak_memory") or {}
     if peak.get("mib") is not None:
         head += f"; peak memory {peak['mib']:.4g} MiB ({peak['what']})"
     phases = list(report["partitions"][0]["shares"]) if report["partitions"] else []
-    rows = [[p["name"], p["size"], p["batch"], str(p["upsample"]).lower(), _ms(p["seconds"]), p["images_per_s"],
-             *(100 * p["shares"][ph] for ph in phases)] for p in report["partitions"]]
-    rows.append(["step", "", report["micro_batch"], "", _ms(report["step_s"]), report["images_per_s"],
-                 *(100 * report["shares"][ph] for ph in phases)])
+    rows = [
+        [
+            p["name"],
+            p["size"],
+            p["batch"],
+            str(p["upsample"]).lower(),
+            _ms(p["seconds"]),
+            p["images_per_s"],
+            *(100 * p["shares"][ph] for ph in phases),
+        ]
+        for p in report["partitions"]
+    ]
+    rows.append(
+        [
+            "step",
+            "",
+            report["micro_batch"],
+            "",
+            _ms(report["step_s"]),
+            report["images_per_s"],
+            *(100 * report["shares"][ph] for ph in phases),
+        ]
+    )
     extra = ", ".join(f"{ph} {100 * report['shares'][ph]:.3g}%" for ph in report["shares"] if ph not in phases)
-    table = format_table(["partition", "size", "batch", "upsample", "ms", "images/s", *(f"{ph} %" for ph in phases)],
-                         rows)
-    return f"{head}\n{table}\n(partition rows: shares of that partition's time; step row: of the whole step, " \
-           f"which also spends {extra})"
+    table = format_table(
+        ["partition", "size", "batch", "upsample", "ms", "images/s", *(f"{ph} %" for ph in phases)], rows
+    )
+    return (
+        f"{head}\n{table}\n(partition rows: shares of that partition's time; step row: of the whole step, "
+        f"which also spends {extra})"
+    )
 
 
 def _emit(report: dict[str, Any], json_target: str | None, text: str) -> None:
@@ -87,14 +145,22 @@ def _emit(report: dict[str, Any], json_target: str | None, text: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     import radiosharp.bench as package
 
-    parser = argparse.ArgumentParser(prog="python -m radiosharp.bench", description=package.__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m radiosharp.bench",
+        description=package.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("upsample", help="cost of upsamplers vs the teacher at u x input")
-    up.add_argument("--teacher", required=True,
-                    help="family name, '{family: dinov2, size: tiny}', or an upsampler run folder")
-    up.add_argument("--size", choices=("tiny", "real", "random"), default=None,
-                    help="teacher size for a family name (random: real architecture, random weights)")
+    up.add_argument(
+        "--teacher", required=True, help="family name, '{family: dinov2, size: tiny}', or an upsampler run folder"
+    )
+    up.add_argument(
+        "--size",
+        choices=("tiny", "real", "random"),
+        default=None,
+        help="teacher size for a family name (random: real architecture, random weights)",
+    )
     up.add_argument("--factors", type=int, nargs="+", default=[2, 3, 4])
     up.add_argument("--methods", nargs="+", default=None, help="upsamplers (default: bilinear featup featsharp)")
     up.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
@@ -104,22 +170,29 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--views", type=int, default=5, help="jittered views per image in the training step")
     up.add_argument("--no-train", action="store_true", help="skip the training-step measurement")
     up.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
-    up.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
-                    help="write the report as JSON to PATH (no PATH: print JSON instead of the tables)")
+    up.add_argument(
+        "--json",
+        nargs="?",
+        const="-",
+        default=None,
+        metavar="PATH",
+        help="write the report as JSON to PATH (no PATH: print JSON instead of the tables)",
+    )
     tr = sub.add_parser("train", help="images/s and phase shares of a distillation step")
     tr.add_argument("recipe", help="a kind: distill recipe")
     tr.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
     tr.add_argument("--steps", type=int, default=3)
     tr.add_argument("--warmup", type=int, default=1)
-    tr.add_argument("--stats-images", type=int, default=8,
-                    help="images for PHI-S statistics when the recipe has no statistics file")
+    tr.add_argument(
+        "--stats-images", type=int, default=8, help="images for PHI-S statistics when the recipe has no statistics file"
+    )
     tr.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH")
     return parser
 
 
 def run_upsample(args: argparse.Namespace) -> int:
-    import radiosharp
     from radiosharp.bench.upsample import DEFAULT_METHODS, bench_upsample
+    from radiosharp.builders import build_teacher
     from radiosharp.registry import UPSAMPLERS
     from radiosharp.viz import VizError, parse_teacher_spec
 
@@ -127,20 +200,31 @@ def run_upsample(args: argparse.Namespace) -> int:
     try:
         bad = [u for u in args.factors if u < 1]
         if bad or args.batch < 1 or args.repeats < 1 or args.warmup < 0 or args.views < 1:
-            raise ValueError(f"need factors >= 1 (got {args.factors}), --batch >= 1, --repeats >= 1, "
-                             "--warmup >= 0, --views >= 1")
+            raise ValueError(
+                f"need factors >= 1 (got {args.factors}), --batch >= 1, --repeats >= 1, --warmup >= 0, --views >= 1"
+            )
         for method in methods:
             UPSAMPLERS.get(method, "--methods")
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        teacher = radiosharp.build_teacher(parse_teacher_spec(args.teacher, args.size), "--teacher")
+        teacher = build_teacher(parse_teacher_spec(args.teacher, args.size), "--teacher")
     except (VizError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     teacher.to(device)
     quiet = args.json == "-"
     progress = None if quiet else (lambda msg: print(f"... {msg}", file=sys.stderr, flush=True))
-    report = bench_upsample(teacher, args.factors, methods, args.batch, args.warmup, args.repeats, args.views,
-                            not args.no_train, args.precision, progress=progress)
+    report = bench_upsample(
+        teacher,
+        args.factors,
+        methods,
+        args.batch,
+        args.warmup,
+        args.repeats,
+        args.views,
+        not args.no_train,
+        args.precision,
+        progress=progress,
+    )
     _emit(report, args.json, upsample_tables(report))
     return 0
 
@@ -151,8 +235,10 @@ def run_train(args: argparse.Namespace) -> int:
 
     try:
         if args.steps < 1 or args.warmup < 0 or args.stats_images < 2:
-            raise ValueError(f"need --steps >= 1, --warmup >= 0 and --stats-images >= 2, got {args.steps}, "
-                             f"{args.warmup}, {args.stats_images}")
+            raise ValueError(
+                f"need --steps >= 1, --warmup >= 0 and --stats-images >= 2, got {args.steps}, "
+                f"{args.warmup}, {args.stats_images}"
+            )
         recipe = load_recipe(args.recipe, args.overrides)
         report = bench_train(recipe, args.steps, args.warmup, args.stats_images)
     except (RecipeError, FileNotFoundError, ValueError) as err:

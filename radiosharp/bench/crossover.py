@@ -10,17 +10,18 @@ has ``u^2`` times the tokens: its cost grows like ``u^2`` while the per-token wo
 curves never cross (``1 + u^2 > u^2``). Small models and memory-bound kernels sit
 near ``p = 2`` (the paper measured a crossing near 3.3x for ViT-H/14 on an A100).
 """
+
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 MAX_FACTOR = 64.0  # search range of the extrapolation: (1, MAX_FACTOR]
 
 
 def analytic_crossing(exponent: float) -> float | None:
     """Smallest ``u > 1`` with ``1 + u^2 <= u^p`` (teacher calls only); None if it never happens."""
-    return _first_crossing(lambda u: 1 + u * u, lambda u: u ** exponent)
+    return _first_crossing(lambda u: 1 + u * u, lambda u: u**exponent)
 
 
 def _first_crossing(cost_a, cost_b, lo: float = 1.0, hi: float = MAX_FACTOR) -> float | None:
@@ -66,8 +67,9 @@ def fit_featsharp(factors: Sequence[float], costs: Sequence[float]) -> tuple[flo
     return b, b
 
 
-def crossover(factors: Sequence[int], teacher_seconds: Sequence[float], featsharp_seconds: Sequence[float],
-              native_seconds: float) -> dict:
+def crossover(
+    factors: Sequence[int], teacher_seconds: Sequence[float], featsharp_seconds: Sequence[float], native_seconds: float
+) -> dict:
     """The factor where FeatSharp (teacher calls included) gets cheaper than the ``u x`` teacher.
 
     ``measured``: the smallest measured factor where it already is (None if none);
@@ -94,16 +96,20 @@ def crossover(factors: Sequence[int], teacher_seconds: Sequence[float], featshar
     a, b = fit_featsharp(us, [featsharp_seconds[i] for i in order])
     extrapolated = None
     if measured is None:
-        extrapolated = _first_crossing(lambda u: a + b * u * u, lambda u: c * u ** p)
+        extrapolated = _first_crossing(lambda u: a + b * u * u, lambda u: c * u**p)
     if measured is not None:
         note = f"measured: featsharp is cheaper than the hi-res teacher from {measured:g}x on"
     elif extrapolated is not None:
-        note = (f"no measured factor crosses; extrapolated from the fits: featsharp gets cheaper at "
-                f"~{extrapolated:.2f}x (teacher cost ~ u^{p:.2f})")
+        note = (
+            f"no measured factor crosses; extrapolated from the fits: featsharp gets cheaper at "
+            f"~{extrapolated:.2f}x (teacher cost ~ u^{p:.2f})"
+        )
     else:
-        note = (f"no measured factor crosses, and the fits do not cross up to {MAX_FACTOR:g}x: the teacher "
-                f"scales as ~u^{p:.2f} here (u^2: constant cost per token; u^4: attention-bound), so "
-                "featsharp's 1+u^2 teacher calls stay dearer")
+        note = (
+            f"no measured factor crosses, and the fits do not cross up to {MAX_FACTOR:g}x: the teacher "
+            f"scales as ~u^{p:.2f} here (u^2: constant cost per token; u^4: attention-bound), so "
+            "featsharp's 1+u^2 teacher calls stay dearer"
+        )
     return {
         "measured": measured,
         "interpolated": interpolated,

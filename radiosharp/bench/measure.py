@@ -22,6 +22,7 @@ the inputs), in bytes:
   they neither add nor subtract. The profiled call is not timed.
 - other devices: not measured (``None``).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,8 +30,9 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -131,16 +133,22 @@ def peak_bytes(fn: Callable[[], Any], device: torch.device | str) -> int | None:
     return None
 
 
-def measure(fn: Callable[[], Any], device: torch.device | str, warmup: int = 1, repeats: int = 5,
-            memory: bool = True) -> Cost:
+def measure(
+    fn: Callable[[], Any], device: torch.device | str, warmup: int = 1, repeats: int = 5, memory: bool = True
+) -> Cost:
     """Median time of ``fn`` over ``repeats`` calls after ``warmup``, and its peak memory."""
     times = time_call(fn, device, warmup, repeats)
     peak = peak_bytes(fn, device) if memory else None
     return Cost(statistics.median(times), peak, times)
 
 
-def measure_interleaved(fns: dict[str, Callable[[], Any]], device: torch.device | str, warmup: int = 1,
-                        repeats: int = 5, memory: bool = True) -> dict[str, Cost]:
+def measure_interleaved(
+    fns: dict[str, Callable[[], Any]],
+    device: torch.device | str,
+    warmup: int = 1,
+    repeats: int = 5,
+    memory: bool = True,
+) -> dict[str, Cost]:
     """:func:`measure` for several calls, their timed repeats taken in turn (call 1, 2, ..., 1, 2, ...)."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -151,8 +159,10 @@ def measure_interleaved(fns: dict[str, Callable[[], Any]], device: torch.device 
     for _ in range(repeats):
         for name, fn in fns.items():
             times[name].extend(time_call(fn, device, warmup=0, repeats=1))
-    return {name: Cost(statistics.median(times[name]), peak_bytes(fn, device) if memory else None, times[name])
-            for name, fn in fns.items()}
+    return {
+        name: Cost(statistics.median(times[name]), peak_bytes(fn, device) if memory else None, times[name])
+        for name, fn in fns.items()
+    }
 
 
 def ratio(value: float | None, reference: float | None) -> float | None:

@@ -1,7 +1,9 @@
 """Plain-text tables with aligned columns (numbers right-aligned, text left-aligned)."""
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 
 def cell(value: Any, digits: int = 3) -> str:
@@ -9,20 +11,21 @@ def cell(value: Any, digits: int = 3) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.{digits}g}" if abs(value) < 10 ** digits else f"{value:.0f}"
+        return f"{value:.{digits}g}" if abs(value) < 10**digits else f"{value:.0f}"
     return str(value)
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """Rows of values under ``headers``, columns padded to their widest cell."""
     text = [[cell(v) for v in row] for row in rows]
-    numeric = [all(isinstance(row[i], (int, float)) or row[i] is None for row in rows) if rows else False
-               for i in range(len(headers))]
+    numeric = [
+        all(isinstance(row[i], (int, float)) or row[i] is None for row in rows) if rows else False
+        for i in range(len(headers))
+    ]
     widths = [max([len(h)] + [len(r[i]) for r in text]) for i, h in enumerate(headers)]
 
     def line(values: Sequence[str]) -> str:
-        return "  ".join(v.rjust(w) if num else v.ljust(w)
-                         for v, w, num in zip(values, widths, numeric)).rstrip()
+        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)).rstrip()
 
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([line(headers), rule, *(line(r) for r in text)])

@@ -1,8 +1,9 @@
 """``python -m radiosharp.bench train RECIPE [k=v ...]``: where a distillation step spends its time.
 
-The distill trainer's own pieces are built (``DistillTrainer.build`` in a temporary
-run folder: the teacher stack with its upsamplers and PHI-S, the student, the data),
-prepared by Accelerate as in a run, and a few steps are run phase by phase, per
+The distill trainer is set up as for a run (``Trainer.setup`` in a temporary run
+folder: ``DistillTrainer.build`` makes the teacher stack with its upsamplers and PHI-S,
+the student and the data; model and optimizer are prepared by Accelerate; the data
+comes in the run's step order), and a few steps are run phase by phase, per
 partition, with the device synchronized at every phase boundary:
 
 - ``teachers``: the frozen teachers (a forward hook times every teacher call, also
@@ -20,6 +21,7 @@ upsampler's cost, so FeatUp / FeatSharp named without a run
 (``teachers.dfn_clip.upsampler=featsharp``) are built untrained here, and teachers at
 ``size=random`` give real-size costs without the weights.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -27,12 +29,16 @@ import statistics
 import tempfile
 import time
 from collections import defaultdict
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from radiosharp.bench.measure import synchronize
 from radiosharp.recipe import Recipe, RecipeError
+
+if TYPE_CHECKING:
+    from radiosharp.engine.trainer import RunSession
 
 PHASES = ("teachers", "upsamplers", "student_forward", "loss", "backward")
 STEP_PHASES = (*PHASES, "optimizer", "other")
@@ -79,16 +85,16 @@ class TeacherTimer:
             handle.remove()
 
 
-def _prepared_trainer(recipe: Recipe, run_dir: str, stats_images: int):
-    """A DistillTrainer built in ``run_dir`` with its model and optimizer prepared (no run started)."""
-    from accelerate.utils import set_seed
-
-    from radiosharp.engine import make_optimizer
+def _prepared_trainer(recipe: Recipe, run_dir: str, stats_images: int) -> tuple[Any, RunSession]:
+    """A DistillTrainer set up in ``run_dir`` as for a run (``Trainer.setup``: model and
+    optimizer prepared, frozen modules placed, data opened at step 0), and its session."""
     from radiosharp.trainers.distill import DistillTrainer
 
     if recipe.kind != "distill":
-        raise RecipeError(f"bench train measures distillation steps: the recipe has kind '{recipe.kind}', "
-                          "expected 'distill' (for upsamplers use: python -m radiosharp.bench upsample)")
+        raise RecipeError(
+            f"bench train measures distillation steps: the recipe has kind '{recipe.kind}', "
+            "expected 'distill' (for upsamplers use: python -m radiosharp.bench upsample)"
+        )
     recipe = recipe.model_copy(deep=True)
     if recipe.deepspeed:
         # Each partition's backward is timed on its own, and under DeepSpeed every
@@ -101,14 +107,8 @@ def _prepared_trainer(recipe: Recipe, run_dir: str, stats_images: int):
         recipe.stats.num_images = max(2, min(recipe.stats.num_images, stats_images))
     trainer = DistillTrainer(recipe)
     trainer.untrained_upsamplers = True  # the cost of a FeatSharp step does not depend on its training
-    set_seed(recipe.seed)
-    trainer.build()
-    trainer.optimizer = make_optimizer(list(trainer.model.named_parameters()), recipe.train.optim)
-    trainer.model, trainer.optimizer = trainer.accelerator.prepare(trainer.model, trainer.optimizer)
-    for module in trainer.frozen:
-        module.to(trainer.accelerator.device)
-    trainer.model.train()
-    return trainer
+    session = trainer.setup()
+    return trainer, session
 
 
 def _timed_step(trainer: Any, batch: dict[str, Any], clock: PhaseClock, teacher_timer: TeacherTimer) -> float:
@@ -168,15 +168,14 @@ def _peak_memory(device: torch.device) -> dict[str, Any]:
 
 def bench_train(recipe: Recipe, steps: int = 3, warmup: int = 1, stats_images: int = 8) -> dict[str, Any]:
     """Images/s per partition and the share of step time per phase (see the module docstring)."""
-    from radiosharp.engine import next_readable, step_loader
+    from radiosharp.engine.order import next_readable
 
     if steps < 1 or warmup < 0:
         raise ValueError(f"steps must be >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
     with tempfile.TemporaryDirectory(prefix="radiosharp-bench-") as run_dir:
-        trainer = _prepared_trainer(recipe, run_dir, stats_images)
+        trainer, session = _prepared_trainer(recipe, run_dir, stats_images)
         acc = trainer.accelerator
-        loader = step_loader(trainer.dataset, trainer.micro_batch, recipe.seed, 0)
-        batches = iter(loader)
+        batches = session.batches
         clock = PhaseClock(acc.device)
         timer = TeacherTimer(clock, [slot.teacher for slot in trainer.stack.values()])
         try:
@@ -203,12 +202,17 @@ def bench_train(recipe: Recipe, steps: int = 3, warmup: int = 1, stats_images: i
     for part in partitions:
         seconds = {ph: per_step.get((part.name, ph), 0.0) for ph in PHASES}
         part_total = sum(seconds.values())
-        rows.append({
-            "name": part.name, "size": part.size, "batch": sizes[part.name], "upsample": part.upsample,
-            "seconds": part_total,
-            "images_per_s": sizes[part.name] / part_total if part_total > 0 else None,
-            "shares": {ph: s / part_total if part_total > 0 else 0.0 for ph, s in seconds.items()},
-        })
+        rows.append(
+            {
+                "name": part.name,
+                "size": part.size,
+                "batch": sizes[part.name],
+                "upsample": part.upsample,
+                "seconds": part_total,
+                "images_per_s": sizes[part.name] / part_total if part_total > 0 else None,
+                "shares": {ph: s / part_total if part_total > 0 else 0.0 for ph, s in seconds.items()},
+            }
+        )
     micro = sum(sizes.values())
     return {
         "recipe": recipe.name,

@@ -17,16 +17,18 @@ Then the factor where featsharp gets cheaper than the hi-res teacher (see
 of each trainable upsampler (``MultiViewModel``: views, teacher targets, upsampler,
 attention downsampler, loss, backward and a NAdam step).
 """
+
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 
-import radiosharp
 from radiosharp.bench.crossover import crossover
 from radiosharp.bench.measure import Cost, measure, measure_interleaved, ratio
+from radiosharp.builders import build_upsampler
 from radiosharp.contracts import Teacher
 from radiosharp.images import resize
 
@@ -57,7 +59,7 @@ class ReplayFeaturize:
         self.index += 1
         return out
 
-    def rewind(self) -> "ReplayFeaturize":
+    def rewind(self) -> ReplayFeaturize:
         """Switch to replaying, from the first recorded output."""
         self.replaying, self.index = True, 0
         return self
@@ -81,8 +83,15 @@ def _inference(device: torch.device, precision: str) -> Iterator[None]:
         yield
 
 
-def _row(factor: int, method: str, input_size: int, teacher_images: float, total: Cost,
-         excluded: Cost | None, reference: Cost) -> dict[str, Any]:
+def _row(
+    factor: int,
+    method: str,
+    input_size: int,
+    teacher_images: float,
+    total: Cost,
+    excluded: Cost | None,
+    reference: Cost,
+) -> dict[str, Any]:
     return {
         "factor": factor,
         "method": method,
@@ -99,8 +108,15 @@ def _row(factor: int, method: str, input_size: int, teacher_images: float, total
     }
 
 
-def bench_inference(teacher: Teacher, factor: int, methods: Sequence[str], images: torch.Tensor,
-                    warmup: int, repeats: int, precision: str = "fp32") -> list[dict[str, Any]]:
+def bench_inference(
+    teacher: Teacher,
+    factor: int,
+    methods: Sequence[str],
+    images: torch.Tensor,
+    warmup: int,
+    repeats: int,
+    precision: str = "fp32",
+) -> list[dict[str, Any]]:
     """Rows for one factor: the teacher at ``u x`` input, then each upsampler (incl./excl. teacher).
 
     All calls of the factor are timed round-robin, so they share the machine's load.
@@ -114,14 +130,14 @@ def bench_inference(teacher: Teacher, factor: int, methods: Sequence[str], image
         def call() -> Any:
             with _inference(device, precision):
                 return fn()
+
         return call
 
     calls = {"teacher": inference(lambda: teacher(images))}
     global_view = resize(images, (native, native))
     teacher_images = {}
     for method in methods:
-        upsampler = radiosharp.build_upsampler(method, factor=factor, dim=teacher.embed_dim,
-                                               patch_size=teacher.patch_size)
+        upsampler = build_upsampler(method, factor=factor, dim=teacher.embed_dim, patch_size=teacher.patch_size)
         model = UpsampledTeacher(teacher, upsampler).to(device).eval()
         with _inference(device, precision):
             lowres = model.featurize(global_view)
@@ -129,28 +145,36 @@ def bench_inference(teacher: Teacher, factor: int, methods: Sequence[str], image
             upsampler(images, lowres, replay)
         teacher_images[method] = 1 + replay.images_seen / batch
         calls[method] = inference(lambda model=model: model(images))
-        calls[f"{method}/excl"] = inference(
-            lambda up=upsampler, low=lowres, rep=replay: up(images, low, rep.rewind()))
+        calls[f"{method}/excl"] = inference(lambda up=upsampler, low=lowres, rep=replay: up(images, low, rep.rewind()))
     costs = measure_interleaved(calls, device, warmup, repeats)
     reference = costs["teacher"]
     rows = [_row(factor, "teacher", size, 1.0, reference, None, reference)]
     for method in methods:
-        rows.append(_row(factor, method, size, teacher_images[method], costs[method], costs[f"{method}/excl"],
-                         reference))
+        rows.append(
+            _row(factor, method, size, teacher_images[method], costs[method], costs[f"{method}/excl"], reference)
+        )
     return rows
 
 
-def bench_training_step(teacher: Teacher, factor: int, method: str, images: torch.Tensor, views: int,
-                        warmup: int, repeats: int, precision: str = "fp32") -> dict[str, Any]:
+def bench_training_step(
+    teacher: Teacher,
+    factor: int,
+    method: str,
+    images: torch.Tensor,
+    views: int,
+    warmup: int,
+    repeats: int,
+    precision: str = "fp32",
+) -> dict[str, Any]:
     """Images/s of one multi-view training step (forward, loss, backward, optimizer step)."""
-    from radiosharp.multiview import ViewConfig
+    from radiosharp.debias import Debias
+    from radiosharp.downsampler import AttentionDownsampler
+    from radiosharp.multiview.views import ViewConfig
     from radiosharp.trainers.upsampler import MultiViewModel
     from radiosharp.upsampled import UpsampledTeacher
-    from upsamplers.debias import Debias
-    from upsamplers.downsampler import AttentionDownsampler
 
     device, dim, grid = images.device, teacher.embed_dim, teacher.feature_grid
-    upsampler = radiosharp.build_upsampler(method, factor=factor, dim=dim, patch_size=teacher.patch_size)
+    upsampler = build_upsampler(method, factor=factor, dim=dim, patch_size=teacher.patch_size)
     up_teacher = UpsampledTeacher(teacher, upsampler, Debias(dim, grid))
     model = MultiViewModel(up_teacher, AttentionDownsampler(dim, 7, output_size=grid)).to(device).train()
     optimizer = torch.optim.NAdam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -176,10 +200,19 @@ def bench_training_step(teacher: Teacher, factor: int, method: str, images: torc
     }
 
 
-def bench_upsample(teacher: Teacher, factors: Sequence[int], methods: Sequence[str] = DEFAULT_METHODS,
-                   batch: int = 1, warmup: int = 1, repeats: int = 5, views: int = 5,
-                   train: bool = True, precision: str = "fp32", seed: int = 0,
-                   progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+def bench_upsample(
+    teacher: Teacher,
+    factors: Sequence[int],
+    methods: Sequence[str] = DEFAULT_METHODS,
+    batch: int = 1,
+    warmup: int = 1,
+    repeats: int = 5,
+    views: int = 5,
+    train: bool = True,
+    precision: str = "fp32",
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Run the whole benchmark on ``teacher`` (already on its device); returns the JSON-able report."""
     if not factors or any(int(u) < 1 for u in factors):
         raise ValueError(f"factors must be integers >= 1, got {list(factors)}")
@@ -206,12 +239,18 @@ def bench_upsample(teacher: Teacher, factors: Sequence[int], methods: Sequence[s
             for method in methods:
                 if _trainable(method):
                     say(f"factor {factor}: {method} training step")
-                    train_rows.append(bench_training_step(teacher, factor, method, images, views, warmup,
-                                                          repeats, precision))
+                    train_rows.append(
+                        bench_training_step(teacher, factor, method, images, views, warmup, repeats, precision)
+                    )
     report: dict[str, Any] = {
-        "teacher": {"name": getattr(teacher, "name", type(teacher).__name__), "native_size": native,
-                    "patch_size": teacher.patch_size, "embed_dim": teacher.embed_dim,
-                    "native_time_s": native_cost.seconds, "native_peak_mb": native_cost.peak_mb},
+        "teacher": {
+            "name": getattr(teacher, "name", type(teacher).__name__),
+            "native_size": native,
+            "patch_size": teacher.patch_size,
+            "embed_dim": teacher.embed_dim,
+            "native_time_s": native_cost.seconds,
+            "native_peak_mb": native_cost.peak_mb,
+        },
         "device": str(device),
         "batch": batch,
         "repeats": repeats,
@@ -231,7 +270,7 @@ def bench_upsample(teacher: Teacher, factors: Sequence[int], methods: Sequence[s
 
 
 def _trainable(method: str) -> bool:
-    module = radiosharp.build_upsampler(method, factor=2, dim=8, patch_size=2)
+    module = build_upsampler(method, factor=2, dim=8, patch_size=2)
     return bool(getattr(module, "trainable", False))
 
 
@@ -239,6 +278,8 @@ def _memory_method(device: torch.device) -> str:
     if device.type == "cuda":
         return "torch.cuda.max_memory_allocated after reset, minus memory allocated before the call"
     if device.type == "cpu":
-        return ("peak of the running sum of CPU allocations and frees recorded by "
-                "torch.profiler (profile_memory=True) during one extra, untimed call")
+        return (
+            "peak of the running sum of CPU allocations and frees recorded by "
+            "torch.profiler (profile_memory=True) during one extra, untimed call"
+        )
     return "not measured on this device"

@@ -5,17 +5,17 @@ cannot decode: a missing or zero-byte file, bytes that are not an image, a trunc
 JPEG (PIL only notices when it decodes the pixels, so we decode inside the ``try``).
 Sources catch that one error and turn the sample into a ``SkippedSample``.
 """
+
 from __future__ import annotations
 
 import io
 import os
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import torch
 
-Source = Union[str, os.PathLike, bytes]
+Source = str | os.PathLike | bytes
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
 

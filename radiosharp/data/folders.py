@@ -9,6 +9,7 @@ Classes are the sorted names of the first-level sub-folders that hold images (li
 torchvision's ImageFolder). Two folders that must agree on class indices (a train and a
 val split where val lacks a class) can pin the list with ``classes: [...]``.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,8 +21,7 @@ from torch.utils.data import Dataset
 
 from radiosharp.data.decode import IMAGE_EXTENSIONS, UnreadableFileError, is_image_file, normalize_extensions, read_rgb
 from radiosharp.data.skipping import SkippedSample
-from radiosharp.data.transforms import LabelledSource
-from radiosharp.data.transforms import check_size, image_to_square
+from radiosharp.data.transforms import LabelledSource, check_size, image_to_square
 from radiosharp.registry import DATASETS
 
 
@@ -48,8 +48,14 @@ def existing_folder(path: str | os.PathLike | None, what: str) -> Path:
 class ImageFolder(LabelledSource, Dataset):
     """Images (and labels from class sub-folders) below ``root``; see module doc."""
 
-    def __init__(self, root: str | os.PathLike | None, size: int = 224, recursive: bool = True,
-                 extensions: tuple[str, ...] = IMAGE_EXTENSIONS, classes: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike | None,
+        size: int = 224,
+        recursive: bool = True,
+        extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
+        classes: list[str] | None = None,
+    ) -> None:
         self.root = existing_folder(root, "image_folder root")
         self.size = check_size(size)
         self.extensions = normalize_extensions(extensions)
@@ -63,11 +69,15 @@ class ImageFolder(LabelledSource, Dataset):
             self.classes = list(classes) if classes else sorted(per_class)
             unknown = sorted(set(per_class) - set(self.classes))
             if unknown:
-                raise ValueError(f"image_folder {self.root}: sub-folders {unknown} are not in the given "
-                                 f"classes {self.classes}")
+                raise ValueError(
+                    f"image_folder {self.root}: sub-folders {unknown} are not in the given classes {self.classes}"
+                )
             if top_level:
-                warnings.warn(f"image_folder {self.root}: {len(top_level)} images directly in the root "
-                              "are ignored because the class sub-folders define the labels")
+                warnings.warn(
+                    f"image_folder {self.root}: {len(top_level)} images directly in the root "
+                    "are ignored because the class sub-folders define the labels",
+                    stacklevel=2,
+                )
             self.files, self.labels = [], []
             for index, name in enumerate(self.classes):
                 files = per_class.get(name, [])
@@ -87,17 +97,23 @@ class ImageFolder(LabelledSource, Dataset):
             pixels = read_rgb(path, min_side=self.size)
         except UnreadableFileError as err:
             return SkippedSample(str(path), str(err))
-        sample: dict[str, Any] = {"image": image_to_square(pixels, self.size),
-                                  "key": path.relative_to(self.root).as_posix()}
+        sample: dict[str, Any] = {
+            "image": image_to_square(pixels, self.size),
+            "key": path.relative_to(self.root).as_posix(),
+        }
         if self.labels is not None:
             sample["label"] = self.labels[index]
         return sample
 
 
 @DATASETS.register("image_folder")
-def build_image_folder(root: str | None = None, size: int = 224, recursive: bool = True,
-                       extensions: str | list[str] = ";".join(e.lstrip(".") for e in IMAGE_EXTENSIONS),
-                       classes: list[str] | None = None) -> ImageFolder:
+def build_image_folder(
+    root: str | None = None,
+    size: int = 224,
+    recursive: bool = True,
+    extensions: str | list[str] = ";".join(e.lstrip(".") for e in IMAGE_EXTENSIONS),  # noqa: B008 (computed once, shown in the signature)
+    classes: list[str] | None = None,
+) -> ImageFolder:
     """Every image below ``root``; ``label`` from the first-level sub-folder (``.classes``).
 
     ``recursive: false`` reads only ``root/*`` and ``root/<class>/*``. ``extensions`` is

@@ -8,6 +8,7 @@ stopping the run; plain arrays (``[H,W,3]`` uint8 or float in [0,1]) work as wel
 A ``ClassLabel`` label column gives ``.classes``. ``mask_column`` / ``depth_column``
 add dense targets (resized like ``seg_folder`` / ``depth_folder``).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,8 +20,7 @@ from torch.utils.data import Dataset
 
 from radiosharp.data.decode import UnreadableFileError, depth_in_units, read_depth_array, read_mask, read_rgb
 from radiosharp.data.skipping import SkippedSample
-from radiosharp.data.transforms import LabelledSource
-from radiosharp.data.transforms import check_size, depth_to_square, image_to_square, mask_to_square
+from radiosharp.data.transforms import LabelledSource, check_size, depth_to_square, image_to_square, mask_to_square
 from radiosharp.registry import DATASETS
 
 
@@ -31,11 +31,16 @@ def open_hf_dataset(name_or_path: str, split: str) -> Any:
     path = Path(name_or_path).expanduser()
     saved = path.is_dir() and any((path / f).is_file() for f in ("state.json", "dataset_dict.json"))
     try:
-        loaded = datasets.load_from_disk(str(path)) if saved else datasets.load_dataset(
-            str(path) if path.exists() else name_or_path, split=split)
+        loaded = (
+            datasets.load_from_disk(str(path))
+            if saved
+            else datasets.load_dataset(str(path) if path.exists() else name_or_path, split=split)
+        )
     except (FileNotFoundError, ConnectionError, OSError, ValueError) as err:
-        raise ValueError(f"hf: cannot load '{name_or_path}' split '{split}': {err}. Give a folder saved with "
-                         "datasets' save_to_disk, a local data folder, or a hub id (needs the network)") from None
+        raise ValueError(
+            f"hf: cannot load '{name_or_path}' split '{split}': {err}. Give a folder saved with "
+            "datasets' save_to_disk, a local data folder, or a hub id (needs the network)"
+        ) from None
     if isinstance(loaded, datasets.DatasetDict):
         if split not in loaded:
             raise ValueError(f"hf: '{name_or_path}' has no split '{split}'; valid splits: {', '.join(loaded)}")
@@ -63,22 +68,42 @@ def _array(value: Any, what: str, reader) -> Any:
 
 
 class HFImages(LabelledSource, Dataset):
-    """Samples of one split of a ``datasets`` dataset (see module doc)."""
+    """Samples of one split of a ``datasets`` dataset (see module doc).
 
-    def __init__(self, name_or_path: str, split: str = "train", image_column: str = "image",
-                 label_column: str | None = None, size: int = 224, mask_column: str | None = None,
-                 depth_column: str | None = None, depth_scale: float | None = None) -> None:
+    A split of a Hugging Face ``datasets`` dataset: saved folder, local folder or hub id.
+
+    ``label_column`` gives ``label`` (and ``.classes`` for a ClassLabel); ``mask_column``
+    / ``depth_column`` give dense targets; ``depth_scale`` as in ``depth_folder``.
+    """
+
+    def __init__(
+        self,
+        name_or_path: str | None = None,
+        split: str = "train",
+        image_column: str = "image",
+        label_column: str | None = None,
+        size: int = 224,
+        mask_column: str | None = None,
+        depth_column: str | None = None,
+        depth_scale: float | None = None,
+    ) -> None:
         import datasets
 
         if not name_or_path:
             raise ValueError("hf: 'name_or_path' is required (a saved dataset folder or a hub id)")
         self.size = check_size(size)
         ds = open_hf_dataset(name_or_path, split)
-        for option, column in (("image_column", image_column), ("label_column", label_column),
-                               ("mask_column", mask_column), ("depth_column", depth_column)):
+        for option, column in (
+            ("image_column", image_column),
+            ("label_column", label_column),
+            ("mask_column", mask_column),
+            ("depth_column", depth_column),
+        ):
             if column is not None and column not in ds.column_names:
-                raise ValueError(f"hf: {option} '{column}' is not a column of '{name_or_path}'; "
-                                 f"columns: {', '.join(ds.column_names)}")
+                raise ValueError(
+                    f"hf: {option} '{column}' is not a column of '{name_or_path}'; "
+                    f"columns: {', '.join(ds.column_names)}"
+                )
         for column in (image_column, mask_column, depth_column):
             ds = _undecoded(ds, column)
         self.ds, self.name = ds, str(name_or_path)
@@ -126,8 +151,7 @@ class HFImages(LabelledSource, Dataset):
             return SkippedSample(key, str(err))
         for name, target in targets.items():
             if tuple(target.shape) != tuple(image.shape[-2:]):
-                return SkippedSample(key, f"{name} is {tuple(target.shape)} but the image is "
-                                          f"{tuple(image.shape[-2:])}")
+                return SkippedSample(key, f"{name} is {tuple(target.shape)} but the image is {tuple(image.shape[-2:])}")
         sample: dict[str, Any] = {"image": image_to_square(image, self.size), "key": key}
         if "mask" in targets:
             sample["mask"] = mask_to_square(targets["mask"], self.size)
@@ -138,14 +162,4 @@ class HFImages(LabelledSource, Dataset):
         return sample
 
 
-@DATASETS.register("hf")
-def build_hf(name_or_path: str | None = None, split: str = "train", image_column: str = "image",
-             label_column: str | None = None, size: int = 224, mask_column: str | None = None,
-             depth_column: str | None = None, depth_scale: float | None = None) -> HFImages:
-    """A split of a Hugging Face ``datasets`` dataset: saved folder, local folder or hub id.
-
-    ``label_column`` gives ``label`` (and ``.classes`` for a ClassLabel); ``mask_column``
-    / ``depth_column`` give dense targets; ``depth_scale`` as in ``depth_folder``.
-    """
-    return HFImages(name_or_path or "", split, image_column, label_column, size, mask_column,
-                    depth_column, depth_scale)
+DATASETS.register("hf")(HFImages)  # the class is the builder: one signature

@@ -21,6 +21,7 @@ default, see ``radiosharp.data.transforms``). Depth in metres = stored value *
 millimetres) and 1 for float files (``.npy``, float TIFF). A stored 0 stays 0, which
 in NYU-style data means "no measurement".
 """
+
 from __future__ import annotations
 
 import os
@@ -68,8 +69,9 @@ class PairedFolder(Dataset):
     kind = "paired_folder"
     target_extensions: tuple[str, ...] = ()
 
-    def __init__(self, root: str | os.PathLike | None, size: int, images: str, targets: str,
-                 list_file: str | None = None) -> None:
+    def __init__(
+        self, root: str | os.PathLike | None, size: int, images: str, targets: str, list_file: str | None = None
+    ) -> None:
         base = existing_folder(root, f"{self.kind} root")
         self.root, self.size = base, check_size(size)
         self.image_root = existing_folder(base / images, f"{self.kind} images")
@@ -87,11 +89,15 @@ class PairedFolder(Dataset):
             else:
                 self.pairs.append((image, target))
         if not self.pairs:
-            raise ValueError(f"{self.kind} {base}: no image in '{self.image_root}' has a target of the same "
-                             f"stem in '{self.target_root}' (target extensions {list(self.target_extensions)})")
+            raise ValueError(
+                f"{self.kind} {base}: no image in '{self.image_root}' has a target of the same "
+                f"stem in '{self.target_root}' (target extensions {list(self.target_extensions)})"
+            )
         if missing:
-            warnings.warn(f"{self.kind} {base}: {len(missing)} images have no target and are left out "
-                          f"(first: {missing[:3]})")
+            warnings.warn(
+                f"{self.kind} {base}: {len(missing)} images have no target and are left out (first: {missing[:3]})",
+                stacklevel=2,
+            )
 
     def _find_target(self, stem: str) -> Path | None:
         for ext in self.target_extensions:
@@ -122,11 +128,16 @@ class PairedFolder(Dataset):
         except UnreadableFileError as err:
             return SkippedSample(str(target_path), str(err))
         if tuple(pixels.shape[-2:]) != tuple(target.shape[-2:]):
-            return SkippedSample(str(target_path), f"{self.target_key} is {tuple(target.shape)} but its image "
-                                                   f"{image_path.name} is {tuple(pixels.shape[-2:])}")
-        return {"image": image_to_square(pixels, self.size),
-                self.target_key: self.target_to_square(target),
-                "key": image_path.relative_to(self.image_root).as_posix()}
+            return SkippedSample(
+                str(target_path),
+                f"{self.target_key} is {tuple(target.shape)} but its image "
+                f"{image_path.name} is {tuple(pixels.shape[-2:])}",
+            )
+        return {
+            "image": image_to_square(pixels, self.size),
+            self.target_key: self.target_to_square(target),
+            "key": image_path.relative_to(self.image_root).as_posix(),
+        }
 
 
 class SegFolder(PairedFolder):
@@ -136,8 +147,17 @@ class SegFolder(PairedFolder):
     target_key = "mask"
     target_extensions = MASK_EXTENSIONS
 
-    def __init__(self, root, size=224, images="images", masks="masks", list_file=None,
-                 reduce_zero_label=False, num_classes=None, class_names=None) -> None:
+    def __init__(
+        self,
+        root,
+        size=224,
+        images="images",
+        masks="masks",
+        list_file=None,
+        reduce_zero_label=False,
+        num_classes=None,
+        class_names=None,
+    ) -> None:
         super().__init__(root, size, images, masks, list_file)
         self.reduce_zero_label = reduce_zero_label
         if class_names is not None and num_classes is not None and len(class_names) != num_classes:
@@ -163,11 +183,13 @@ class DepthFolder(PairedFolder):
     target_key = "depth"
     target_extensions = DEPTH_EXTENSIONS
 
-    def __init__(self, root, size=224, images="images", depth="depth", depth_scale=None,
-                 depth_resize="nearest", list_file=None) -> None:
+    def __init__(
+        self, root, size=224, images="images", depth="depth", depth_scale=None, depth_resize="nearest", list_file=None
+    ) -> None:
         if depth_resize not in DEPTH_RESIZE_MODES:
-            raise ValueError(f"depth_folder: depth_resize '{depth_resize}' is not valid; "
-                             f"valid: {', '.join(DEPTH_RESIZE_MODES)}")
+            raise ValueError(
+                f"depth_folder: depth_resize '{depth_resize}' is not valid; valid: {', '.join(DEPTH_RESIZE_MODES)}"
+            )
         super().__init__(root, size, images, depth, list_file)
         self.depth_scale, self.depth_resize = depth_scale, depth_resize
 
@@ -179,9 +201,16 @@ class DepthFolder(PairedFolder):
 
 
 @DATASETS.register("seg_folder")
-def build_seg_folder(root: str | None = None, size: int = 224, images: str = "images", masks: str = "masks",
-                     list_file: str | None = None, reduce_zero_label: bool = False,
-                     num_classes: int | None = None, class_names: list[str] | None = None) -> SegFolder:
+def build_seg_folder(
+    root: str | None = None,
+    size: int = 224,
+    images: str = "images",
+    masks: str = "masks",
+    list_file: str | None = None,
+    reduce_zero_label: bool = False,
+    num_classes: int | None = None,
+    class_names: list[str] | None = None,
+) -> SegFolder:
     """Images + class masks of the same stem (ADE20K/VOC style); ``mask`` [S,S] long, 255 = ignore.
 
     ``num_classes`` / ``class_names`` tell the probes the label space (else they use the
@@ -191,9 +220,15 @@ def build_seg_folder(root: str | None = None, size: int = 224, images: str = "im
 
 
 @DATASETS.register("depth_folder")
-def build_depth_folder(root: str | None = None, size: int = 224, images: str = "images", depth: str = "depth",
-                       depth_scale: float | None = None, depth_resize: str = "nearest",
-                       list_file: str | None = None) -> DepthFolder:
+def build_depth_folder(
+    root: str | None = None,
+    size: int = 224,
+    images: str = "images",
+    depth: str = "depth",
+    depth_scale: float | None = None,
+    depth_resize: str = "nearest",
+    list_file: str | None = None,
+) -> DepthFolder:
     """Images + depth maps of the same stem (NYU style); ``depth`` [S,S] float, metres when scaled.
 
     ``depth_scale`` multiplies the stored values (default: 1/1000 for integer files,

@@ -15,11 +15,13 @@ random squares whose side is ``scale`` (a range, as a share of the shorter side)
 photo, placed uniformly, the same for a given ``(seed, index)`` in every run (resumed
 runs and other processes see the same pixels).
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -81,14 +83,38 @@ def _photos(origin: str, loader: Callable[[str], Callable[[], np.ndarray]], name
     return [Photo(name, f"{origin} {ref}", loader(ref)) for name, ref in names.items()]
 
 
-CATALOGUE: dict[str, Photo] = {p.name: p for p in [
-    *_photos("scikit-image", _skimage, {n: n for n in (
-        "astronaut", "chelsea", "coffee", "rocket", "camera", "coins", "moon", "clock", "page",
-        "grass", "gravel", "brick", "retina", "immunohistochemistry", "hubble_deep_field")}),
-    *_photos("scikit-image", _skimage_file, {"motorcycle": "motorcycle_left.png"}),
-    *_photos("scikit-learn", _sklearn, {"china": "china.jpg", "flower": "flower.jpg"}),
-    *_photos("matplotlib", _matplotlib, {"grace_hopper": "grace_hopper.jpg"}),
-]}
+CATALOGUE: dict[str, Photo] = {
+    p.name: p
+    for p in [
+        *_photos(
+            "scikit-image",
+            _skimage,
+            {
+                n: n
+                for n in (
+                    "astronaut",
+                    "chelsea",
+                    "coffee",
+                    "rocket",
+                    "camera",
+                    "coins",
+                    "moon",
+                    "clock",
+                    "page",
+                    "grass",
+                    "gravel",
+                    "brick",
+                    "retina",
+                    "immunohistochemistry",
+                    "hubble_deep_field",
+                )
+            },
+        ),
+        *_photos("scikit-image", _skimage_file, {"motorcycle": "motorcycle_left.png"}),
+        *_photos("scikit-learn", _sklearn, {"china": "china.jpg", "flower": "flower.jpg"}),
+        *_photos("matplotlib", _matplotlib, {"grace_hopper": "grace_hopper.jpg"}),
+    ]
+}
 HELDOUT = ("astronaut", "coffee", "china", "camera")
 TRAIN = tuple(name for name in CATALOGUE if name not in HELDOUT)
 
@@ -119,14 +145,21 @@ def random_square(image: torch.Tensor, generator: torch.Generator, scale: tuple[
     side = max(1, int(round(share * min(h, w))))
     top = int(torch.randint(0, h - side + 1, (), generator=generator))
     left = int(torch.randint(0, w - side + 1, (), generator=generator))
-    return image[:, top:top + side, left:left + side]
+    return image[:, top : top + side, left : left + side]
 
 
 class Photos(Dataset):
     """The packaged photographs of one split at ``size x size`` (decoded once, then cached)."""
 
-    def __init__(self, size: int = 224, split: str = "train", crops: int = 1,
-                 scale: tuple[float, float] = (0.3, 1.0), seed: int = 0, names: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        size: int = 224,
+        split: str = "train",
+        crops: int = 1,
+        scale: tuple[float, float] = (0.3, 1.0),
+        seed: int = 0,
+        names: list[str] | None = None,
+    ) -> None:
         self.size = check_size(size)
         self.names = list(names) if names is not None else list(split_names(split))
         for name in self.names:
@@ -138,8 +171,10 @@ class Photos(Dataset):
             raise ValueError(f"photos: crops={crops!r} must be a positive integer (samples per photo)")
         low, high = (float(v) for v in scale)
         if not 0.0 < low <= high <= 1.0:
-            raise ValueError(f"photos: scale={list(scale)} must be [low, high] with 0 < low <= high <= 1 "
-                             "(the crop side as a share of the photo's shorter side)")
+            raise ValueError(
+                f"photos: scale={list(scale)} must be [low, high] with 0 < low <= high <= 1 "
+                "(the crop side as a share of the photo's shorter side)"
+            )
         self.split, self.crops, self.scale, self.seed = split, crops, (low, high), seed
         self._pixels: dict[str, torch.Tensor] = {}
 
@@ -164,8 +199,14 @@ class Photos(Dataset):
 
 
 @DATASETS.register("photos")
-def build_photos(size: int = 224, split: Split = "train", crops: int = 1, scale: list[float] = (0.3, 1.0),
-                 seed: int = 0, names: list[str] | None = None) -> Photos:
+def build_photos(
+    size: int = 224,
+    split: Split = "train",
+    crops: int = 1,
+    scale: list[float] = (0.3, 1.0),
+    seed: int = 0,
+    names: list[str] | None = None,
+) -> Photos:
     """Real photographs bundled with scikit-image, scikit-learn and matplotlib.
 
     - ``split``: ``train`` (15 photos), ``heldout`` (astronaut, coffee, china, camera) or ``all``
@@ -181,4 +222,3 @@ def build_photos(size: int = 224, split: Split = "train", crops: int = 1, scale:
 def describe() -> list[tuple[str, str, str]]:
     """(name, split, origin) of every photo, for docs."""
     return [(p.name, "heldout" if p.name in HELDOUT else "train", p.origin) for p in CATALOGUE.values()]
-

@@ -5,6 +5,7 @@ They need no download and no data folder. Colour images come first, then grey on
 images shipped inside the scikit-image wheel are listed (others need ``pooch`` and a
 network connection).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -16,8 +17,17 @@ from torch.utils.data import Dataset
 from radiosharp.data.transforms import check_size, image_to_square
 from radiosharp.registry import DATASETS
 
-COLOUR_SAMPLES = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field",
-                  "immunohistochemistry", "retina", "colorwheel", "logo")
+COLOUR_SAMPLES = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+    "colorwheel",
+    "logo",
+)
 GREY_SAMPLES = ("camera", "coins", "moon", "clock", "page", "text", "brick", "grass", "gravel", "cell")
 DEFAULT_SAMPLES = COLOUR_SAMPLES + GREY_SAMPLES
 
@@ -28,13 +38,15 @@ def load_sample(name: str) -> torch.Tensor:
 
     loader = getattr(skimage.data, name, None) if not name.startswith("_") else None
     if loader is None or not callable(loader):
-        raise ValueError(f"samples: scikit-image has no sample image '{name}'; "
-                         f"valid names: {', '.join(DEFAULT_SAMPLES)}")
+        raise ValueError(
+            f"samples: scikit-image has no sample image '{name}'; valid names: {', '.join(DEFAULT_SAMPLES)}"
+        )
     try:
         array = np.asarray(loader())
     except (ImportError, OSError) as err:  # an image that needs pooch / a download
-        raise ValueError(f"samples: '{name}' is not bundled with scikit-image ({err}); "
-                         f"bundled names: {', '.join(DEFAULT_SAMPLES)}") from None
+        raise ValueError(
+            f"samples: '{name}' is not bundled with scikit-image ({err}); bundled names: {', '.join(DEFAULT_SAMPLES)}"
+        ) from None
     if array.dtype == bool:
         array = array.astype(np.uint8) * 255
     elif array.dtype != np.uint8:
@@ -59,8 +71,9 @@ class SampleImages(Dataset):
         self.names = list(names) if names else list(DEFAULT_SAMPLES)
         for name in self.names:  # fail at build time, not in the middle of a run
             if name.startswith("_") or not callable(getattr(skimage.data, name, None)):
-                raise ValueError(f"samples: scikit-image has no sample image '{name}'; "
-                                 f"valid names: {', '.join(DEFAULT_SAMPLES)}")
+                raise ValueError(
+                    f"samples: scikit-image has no sample image '{name}'; valid names: {', '.join(DEFAULT_SAMPLES)}"
+                )
         self._cache: dict[int, torch.Tensor] = {}
 
     def __len__(self) -> int:

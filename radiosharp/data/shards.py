@@ -12,11 +12,13 @@ Samples whose image does not decode are passed on as ``SkippedSample`` (dropped 
 named by ``collate_skip_bad``); a shard that cannot be read (truncated tar, missing
 URL) is warned about and skipped by the webdataset handler.
 """
+
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from torch.utils.data import IterableDataset
 
@@ -33,18 +35,19 @@ def expand_shards(shards: str | list[str]) -> list[str]:
     patterns = [shards] if isinstance(shards, str) else list(shards or [])
     urls = [url for pattern in patterns for url in expand_urls(str(pattern))]
     if not urls:
-        raise ValueError("webdataset: 'shards' is required: a brace pattern like "
-                         "'/data/train-{000000..000099}.tar' or a list of shard paths/URLs")
+        raise ValueError(
+            "webdataset: 'shards' is required: a brace pattern like "
+            "'/data/train-{000000..000099}.tar' or a list of shard paths/URLs"
+        )
     local = [u for u in urls if "://" not in u and not u.startswith("pipe:") and u != "-"]
     missing = [u for u in local if not Path(u).expanduser().is_file()]
     if missing:
-        raise FileNotFoundError(f"webdataset: {len(missing)} of {len(urls)} shards not found "
-                                f"(first: {missing[:3]})")
+        raise FileNotFoundError(f"webdataset: {len(missing)} of {len(urls)} shards not found (first: {missing[:3]})")
     return [str(Path(u).expanduser()) if u in local else u for u in urls]
 
 
 def _warn_and_continue(error: Exception) -> bool:
-    warnings.warn(f"webdataset: skipping unreadable shard data: {error!r}")
+    warnings.warn(f"webdataset: skipping unreadable shard data: {error!r}", stacklevel=2)
     return True
 
 
@@ -56,13 +59,31 @@ def parse_label(raw: Any) -> int:
 
 
 class ShardStream(IterableDataset):
-    """Decoded ``{"image", "key", ["label"]}`` samples streamed from tar shards (see module doc)."""
+    """Decoded ``{"image", "key", ["label"]}`` samples streamed from tar shards (see module doc).
 
-    def __init__(self, shards: str | list[str], size: int = 224, image_key: str = "jpg;png;jpeg;webp",
-                 label_key: str | None = "cls", shuffle_buffer: int = 0, shard_shuffle: bool = False,
-                 seed: int = 0, resampled: bool = False, num_samples: int | None = None) -> None:
+    Tar shards (brace pattern or list) read with the webdataset package, split by rank and worker.
+
+    ``image_key``: ``;``-separated entry extensions, first present wins; ``label_key``:
+    the integer class entry (``cls``), None for none. ``shuffle_buffer`` > 0 shuffles
+    samples in a buffer of that size; ``shard_shuffle`` shuffles shard order;
+    ``resampled`` draws shards with replacement forever (for step-based training);
+    ``num_samples`` gives the stream a length (progress bars, statistics).
+    """
+
+    def __init__(
+        self,
+        shards: str | list[str] | None = None,
+        size: int = 224,
+        image_key: str = "jpg;png;jpeg;webp",
+        label_key: str | None = "cls",
+        shuffle_buffer: int = 0,
+        shard_shuffle: bool = False,
+        seed: int = 0,
+        resampled: bool = False,
+        num_samples: int | None = None,
+    ) -> None:
         super().__init__()
-        self.urls = expand_shards(shards)
+        self.urls = expand_shards(shards or [])
         self.size = check_size(size)
         self.image_keys = [k.strip().lower().lstrip(".") for k in image_key.split(";") if k.strip()]
         if not self.image_keys:
@@ -104,8 +125,11 @@ class ShardStream(IterableDataset):
 
         rank, world, worker, workers = wds.utils.pytorch_worker_info()
         if not self.resampled and len(self.urls) < world * workers:
-            warnings.warn(f"webdataset: {len(self.urls)} shards for {world} ranks x {workers} workers; "
-                          "some processes read nothing")
+            warnings.warn(
+                f"webdataset: {len(self.urls)} shards for {world} ranks x {workers} workers; "
+                "some processes read nothing",
+                stacklevel=2,
+            )
         epoch_seed = self.seed * 1_000_003 + self.epoch  # the same on every rank and worker
         stages: list[Any]
         if self.resampled:  # each rank/worker draws its own seeded stream of shards
@@ -123,17 +147,4 @@ class ShardStream(IterableDataset):
         yield from wds.DataPipeline(*stages)
 
 
-@DATASETS.register("webdataset")
-def build_webdataset(shards: str | list[str] | None = None, size: int = 224, image_key: str = "jpg;png;jpeg;webp",
-                     label_key: str | None = "cls", shuffle_buffer: int = 0, shard_shuffle: bool = False,
-                     seed: int = 0, resampled: bool = False, num_samples: int | None = None) -> ShardStream:
-    """Tar shards (brace pattern or list) read with the webdataset package, split by rank and worker.
-
-    ``image_key``: ``;``-separated entry extensions, first present wins; ``label_key``:
-    the integer class entry (``cls``), None for none. ``shuffle_buffer`` > 0 shuffles
-    samples in a buffer of that size; ``shard_shuffle`` shuffles shard order;
-    ``resampled`` draws shards with replacement forever (for step-based training);
-    ``num_samples`` gives the stream a length (progress bars, statistics).
-    """
-    return ShardStream(shards or [], size, image_key, label_key, shuffle_buffer, shard_shuffle, seed,
-                       resampled, num_samples)
+DATASETS.register("webdataset")(ShardStream)  # the class is the builder: one signature

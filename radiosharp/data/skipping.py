@@ -10,6 +10,7 @@ so a run over a web-scraped folder goes on and says what it left out.
 With DataLoader workers, collation (and so the log) runs in the worker processes:
 each worker warns on its own stderr and keeps its own count.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -48,8 +49,7 @@ class SkipLog:
         self.names[key] += 1
         if first:
             warnings.warn(
-                f"skipped unreadable sample '{key}': {reason} "
-                f"({len(self.names)} distinct unreadable so far)",
+                f"skipped unreadable sample '{key}': {reason} ({len(self.names)} distinct unreadable so far)",
                 UnreadableImageWarning,
                 stacklevel=3,
             )

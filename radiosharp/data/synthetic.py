@@ -20,6 +20,7 @@ the same in every process, worker and access order. Geometry is in image-relativ
 units, so the same scene rendered at a larger ``size`` is the same scene, sharper
 (only the pixel noise differs).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -72,21 +73,41 @@ def render_background(rng: np.random.Generator, x: np.ndarray, y: np.ndarray) ->
 
 
 class SyntheticScenes(Dataset):
-    """``num_images`` seeded scenes (see module doc); ``.num_classes`` counts the background."""
+    """``num_images`` seeded scenes (see module doc); ``.num_classes`` counts the background.
 
-    def __init__(self, num_images: int = 256, size: int = 224, seed: int = 0, num_classes: int = 16,
-                 min_object: float = 0.02, max_object: float = 0.5, min_objects: int = 1, max_objects: int = 8,
-                 pixel_noise: float = 0.02, haze: float = 0.03) -> None:
+    Seeded scenes of objects of many classes and sizes, with ``mask``, ``depth`` and ``label``.
+
+    ``num_classes`` counts the background (class 0); ``min_object`` / ``max_object`` are
+    object diameters as a fraction of the image side; ``pixel_noise`` is the std of
+    added Gaussian noise; ``haze`` how fast colours fade toward grey with depth.
+    """
+
+    def __init__(
+        self,
+        num_images: int = 256,
+        size: int = 224,
+        seed: int = 0,
+        num_classes: int = 16,
+        min_object: float = 0.02,
+        max_object: float = 0.5,
+        min_objects: int = 1,
+        max_objects: int = 8,
+        pixel_noise: float = 0.02,
+        haze: float = 0.03,
+    ) -> None:
         if num_images < 1:
             raise ValueError(f"synthetic: num_images must be >= 1, got {num_images}")
         if seed < 0:
             raise ValueError(f"synthetic: seed must be >= 0, got {seed}")
         if not 2 <= num_classes <= MAX_CLASSES:
-            raise ValueError(f"synthetic: num_classes must be in [2, {MAX_CLASSES}] (background included), "
-                             f"got {num_classes}")
+            raise ValueError(
+                f"synthetic: num_classes must be in [2, {MAX_CLASSES}] (background included), got {num_classes}"
+            )
         if not 0 < min_object <= max_object <= 1:
-            raise ValueError("synthetic: need 0 < min_object <= max_object <= 1 (object diameters as a "
-                             f"fraction of the image side), got {min_object}, {max_object}")
+            raise ValueError(
+                "synthetic: need 0 < min_object <= max_object <= 1 (object diameters as a "
+                f"fraction of the image side), got {min_object}, {max_object}"
+            )
         if not 1 <= min_objects <= max_objects:
             raise ValueError(f"synthetic: need 1 <= min_objects <= max_objects, got {min_objects}, {max_objects}")
         self.num_images, self.size, self.seed = num_images, check_size(size), seed
@@ -163,15 +184,4 @@ class SyntheticScenes(Dataset):
         }
 
 
-@DATASETS.register("synthetic")
-def build_synthetic(num_images: int = 256, size: int = 224, seed: int = 0, num_classes: int = 16,
-                    min_object: float = 0.02, max_object: float = 0.5, min_objects: int = 1, max_objects: int = 8,
-                    pixel_noise: float = 0.02, haze: float = 0.03) -> SyntheticScenes:
-    """Seeded scenes of objects of many classes and sizes, with ``mask``, ``depth`` and ``label``.
-
-    ``num_classes`` counts the background (class 0); ``min_object`` / ``max_object`` are
-    object diameters as a fraction of the image side; ``pixel_noise`` is the std of
-    added Gaussian noise; ``haze`` how fast colours fade toward grey with depth.
-    """
-    return SyntheticScenes(num_images, size, seed, num_classes, min_object, max_object, min_objects,
-                           max_objects, pixel_noise, haze)
+DATASETS.register("synthetic")(SyntheticScenes)  # the class is the builder: one signature

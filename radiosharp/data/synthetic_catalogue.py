@@ -9,15 +9,24 @@ CLIP-style zero-shot probe can use them.
 Shapes and fills are functions of object-local coordinates ``(u, v)`` (the object's
 own rotated frame, unit = its radius); every shape lies inside the unit disc.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
 COLOURS: dict[str, tuple[float, float, float]] = {
-    "red": (0.85, 0.10, 0.10), "orange": (0.95, 0.55, 0.10), "yellow": (0.95, 0.88, 0.15),
-    "lime": (0.60, 0.90, 0.20), "green": (0.10, 0.55, 0.20), "teal": (0.10, 0.50, 0.50),
-    "cyan": (0.25, 0.85, 0.95), "blue": (0.15, 0.30, 0.90), "purple": (0.50, 0.20, 0.75),
-    "magenta": (0.90, 0.20, 0.75), "pink": (1.00, 0.62, 0.72), "brown": (0.55, 0.33, 0.15),
+    "red": (0.85, 0.10, 0.10),
+    "orange": (0.95, 0.55, 0.10),
+    "yellow": (0.95, 0.88, 0.15),
+    "lime": (0.60, 0.90, 0.20),
+    "green": (0.10, 0.55, 0.20),
+    "teal": (0.10, 0.50, 0.50),
+    "cyan": (0.25, 0.85, 0.95),
+    "blue": (0.15, 0.30, 0.90),
+    "purple": (0.50, 0.20, 0.75),
+    "magenta": (0.90, 0.20, 0.75),
+    "pink": (1.00, 0.62, 0.72),
+    "brown": (0.55, 0.33, 0.15),
 }
 COLOUR_NAMES = tuple(COLOURS)
 

@@ -9,6 +9,7 @@ default for the same reason (a bilinear blend across an object edge is a depth t
 exists nowhere in the scene, and it smears the 0 = "no measurement" holes of NYU-style
 maps into valid pixels); ``bilinear`` is available for smooth, hole-free depth.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -27,7 +28,7 @@ def center_square(t: torch.Tensor) -> torch.Tensor:
     h, w = t.shape[-2:]
     side = min(h, w)
     top, left = (h - side) // 2, (w - side) // 2
-    return t[..., top:top + side, left:left + side]
+    return t[..., top : top + side, left : left + side]
 
 
 def check_size(size: int) -> int:

@@ -1,4 +1,5 @@
 """``python -m radiosharp.eval``: see ``radiosharp.eval.cli``."""
+
 import sys
 
 from radiosharp.eval.cli import main

@@ -10,6 +10,7 @@ then delta per task and Delta_m), and writes a Markdown report (default
 ``<first run>/eval/mtl_report.md``). A missing run, or one without an export, is a
 one-line error and exit status 2, before anything is evaluated or written.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,14 +36,16 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m radiosharp.eval", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m radiosharp.eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     mtl = sub.add_parser("mtl", help="MTL gain of runs against a baseline run")
     mtl.add_argument("runs", nargs="+", metavar="RUN")
     mtl.add_argument("--baseline", required=True, metavar="RUN")
-    mtl.add_argument("--report", type=Path, default=None, help="Markdown report path "
-                     "(default: <first run>/eval/mtl_report.md)")
+    mtl.add_argument(
+        "--report", type=Path, default=None, help="Markdown report path (default: <first run>/eval/mtl_report.md)"
+    )
     _common(mtl)
     run = sub.add_parser("run", help="evaluate one run (writes RUN/eval/metrics.json)")
     run.add_argument("run", metavar="RUN")
@@ -50,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _evaluate(runs: list[str], settings: EvalSettings, kinds: dict[str, str], args: argparse.Namespace
-              ) -> dict[str, dict[str, Any]]:
+def _evaluate(
+    runs: list[str], settings: EvalSettings, kinds: dict[str, str], args: argparse.Namespace
+) -> dict[str, dict[str, Any]]:
     out = {}
     progress = not args.no_progress
     tasks = select_tasks(settings.task_options(kinds[runs[0]]), args.tasks)
@@ -65,9 +69,11 @@ def cmd_mtl(args: argparse.Namespace) -> int:
     kinds = {run: check_run(run) for run in runs}
     mixed = {run: kind for run, kind in kinds.items() if kind != kinds[args.baseline]}
     if mixed:
-        raise EvalError(f"the baseline {args.baseline} is a '{kinds[args.baseline]}' run but "
-                        + ", ".join(f"{r} is a '{k}' run" for r, k in mixed.items())
-                        + "; MTL gain compares runs of one kind")
+        raise EvalError(
+            f"the baseline {args.baseline} is a '{kinds[args.baseline]}' run but "
+            + ", ".join(f"{r} is a '{k}' run" for r, k in mixed.items())
+            + "; MTL gain compares runs of one kind"
+        )
     settings = read_run_settings(args.baseline)
     for run in runs[1:]:
         try:
@@ -79,14 +85,22 @@ def cmd_mtl(args: argparse.Namespace) -> int:
     results = _evaluate(runs, settings, kinds, args)
     base = results[args.baseline]
     rows = [{"run": args.baseline, "kind": kinds[args.baseline], "tasks": base, "mtl": None}]
-    rows += [{"run": r, "kind": kinds[r], "tasks": results[r], "mtl": mtl_gain(results[r], base)}
-             for r in runs[1:]]
+    rows += [{"run": r, "kind": kinds[r], "tasks": results[r], "mtl": mtl_gain(results[r], base)} for r in runs[1:]]
     report = args.report or Path(args.runs[0]) / "eval" / "mtl_report.md"
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(markdown_report(rows, args.baseline, settings.model_dump(mode="json")))
     if args.json:
-        print(json.dumps({"baseline": args.baseline, "settings": settings.model_dump(mode="json"),
-                          "runs": rows, "report": str(report)}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "baseline": args.baseline,
+                    "settings": settings.model_dump(mode="json"),
+                    "runs": rows,
+                    "report": str(report),
+                },
+                indent=2,
+            )
+        )
     else:
         print(text_table(rows))
         print(f"\nreport: {report}")

@@ -13,12 +13,14 @@ progress) and keeps the result in memory, every global vector included, so kNN,
 segmentation, depth and zero-shot (which reads the CLIP adaptor's summary) on the same
 data share one pass. Probes then train on the cached tensors.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -42,21 +44,26 @@ def output_vectors(output: Any, dense: str = AUTO) -> tuple[dict[str, torch.Tens
     """
     if isinstance(output, TeacherOutput):
         if dense not in (AUTO, BACKBONE):
-            raise ValueError(f"dense='{dense}' selects a student adaptor head, but this featurizer "
-                             "is a teacher; use 'auto'")
+            raise ValueError(
+                f"dense='{dense}' selects a student adaptor head, but this featurizer is a teacher; use 'auto'"
+            )
         feats = output.features
         return {AUTO: output.summary if output.summary is not None else feats.mean((2, 3))}, feats
     if isinstance(output, StudentOutput):
         if dense in (AUTO, BACKBONE):
             if output.backbone is None:
-                raise ValueError("student output has no backbone features; choose dense=<teacher name> "
-                                 f"among {sorted(output.features)}")
+                raise ValueError(
+                    "student output has no backbone features; choose dense=<teacher name> "
+                    f"among {sorted(output.features)}"
+                )
             feats = output.backbone
         elif dense in output.features:
             feats = output.features[dense]
         else:
-            raise ValueError(f"dense='{dense}': the student has no feature head of that name; valid: "
-                             f"{', '.join([BACKBONE, *sorted(output.features)])}")
+            raise ValueError(
+                f"dense='{dense}': the student has no feature head of that name; valid: "
+                f"{', '.join([BACKBONE, *sorted(output.features)])}"
+            )
         base = output.backbone if output.backbone is not None else feats
         return {**output.summary, AUTO: base.mean((2, 3))}, feats
     raise TypeError(f"a featurizer must return TeacherOutput or StudentOutput, got {type(output).__name__}")
@@ -68,12 +75,15 @@ def choose_summary(vectors: Mapping[str, torch.Tensor], summary: str, teacher: b
     if summary in (AUTO, BACKBONE):
         return vectors[AUTO]
     if teacher:
-        raise ValueError(f"summary='{summary}' selects a student adaptor head, but this featurizer "
-                         "is a teacher; use 'auto'")
+        raise ValueError(
+            f"summary='{summary}' selects a student adaptor head, but this featurizer is a teacher; use 'auto'"
+        )
     if summary in vectors:
         return vectors[summary]
-    raise ValueError(f"summary='{summary}': the student has no summary head of that name; valid: "
-                     f"{', '.join([BACKBONE, *sorted(k for k in vectors if k != AUTO)])}")
+    raise ValueError(
+        f"summary='{summary}': the student has no summary head of that name; valid: "
+        f"{', '.join([BACKBONE, *sorted(k for k in vectors if k != AUTO)])}"
+    )
 
 
 def split_output(output: Any, summary: str = AUTO, dense: str = AUTO) -> tuple[torch.Tensor, torch.Tensor]:
@@ -107,7 +117,7 @@ class FeatureSet:
         on this set standardises with them."""
         return channel_stats(self.dense)
 
-    def subset(self, index: torch.Tensor) -> "FeatureSet":
+    def subset(self, index: torch.Tensor) -> FeatureSet:
         def take(t):
             return t[index] if isinstance(t, torch.Tensor) else t
 
@@ -169,9 +179,16 @@ class FeatureStore:
     holds every global vector, so that costs no second pass.
     """
 
-    def __init__(self, featurizer: nn.Module, image_size: int | None = None, batch_size: int = 16,
-                 device: str | torch.device = "cpu", summary: str = AUTO, dense: str = AUTO,
-                 progress: bool = True) -> None:
+    def __init__(
+        self,
+        featurizer: nn.Module,
+        image_size: int | None = None,
+        batch_size: int = 16,
+        device: str | torch.device = "cpu",
+        summary: str = AUTO,
+        dense: str = AUTO,
+        progress: bool = True,
+    ) -> None:
         self.featurizer = featurizer
         self.image_size = image_size
         self.batch_size = batch_size
@@ -190,9 +207,9 @@ class FeatureStore:
     def dataset(self, data: Mapping[str, Any]) -> Any:
         key = self._key(data)
         if key not in self._datasets:
-            import radiosharp
+            from radiosharp.builders import build_dataset
 
-            self._datasets[key] = radiosharp.build_dataset(dict(data), where="eval data")
+            self._datasets[key] = build_dataset(dict(data), where="eval data")
         return self._datasets[key]
 
     def get(self, data: Mapping[str, Any], dense: bool = True, summary: str | None = None) -> FeatureSet:
@@ -266,9 +283,15 @@ class FeatureStore:
         return _Extracted(features, vectors, teacher)
 
 
-def train_val_features(ctx: Any, data: Mapping[str, Any] | None, val_data: Mapping[str, Any] | None,
-                       val_fraction: float = 0.25, split_seed: int = 0, dense: bool = True,
-                       summary: str | None = None) -> tuple[FeatureSet, FeatureSet]:
+def train_val_features(
+    ctx: Any,
+    data: Mapping[str, Any] | None,
+    val_data: Mapping[str, Any] | None,
+    val_fraction: float = 0.25,
+    split_seed: int = 0,
+    dense: bool = True,
+    summary: str | None = None,
+) -> tuple[FeatureSet, FeatureSet]:
     """Train and val features for a task.
 
     Two data configs give the two sets; one (``data`` without ``val_data``) is split

@@ -18,6 +18,7 @@ Upsampler quality (FeatSharp appendix B, all on NCHW feature tensors):
 Probe metrics: ``top1_accuracy``, ``confusion_matrix`` / ``mean_iou``,
 ``small_segment_pixels`` (what "small objects" means, see there) and ``depth_errors``.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,8 +46,9 @@ def fidelity(target: torch.Tensor, prediction: torch.Tensor, mask: torch.Tensor 
     empty borders). Returns a 0-d tensor; ``inf`` when the prediction is exact.
     """
     if target.shape != prediction.shape:
-        raise ValueError(f"fidelity: target {tuple(target.shape)} and prediction "
-                         f"{tuple(prediction.shape)} must have the same shape")
+        raise ValueError(
+            f"fidelity: target {tuple(target.shape)} and prediction {tuple(prediction.shape)} must have the same shape"
+        )
     y, x = _channels_last(target.double()), _channels_last(prediction.double())
     if mask is None:
         w = torch.ones_like(y)
@@ -91,11 +93,14 @@ def crf_loss(
     is resized to the feature grid first.
     """
     if features.ndim != 4 or image.ndim != 4:
-        raise ValueError(f"crf_loss: expected features [B,C,H,W] and image [B,3,H,W], got "
-                         f"{tuple(features.shape)} and {tuple(image.shape)}")
+        raise ValueError(
+            f"crf_loss: expected features [B,C,H,W] and image [B,3,H,W], got "
+            f"{tuple(features.shape)} and {tuple(image.shape)}"
+        )
     B, _, H, W = features.shape
-    guide = F.interpolate(image.to(features.dtype), size=(H, W), mode="bilinear", align_corners=False,
-                          antialias=image.shape[-1] > W)
+    guide = F.interpolate(
+        image.to(features.dtype), size=(H, W), mode="bilinear", align_corners=False, antialias=image.shape[-1] > W
+    )
     gen = torch.Generator(device="cpu").manual_seed(seed)
     idx = torch.randint(0, H * W, (2, B, num_pairs), generator=gen).to(features.device)
     ys = (torch.arange(H * W, device=features.device) // W).to(features.dtype) / max(H, W)
@@ -108,8 +113,9 @@ def crf_loss(
 
     dpos = (ys[idx[0]] - ys[idx[1]]).pow(2) + (xs[idx[0]] - xs[idx[1]]).pow(2)  # [B,P]
     dcol = (pick(g, 0) - pick(g, 1)).pow(2).sum(1)
-    kernel = appearance_weight * torch.exp(-dpos / (2 * pos_sigma**2) - dcol / (2 * color_sigma**2)) \
-        + smoothness_weight * torch.exp(-dpos / (2 * smooth_sigma**2))
+    kernel = appearance_weight * torch.exp(
+        -dpos / (2 * pos_sigma**2) - dcol / (2 * color_sigma**2)
+    ) + smoothness_weight * torch.exp(-dpos / (2 * smooth_sigma**2))
     dfeat = (pick(f, 0) - pick(f, 1)).pow(2).mean(1)
     return (kernel * dfeat).mean()
 
@@ -149,8 +155,13 @@ def top1_accuracy(predictions: torch.Tensor, labels: torch.Tensor) -> float:
     return float((predictions.view(-1) == labels.view(-1)).double().mean())
 
 
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
-                     ignore_index: int = 255, where: torch.Tensor | None = None) -> torch.Tensor:
+def confusion_matrix(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    num_classes: int,
+    ignore_index: int = 255,
+    where: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``[K,K]`` counts (rows = ground truth, columns = prediction) over non-ignored pixels.
 
     ``where`` (bool, same shape) restricts the count to a pixel subset.
@@ -172,8 +183,9 @@ def mean_iou(confusion: torch.Tensor) -> tuple[float, torch.Tensor]:
     return (float(iou[present].mean()) if present.any() else float("nan")), iou
 
 
-def small_segment_pixels(mask: torch.Tensor, max_area: float = 0.01, ignore_index: int = 255,
-                         connectivity: int = 2) -> torch.Tensor:
+def small_segment_pixels(
+    mask: torch.Tensor, max_area: float = 0.01, ignore_index: int = 255, connectivity: int = 2
+) -> torch.Tensor:
     """Pixels of small ground-truth segments: bool ``[...,H,W]`` like ``mask``.
 
     A segment is one connected component (8-connectivity by default) of one class in
@@ -191,8 +203,7 @@ def small_segment_pixels(mask: torch.Tensor, max_area: float = 0.01, ignore_inde
     for i, m in enumerate(flat):
         # one labelling per image: neighbours join only when they hold the same class, so each
         # component is one segment of one class; ignored pixels are the background (label 0)
-        comps, count = connected_components(m, background=ignore_index, return_num=True,
-                                            connectivity=connectivity)
+        comps, count = connected_components(m, background=ignore_index, return_num=True, connectivity=connectivity)
         if count == 0:
             continue
         areas = np.bincount(comps.ravel(), minlength=count + 1)

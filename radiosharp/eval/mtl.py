@@ -15,11 +15,13 @@ Inputs are plain dicts, task name -> task result as stored in ``metrics.json``::
 A metric entry may also be a bare number when ``higher_is_better`` comes from the
 baseline's entry.
 """
+
 from __future__ import annotations
 
 import math
 import statistics
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 
 def metric_delta(value: float, baseline: float, higher_is_better: bool) -> float:
@@ -57,8 +59,12 @@ def mtl_gain(run: Mapping[str, Mapping[str, Any]], baseline: Mapping[str, Mappin
         ours, base = run.get(task), baseline.get(task)
         states = {"run": _status(ours), "baseline": _status(base)}
         bad = {who: s for who, s in states.items() if s != "ok"}
-        if bad and len(bad) == 2 and states["run"] == states["baseline"] and \
-                (ours or {}).get("reason") == (base or {}).get("reason"):
+        if (
+            bad
+            and len(bad) == 2
+            and states["run"] == states["baseline"]
+            and (ours or {}).get("reason") == (base or {}).get("reason")
+        ):
             why = (ours or {}).get("reason", "")
             excluded[task] = f"{states['run']} in both runs" + (f" ({why})" if why else "")
             continue

@@ -8,9 +8,10 @@ std (so one learning rate suits every featurizer), apply a 1x1 convolution, upsa
 the output bilinearly to the target resolution and train with AdamW on random
 minibatches of cached images, seeded (init and batch order).
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -18,9 +19,15 @@ from torch import nn
 
 
 @torch.no_grad()
-def knn_predict(train_vectors: torch.Tensor, train_labels: torch.Tensor, query_vectors: torch.Tensor,
-                k: int = 20, temperature: float = 0.07, num_classes: int | None = None,
-                chunk: int = 1024) -> torch.Tensor:
+def knn_predict(
+    train_vectors: torch.Tensor,
+    train_labels: torch.Tensor,
+    query_vectors: torch.Tensor,
+    k: int = 20,
+    temperature: float = 0.07,
+    num_classes: int | None = None,
+    chunk: int = 1024,
+) -> torch.Tensor:
     """Weighted k-NN labels for ``query_vectors`` (DINO's kNN eval).
 
     Vectors are L2-normalised; the k most cosine-similar training vectors vote for
@@ -35,7 +42,7 @@ def knn_predict(train_vectors: torch.Tensor, train_labels: torch.Tensor, query_v
     labels = train_labels.long()
     out = []
     for start in range(0, len(query_vectors), chunk):
-        query = F.normalize(query_vectors[start:start + chunk].float(), dim=1)
+        query = F.normalize(query_vectors[start : start + chunk].float(), dim=1)
         sims, idx = (query @ train.T).topk(k, dim=1)
         weights = (sims / temperature).exp()
         votes = torch.zeros(len(query), num_classes).scatter_add_(1, labels[idx], weights)
@@ -71,8 +78,7 @@ class DenseLinearProbe(nn.Module):
         gy = (pixels[..., 0].float() + 0.5) / H * 2 - 1
         gx = (pixels[..., 1].float() + 0.5) / W * 2 - 1
         grid = torch.stack([gx, gy], -1)[:, None]  # [b,1,P,2]
-        return F.grid_sample(self.lowres(features), grid, mode="bilinear", padding_mode="border",
-                             align_corners=False)
+        return F.grid_sample(self.lowres(features), grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def channel_stats(features: torch.Tensor, chunk: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,7 +86,7 @@ def channel_stats(features: torch.Tensor, chunk: int = 64) -> tuple[torch.Tensor
     total = torch.zeros(features.shape[1], dtype=torch.float64)
     squares = torch.zeros_like(total)
     for start in range(0, len(features), chunk):
-        x = features[start:start + chunk].double()
+        x = features[start : start + chunk].double()
         total += x.sum((0, 2, 3))
         squares += x.pow(2).sum((0, 2, 3))
     count = features.numel() / features.shape[1]
@@ -98,11 +104,20 @@ def _fits_on(device: str | torch.device, *tensors: torch.Tensor) -> bool:
     return sum(t.numel() * t.element_size() for t in tensors) < free // 2
 
 
-def fit_dense_probe(features: torch.Tensor, targets: torch.Tensor, out_channels: int, loss_fn,
-                    steps: int = 300, lr: float = 1e-2, weight_decay: float = 1e-4, batch_size: int = 16,
-                    seed: int = 0, device: str | torch.device = "cpu",
-                    pixels_per_image: int | None = 1024,
-                    stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> DenseLinearProbe:
+def fit_dense_probe(
+    features: torch.Tensor,
+    targets: torch.Tensor,
+    out_channels: int,
+    loss_fn,
+    steps: int = 300,
+    lr: float = 1e-2,
+    weight_decay: float = 1e-4,
+    batch_size: int = 16,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    pixels_per_image: int | None = 1024,
+    stats: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> DenseLinearProbe:
     """Train a ``DenseLinearProbe`` on ``features`` [N,D,h,w] against ``targets`` [N,S,S].
 
     ``loss_fn(output [b,out,...], targets [b,...]) -> scalar``. Each step draws
@@ -150,9 +165,14 @@ def fit_dense_probe(features: torch.Tensor, targets: torch.Tensor, out_channels:
 
 
 @torch.no_grad()
-def predict_dense(probe: DenseLinearProbe, features: torch.Tensor, size: tuple[int, int],
-                  batch_size: int = 16, device: str | torch.device = "cpu",
-                  reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+def predict_dense(
+    probe: DenseLinearProbe,
+    features: torch.Tensor,
+    size: tuple[int, int],
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
     """Probe outputs ``[N,out,S,S]`` for cached features, in batches, gathered on the CPU.
 
     ``reduce`` maps each batch's outputs first (e.g. logits to classes), so the full
@@ -160,22 +180,29 @@ def predict_dense(probe: DenseLinearProbe, features: torch.Tensor, size: tuple[i
     """
     outs = []
     for start in range(0, len(features), batch_size):
-        out = probe(features[start:start + batch_size].to(device), size)
+        out = probe(features[start : start + batch_size].to(device), size)
         outs.append((out if reduce is None else reduce(out)).cpu())
     return torch.cat(outs)
 
 
-def fit_segmentation_probe(features: torch.Tensor, masks: torch.Tensor, num_classes: int,
-                           ignore_index: int = 255, **kwargs) -> DenseLinearProbe:
+def fit_segmentation_probe(
+    features: torch.Tensor, masks: torch.Tensor, num_classes: int, ignore_index: int = 255, **kwargs
+) -> DenseLinearProbe:
     """Linear segmentation probe: cross-entropy at the mask resolution, ``ignore_index`` ignored."""
+
     def loss_fn(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, target.long(), ignore_index=ignore_index)
 
     return fit_dense_probe(features, masks, num_classes, loss_fn, **kwargs)
 
 
-def predict_segmentation(probe: DenseLinearProbe, features: torch.Tensor, size: tuple[int, int],
-                         batch_size: int = 16, device: str | torch.device = "cpu") -> torch.Tensor:
+def predict_segmentation(
+    probe: DenseLinearProbe,
+    features: torch.Tensor,
+    size: tuple[int, int],
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+) -> torch.Tensor:
     """Class per pixel ``[N,S,S]`` (argmax of the upsampled logits)."""
     return predict_dense(probe, features, size, batch_size, device, reduce=lambda logits: logits.argmax(1))
 
@@ -188,8 +215,9 @@ class DepthProbe(nn.Module):
         self.probe, self.depth_mean, self.depth_std, self.min_depth = probe, depth_mean, depth_std, min_depth
 
     @torch.no_grad()
-    def predict(self, features: torch.Tensor, size: tuple[int, int], batch_size: int = 16,
-                device: str | torch.device = "cpu") -> torch.Tensor:
+    def predict(
+        self, features: torch.Tensor, size: tuple[int, int], batch_size: int = 16, device: str | torch.device = "cpu"
+    ) -> torch.Tensor:
         out = predict_dense(self.probe, features, size, batch_size, device, reduce=lambda o: o[:, 0])
         return (out * self.depth_std + self.depth_mean).clamp_min(self.min_depth)
 

@@ -1,10 +1,12 @@
 """Tables of eval results: one row per run, one column per task metric, then the
 per-task deltas and Delta_m against the baseline (text for the terminal, Markdown for
 the report file)."""
+
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from radiosharp.bench.table import format_table
 

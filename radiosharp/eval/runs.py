@@ -14,11 +14,13 @@ teachers' text weights, which no other task needs. Results go to
 and are reused on the next call for every task whose options, the context and the
 export fingerprint (size + mtime of the export files) are unchanged, unless forced.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,7 +29,7 @@ from tqdm.auto import tqdm
 from radiosharp.eval.features import FeatureStore
 from radiosharp.eval.settings import EvalError, EvalSettings
 from radiosharp.eval.task import EvalContext
-from radiosharp.export import CONFIG, WEIGHTS, atomic_write_bytes
+from radiosharp.export import CONFIG, WEIGHTS, atomic_write_bytes, read_export_meta
 
 METRICS_FILE = Path("eval") / "metrics.json"
 
@@ -50,19 +52,14 @@ RUN_LOADERS: dict[str, Callable[..., nn.Module]] = {"student": _load_student, "u
 
 def check_run(run_dir: str | Path) -> str:
     """The export kind of ``run_dir``; EvalError (one line, naming the run) when it cannot be evaluated."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise EvalError(f"run folder not found: {run_dir}")
-    if not (run_dir / CONFIG).is_file() or not (run_dir / WEIGHTS).is_file():
-        raise EvalError(f"{run_dir} has no exported model ({CONFIG} + {WEIGHTS}); train it to the end "
-                        "(a killed run continues with resume=true)")
     try:
-        kind = json.loads((run_dir / CONFIG).read_text()).get("kind")
-    except (json.JSONDecodeError, AttributeError) as err:
-        raise EvalError(f"{run_dir / CONFIG}: not a valid export description: {err}") from None
+        kind = read_export_meta(run_dir).kind
+    except (FileNotFoundError, ValueError) as err:
+        raise EvalError(str(err)) from None
     if kind not in RUN_LOADERS:
-        raise EvalError(f"{run_dir}: cannot evaluate an export of kind '{kind}'; valid kinds: "
-                        f"{', '.join(sorted(RUN_LOADERS))}")
+        raise EvalError(
+            f"{run_dir}: cannot evaluate an export of kind '{kind}'; valid kinds: {', '.join(sorted(RUN_LOADERS))}"
+        )
     return kind
 
 
@@ -100,9 +97,15 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def evaluate_run(run_dir: str | Path, settings: EvalSettings, tasks: dict[str, dict[str, Any]],
-                 force: bool = False, device: str | None = None, progress: bool = True,
-                 featurizer: nn.Module | None = None) -> dict[str, dict[str, Any]]:
+def evaluate_run(
+    run_dir: str | Path,
+    settings: EvalSettings,
+    tasks: dict[str, dict[str, Any]],
+    force: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+    featurizer: nn.Module | None = None,
+) -> dict[str, dict[str, Any]]:
     """Task name -> result for ``run_dir`` (cached results reused; see module doc).
 
     Writes ``RUN/eval/metrics.json``. ``featurizer`` skips loading the export (tests).
@@ -119,8 +122,11 @@ def evaluate_run(run_dir: str | Path, settings: EvalSettings, tasks: dict[str, d
     if cached and cached.get("context") == context and cached.get("export") == fingerprint:
         kept = dict(cached.get("tasks", {}))
     results: dict[str, dict[str, Any]] = {}
-    todo = [name for name, opts in tasks.items()
-            if name not in kept or kept[name].get("options") != json.loads(json.dumps(opts))]
+    todo = [
+        name
+        for name, opts in tasks.items()
+        if name not in kept or kept[name].get("options") != json.loads(json.dumps(opts))
+    ]
     for name in tasks:
         if name not in todo:
             results[name] = kept[name]
@@ -128,8 +134,9 @@ def evaluate_run(run_dir: str | Path, settings: EvalSettings, tasks: dict[str, d
         if featurizer is None:
             featurizer, _ = load_featurizer(run_dir, text_towers="zeroshot" in todo)
         featurizer = featurizer.to(device).eval()
-        store = FeatureStore(featurizer, settings.image_size, settings.batch_size, device,
-                             settings.summary, settings.dense, progress)
+        store = FeatureStore(
+            featurizer, settings.image_size, settings.batch_size, device, settings.summary, settings.dense, progress
+        )
         ctx = EvalContext(featurizer, store, settings.data, settings.val_data, kind, device, progress)
         bar = tqdm(todo, desc=f"tasks {run_dir.name}", leave=False, disable=None if progress else True)
         for name in bar:

@@ -18,6 +18,7 @@ Keys (all optional)::
 Without ``tasks`` the default suite runs: knn, semseg and depth on the synthetic
 benchmark (train seed 0 / val seed 1, small counts), plus fidelity for upsampler runs.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

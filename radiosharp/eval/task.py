@@ -9,12 +9,14 @@ so they can be cached in ``RUN/eval/metrics.json`` and compared by ``mtl.py``::
                                           "higher_is_better": true}, ...}}
     {"status": "skipped", "reason": "the featurizer has no text tower"}
 """
+
 from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from torch import nn
 
@@ -79,12 +81,7 @@ def summarize(values: Mapping[str, Sequence[float]], directions: Mapping[str, bo
             std = math.sqrt(math.fsum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
         else:
             std = 0.0
-        metrics[name] = {
-            "mean": mean,
-            "std": std,
-            "values": vals,
-            "higher_is_better": bool(directions[name]),
-        }
+        metrics[name] = {"mean": mean, "std": std, "values": vals, "higher_is_better": bool(directions[name])}
     return {"status": "ok", "metrics": metrics}
 
 

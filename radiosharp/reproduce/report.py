@@ -1,10 +1,12 @@
 """``docs/results.md`` from the JSON each section left in the reproduction folder."""
+
 from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from radiosharp.reproduce import probe_sections as probes
 from radiosharp.reproduce import student_section as student
@@ -27,34 +29,44 @@ ABOUT = {
         "then scored on crops of the 4 held-out photos with fixed views (the same for every run). "
         "Fidelity = MSE(Y, mean Y) / MSE(X, Y) in PHI-S space, higher is better; TV (total variation of "
         "the hi-res map) and CRF (colour-guided smoothness loss) lower is smoother; MMD between the low-res "
-        "and hi-res feature distributions, lower is closer. Mean ± standard deviation over training seeds."),
+        "and hi-res feature distributions, lower is closer. Mean ± standard deviation over training seeds."
+    ),
     "debias": (
         "Held-out fidelity of the same run with and without the learned de-bias buffer g (added to every "
-        "teacher output before upsampling). Gain = 100 (with - without) / without, per seed."),
+        "teacher output before upsampling). Gain = 100 (with - without) / without, per seed."
+    ),
     "agreement": (
         "DINOv2 barely changes its features with input resolution, so the teacher run on the u x larger "
         "image is a real hi-res reference. Each upsampler's output (de-biased, de-normalized) is compared "
         "with it on the 4 held-out photos: cosine similarity per position (mean), and MSE in the run's "
         "PHI-S space. Note the reference still carries the teacher's fixed-pattern bias, which de-biased "
-        "upsamplers remove. Mean ± std over training seeds."),
+        "upsamplers remove. Mean ± std over training seeds."
+    ),
     "semseg": (
         "A linear (1x1 conv) probe on the frozen dense features of the synthetic benchmark's scenes (objects "
         "of many sizes), logits upsampled to the mask; mIoU over all classes and over pixels of small "
-        "segments. Each upsampler's seed-0 run; mean ± std over probe seeds."),
+        "segments. Each upsampler's seed-0 run; mean ± std over probe seeds."
+    ),
     "cost": (
         "`python -m radiosharp.bench upsample` on the real DINOv2-S/14 at {native} px native: one image, "
         "float32, this machine's CPU, the median of the repeats. FeatSharp's time includes its 1 + u² "
-        "teacher calls. Ratios < 1: cheaper than running the teacher on the u x input."),
+        "teacher calls. Ratios < 1: cheaper than running the teacher on the u x input."
+    ),
     "student": (
         "The RADIO student (tiny ViT) is distilled in three stages from the real DINOv2-S/14 and VGG16-HED; "
         "stage 3 adds a hi-res partition whose DINOv2 targets come from bilinear or from the trained "
         "FeatSharp. Probes on the frozen student (mean ± std over probe seeds); Δm is the MTL gain of the "
-        "FeatSharp student over the bilinear one. One training seed per student (the CPU budget)."),
+        "FeatSharp student over the bilinear one. One training seed per student (the CPU budget)."
+    ),
 }
 
 MARKDOWN: dict[str, Callable[[dict[str, Any]], str]] = {
-    "fidelity": ups.fidelity_markdown, "debias": ups.debias_markdown, "agreement": ups.agreement_markdown,
-    "semseg": probes.semseg_markdown, "cost": probes.cost_markdown, "student": student.student_markdown,
+    "fidelity": ups.fidelity_markdown,
+    "debias": ups.debias_markdown,
+    "agreement": ups.agreement_markdown,
+    "semseg": probes.semseg_markdown,
+    "cost": probes.cost_markdown,
+    "student": student.student_markdown,
 }
 
 
@@ -80,31 +92,46 @@ def paper_checks(section: str, data: dict[str, Any]) -> list[str]:
                 say(f"FeatUp beats bilinear in fidelity at {factor}x", rows["featup"] > rows["bilinear"])
     elif section == "debias":
         for row in data["rows"]:
-            say(f"de-biasing raises {row['method']}'s fidelity", _mean(row["gain_pct"]) > 0,
-                f"{_mean(row['gain_pct']):+.2f} %")
+            say(
+                f"de-biasing raises {row['method']}'s fidelity",
+                _mean(row["gain_pct"]) > 0,
+                f"{_mean(row['gain_pct']):+.2f} %",
+            )
     elif section == "agreement":
         for factor in sorted({r["factor"] for r in data["rows"]}):
-            rows = {r["method"]: _mean([sum(s) / len(s) for s in r["cos"]]) for r in data["rows"]
-                    if r["factor"] == factor}
+            rows = {
+                r["method"]: _mean([sum(s) / len(s) for s in r["cos"]]) for r in data["rows"] if r["factor"] == factor
+            }
             if "featsharp" in rows and "bilinear" in rows:
-                say(f"FeatSharp is closer than bilinear to the hi-res teacher at {factor}x (cosine)",
-                    rows["featsharp"] > rows["bilinear"], f"{rows['featsharp']:.4f} vs {rows['bilinear']:.4f}")
+                say(
+                    f"FeatSharp is closer than bilinear to the hi-res teacher at {factor}x (cosine)",
+                    rows["featsharp"] > rows["bilinear"],
+                    f"{rows['featsharp']:.4f} vs {rows['bilinear']:.4f}",
+                )
     elif section == "semseg":
         rows = {(r["kind"], r["factor"]): _mean(r["miou"]) for r in data["rows"]}
         for (kind, factor), value in rows.items():
             if kind == "featsharp" and ("bilinear", factor) in rows:
-                say(f"FeatSharp {factor}x features probe better than bilinear {factor}x (mIoU)",
-                    value > rows[("bilinear", factor)], f"{value:.4f} vs {rows[('bilinear', factor)]:.4f}")
+                say(
+                    f"FeatSharp {factor}x features probe better than bilinear {factor}x (mIoU)",
+                    value > rows[("bilinear", factor)],
+                    f"{value:.4f} vs {rows[('bilinear', factor)]:.4f}",
+                )
     elif section == "cost":
         cross = data["report"].get("crossover") or {}
-        say("FeatSharp gets cheaper than the hi-res teacher as u grows", cross.get("measured") is not None
-            or cross.get("extrapolated") is not None, cross.get("note", ""))
+        say(
+            "FeatSharp gets cheaper than the hi-res teacher as u grows",
+            cross.get("measured") is not None or cross.get("extrapolated") is not None,
+            cross.get("note", ""),
+        )
     elif section == "student":
         gain = data.get("delta_m")
         claim = "FeatSharp hi-res targets give the student a positive MTL gain over bilinear"
         if gain is not None and within_spread(data.get("metrics", {})):
-            out.append(f"- {claim}: **not shown** (Δm {gain:+.2f} %, but no metric differs by more than "
-                       "its spread over probe seeds)")
+            out.append(
+                f"- {claim}: **not shown** (Δm {gain:+.2f} %, but no metric differs by more than "
+                "its spread over probe seeds)"
+            )
         else:
             say(claim, None if gain is None else gain > 0, "" if gain is None else f"Δm {gain:+.2f} %")
     return out
@@ -130,9 +157,15 @@ def within_spread(metrics: dict[str, Any]) -> bool:
 def section_markdown(section: str, record: dict[str, Any], figures: Path | None = None) -> str:
     data = record["data"]
     about = ABOUT[section].format(native=record["plan"].get("cost_native_size"))
-    parts = [f"## {TITLES[section]}", "", about, "", f"Command: `{record['command']}` "
-             f"({record['seconds']:.0f} s on {record['machine']}, {record['finished_at']})", "",
-             MARKDOWN[section](data)]
+    parts = [
+        f"## {TITLES[section]}",
+        "",
+        about,
+        "",
+        f"Command: `{record['command']}` ({record['seconds']:.0f} s on {record['machine']}, {record['finished_at']})",
+        "",
+        MARKDOWN[section](data),
+    ]
     for picture in map(Path, record.get("pictures", [])):
         link = picture
         if figures is not None and picture.is_file():  # beside the page, so the link travels with it
@@ -154,8 +187,12 @@ def write_report(out_dir: Path, page: Path, header: str) -> Path:
         if path.is_file():
             parts += ["", section_markdown(section, json.loads(path.read_text()), page.parent / "figures")]
         else:
-            parts += ["", f"## {TITLES[section]}", "", f"Not measured yet: `python -m radiosharp.reproduce "
-                      f"--sections {section}` adds it."]
+            parts += [
+                "",
+                f"## {TITLES[section]}",
+                "",
+                f"Not measured yet: `python -m radiosharp.reproduce --sections {section}` adds it.",
+            ]
     page.parent.mkdir(parents=True, exist_ok=True)
     tmp = page.with_name(f".{page.name}.tmp")
     tmp.write_text("\n".join(parts) + "\n")

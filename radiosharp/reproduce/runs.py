@@ -4,6 +4,7 @@ A run folder that finished with the same resolved recipe is reused as it is; one
 stopped part-way continues from its last checkpoint; anything else in the way is a
 leftover of this command's own folders and is started again.
 """
+
 from __future__ import annotations
 
 import functools
@@ -52,8 +53,12 @@ def stats_file(plan: Plan) -> Path:
     from radiosharp.stats import compute_stats
 
     out = plan.out / "stats"
-    overrides = [f"output_dir={out}", f"teachers.dinov2.native_size={plan.native_size}",
-                 f"data.size={plan.native_size}", f"stats.num_images={plan.stats_images}"]
+    overrides = [
+        f"output_dir={out}",
+        f"teachers.dinov2.native_size={plan.native_size}",
+        f"data.size={plan.native_size}",
+        f"stats.num_images={plan.stats_images}",
+    ]
     recipe = load_recipe(RECIPES / "stats.yaml", overrides)
     if _finished(out, recipe, "phi_s/dinov2.safetensors"):
         return out / "phi_s" / "dinov2.safetensors"
@@ -66,10 +71,10 @@ def stats_file(plan: Plan) -> Path:
 
 @functools.lru_cache(maxsize=2)
 def _teacher(native_size: int) -> nn.Module:
-    import radiosharp
+    from radiosharp.builders import build_teacher
 
     cfg = load_recipe(RECIPES / "stats.yaml").teachers["dinov2"].build_config()
-    return radiosharp.build_teacher({**cfg, "native_size": native_size}, "reproduce teacher")
+    return build_teacher({**cfg, "native_size": native_size}, "reproduce teacher")
 
 
 def plan_teacher(plan: Plan, native_size: int | None = None) -> nn.Module:
@@ -88,10 +93,16 @@ def upsampler_run(plan: Plan, method: str, factor: int, seed: int, debias: bool 
     size = factor * plan.native_size
     out = plan.out / "upsamplers" / upsampler_run_name(method, factor, seed, debias)
     overrides = [
-        f"output_dir={out}", f"name={out.name}", f"seed={seed}",
-        f"teachers.dinov2.upsampler.name={method}", f"teachers.dinov2.upsampler.factor={factor}",
-        f"teachers.dinov2.phi_s={phi_s}", f"data.size={size}", f"eval_data.size={size}",
-        f"upsampler_training.debias={str(debias).lower()}", *plan.upsampler_overrides(),
+        f"output_dir={out}",
+        f"name={out.name}",
+        f"seed={seed}",
+        f"teachers.dinov2.upsampler.name={method}",
+        f"teachers.dinov2.upsampler.factor={factor}",
+        f"teachers.dinov2.phi_s={phi_s}",
+        f"data.size={size}",
+        f"eval_data.size={size}",
+        f"upsampler_training.debias={str(debias).lower()}",
+        *plan.upsampler_overrides(),
     ]
     run_dir, seconds = run_once("upsampler.yaml", overrides, marker="heldout.json")
     if seconds:

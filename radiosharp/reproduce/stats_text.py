@@ -1,8 +1,9 @@
 """Mean ± spread over seeds, written the same way in every table."""
+
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float | None]:

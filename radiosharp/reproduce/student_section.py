@@ -1,4 +1,5 @@
 """The student section: stages 1-3 from the real teachers, bilinear vs FeatSharp hi-res targets."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,8 +18,11 @@ def student_section(plan: Plan) -> dict[str, Any]:
     featsharp = upsampler_run(plan, "featsharp", 2, plan.seeds[0])
     bilinear = upsampler_run(plan, "bilinear", 2, plan.seeds[0])
     root = plan.out / "student"
-    common = [f"teachers.dinov2.native_size={plan.native_size}", f"teachers.dinov2.phi_s={stats_file(plan)}",
-              f"teachers.vgg_hed.phi_s={root / 'stats' / 'phi_s' / 'vgg_hed.safetensors'}"]
+    common = [
+        f"teachers.dinov2.native_size={plan.native_size}",
+        f"teachers.dinov2.phi_s={stats_file(plan)}",
+        f"teachers.vgg_hed.phi_s={root / 'stats' / 'phi_s' / 'vgg_hed.safetensors'}",
+    ]
     _vgg_stats(root / "stats", plan)
     previous: Path | None = None
     for stage in STAGES:
@@ -26,12 +30,29 @@ def student_section(plan: Plan) -> dict[str, Any]:
         previous, _ = run_once(f"../demo/{stage}.yaml", [f"output_dir={root / stage}", *common, *init])
     runs = {}
     for name, up in (("bilinear", bilinear), ("featsharp", featsharp)):
-        runs[name], _ = run_once("../demo/stage3_hires.yaml", [
-            f"output_dir={root / ('stage3_' + name)}", f"name=stage3_{name}", f"init_from={previous}",
-            f"teachers.dinov2.upsampler={up}", *common])
+        runs[name], _ = run_once(
+            "../demo/stage3_hires.yaml",
+            [
+                f"output_dir={root / ('stage3_' + name)}",
+                f"name=stage3_{name}",
+                f"init_from={previous}",
+                f"teachers.dinov2.upsampler={up}",
+                *common,
+            ],
+        )
     report = root / "mtl_report.md"
-    code = eval_main(["mtl", str(runs["featsharp"]), "--baseline", str(runs["bilinear"]), "--json",
-                      "--report", str(report), "--no-progress"])
+    code = eval_main(
+        [
+            "mtl",
+            str(runs["featsharp"]),
+            "--baseline",
+            str(runs["bilinear"]),
+            "--json",
+            "--report",
+            str(report),
+            "--no-progress",
+        ]
+    )
     if code:
         raise RuntimeError(f"eval mtl failed with exit code {code}")
     return _read_mtl(runs, report)
@@ -39,14 +60,16 @@ def student_section(plan: Plan) -> dict[str, Any]:
 
 def _vgg_stats(out: Path, plan: Plan) -> None:
     """PHI-S statistics of VGG16-HED on the training photos (once)."""
-    from radiosharp.reproduce.runs import RECIPES
     from radiosharp.recipe import load_recipe
+    from radiosharp.reproduce.runs import RECIPES
     from radiosharp.stats import compute_stats
 
     if (out / "phi_s" / "vgg_hed.safetensors").is_file():
         return
-    recipe = load_recipe(RECIPES / "../demo/stats.yaml", [f"output_dir={out}", "teachers.dinov2=null",
-                                                          f"stats.num_images={plan.stats_images}"])
+    recipe = load_recipe(
+        RECIPES / "../demo/stats.yaml",
+        [f"output_dir={out}", "teachers.dinov2=null", f"stats.num_images={plan.stats_images}"],
+    )
     compute_stats(recipe)
 
 
@@ -57,8 +80,13 @@ def _read_mtl(runs: dict[str, Path], report: Path) -> dict[str, Any]:
 
     metrics = {name: json.loads((run / "eval" / "metrics.json").read_text())["tasks"] for name, run in runs.items()}
     gain = mtl_gain(metrics["featsharp"], metrics["bilinear"])
-    return {"runs": {k: str(v) for k, v in runs.items()}, "metrics": metrics, "gain": gain,
-            "delta_m": gain.get("delta_m") if isinstance(gain, dict) else None, "report": str(report)}
+    return {
+        "runs": {k: str(v) for k, v in runs.items()},
+        "metrics": metrics,
+        "gain": gain,
+        "delta_m": gain.get("delta_m") if isinstance(gain, dict) else None,
+        "report": str(report),
+    }
 
 
 def student_markdown(data: dict[str, Any]) -> str:

@@ -1,4 +1,5 @@
 """The sections measured on trained upsampler runs: fidelity, de-bias gain, hi-res agreement."""
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,14 @@ def fidelity_section(plan: Plan) -> dict[str, Any]:
     for factor in plan.factors:
         for method in plan.methods:
             scores = [_heldout(upsampler_run(plan, method, factor, seed)) for seed in plan.seeds]
-            rows.append({"method": method, "factor": factor, "seeds": list(plan.seeds),
-                         **{key: [s[key] for s in scores] for key, _ in QUALITY}})
+            rows.append(
+                {
+                    "method": method,
+                    "factor": factor,
+                    "seeds": list(plan.seeds),
+                    **{key: [s[key] for s in scores] for key, _ in QUALITY},
+                }
+            )
     return {"rows": rows}
 
 
@@ -43,21 +50,28 @@ def debias_section(plan: Plan) -> dict[str, Any]:
     rows = []
     for method in plan.debias_methods:
         with_bias = [_heldout(upsampler_run(plan, method, plan.debias_factor, s))["fidelity"] for s in plan.seeds]
-        without = [_heldout(upsampler_run(plan, method, plan.debias_factor, s, debias=False))["fidelity"]
-                   for s in plan.seeds]
+        without = [
+            _heldout(upsampler_run(plan, method, plan.debias_factor, s, debias=False))["fidelity"] for s in plan.seeds
+        ]
         gains = [100.0 * (a - b) / b for a, b in zip(with_bias, without)]
-        rows.append({"method": method, "factor": plan.debias_factor, "with": with_bias, "without": without,
-                     "gain_pct": gains})
-    picture = debias_picture(upsampler_run(plan, plan.debias_methods[-1], plan.debias_factor, plan.seeds[0]),
-                             plan.out / "debias_bias.png", plan_teacher(plan))
+        rows.append(
+            {"method": method, "factor": plan.debias_factor, "with": with_bias, "without": without, "gain_pct": gains}
+        )
+    picture = debias_picture(
+        upsampler_run(plan, plan.debias_methods[-1], plan.debias_factor, plan.seeds[0]),
+        plan.out / "debias_bias.png",
+        plan_teacher(plan),
+    )
     return {"rows": rows, "pictures": [str(picture)]}
 
 
 def debias_markdown(data: dict[str, Any]) -> str:
     lines = ["| upsampler | factor | fidelity with de-bias ↑ | without ↑ | gain % |", "|---|---|---|---|---|"]
     for row in data["rows"]:
-        lines.append(f"| {LABELS.get(row['method'], row['method'])} | {row['factor']}x | {fmt(row['with'])} | "
-                     f"{fmt(row['without'])} | {fmt(row['gain_pct'], 3)} |")
+        lines.append(
+            f"| {LABELS.get(row['method'], row['method'])} | {row['factor']}x | {fmt(row['with'])} | "
+            f"{fmt(row['without'])} | {fmt(row['gain_pct'], 3)} |"
+        )
     return "\n".join(lines)
 
 
@@ -90,8 +104,8 @@ def agreement_section(plan: Plan) -> dict[str, Any]:
     ``mse``: mean squared difference in the run's PHI-S space (unit mean variance per
     channel, so comparable across runs).
     """
+    from radiosharp.data.image_spec import load_image
     from radiosharp.data.photos import HELDOUT
-    from radiosharp.images import load_image
     from radiosharp.upsampled import load_upsampled_teacher
 
     teacher = plan_teacher(plan)
@@ -119,23 +133,32 @@ def agreement_figure(plan: Plan, factor: int) -> Path:
     from radiosharp.viz import make_figure
 
     teacher = plan_teacher(plan)
-    ups = {LABELS.get(m, m): load_upsampled_teacher(upsampler_run(plan, m, factor, plan.seeds[0]), teacher=teacher)
-           for m in plan.methods if m != "bilinear"}
-    return make_figure("photo:astronaut", teacher, ups, plan.out / f"agreement_astronaut_{factor}x.png", factor,
-                       hires_reference=True)
+    ups = {
+        LABELS.get(m, m): load_upsampled_teacher(upsampler_run(plan, m, factor, plan.seeds[0]), teacher=teacher)
+        for m in plan.methods
+        if m != "bilinear"
+    }
+    return make_figure(
+        "photo:astronaut", teacher, ups, plan.out / f"agreement_astronaut_{factor}x.png", factor, hires_reference=True
+    )
 
 
 def agreement_markdown(data: dict[str, Any]) -> str:
     photos = data["rows"][0]["photos"] if data["rows"] else []
     out = []
     for metric, arrow in (("cos", "↑"), ("mse", "↓")):
-        lines = [f"| upsampler | factor | " + " | ".join(photos) + f" | mean {metric} {arrow} |",
-                 "|" + "---|" * (3 + len(photos))]
+        lines = [
+            "| upsampler | factor | " + " | ".join(photos) + f" | mean {metric} {arrow} |",
+            "|" + "---|" * (3 + len(photos)),
+        ]
         for row in data["rows"]:
             seeds = row[metric]  # [seed][photo]
             per_photo = [fmt([s[i] for s in seeds]) for i in range(len(photos))]
             means = [sum(s) / len(s) for s in seeds]
-            lines.append(f"| {LABELS.get(row['method'], row['method'])} | {row['factor']}x | "
-                         + " | ".join(per_photo) + f" | {fmt(means)} |")
+            lines.append(
+                f"| {LABELS.get(row['method'], row['method'])} | {row['factor']}x | "
+                + " | ".join(per_photo)
+                + f" | {fmt(means)} |"
+            )
         out.append("\n".join(lines))
     return "\n\n".join(out)

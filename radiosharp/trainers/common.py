@@ -7,6 +7,7 @@ or computes each teacher's PHI-S (expensive: it may stream images through the
 teachers, all in one pass over the images). So a bad recipe fails before anything is
 computed or written.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,16 +17,20 @@ from typing import Any
 import torch
 from torch import nn
 
-import radiosharp
+from radiosharp.api import list_upsamplers
+from radiosharp.builders import build_teacher, build_upsampler
 from radiosharp.contracts import Teacher, TeacherOutput
 from radiosharp.images import resize
 from radiosharp.recipe import Recipe, RecipeError, TeacherConfig, resolved_teacher_options
 
-TRAINING_FREE = ("bilinear", "tiles", "s2")
 
-
-def teachers_phis(teachers: dict[str, tuple[TeacherConfig, Teacher]], recipe: Recipe, dataset: Any,
-                  run_dir: Path, accelerator: Any = None) -> dict[str, nn.Module]:
+def teachers_phis(
+    teachers: dict[str, tuple[TeacherConfig, Teacher]],
+    recipe: Recipe,
+    dataset: Any,
+    run_dir: Path,
+    accelerator: Any = None,
+) -> dict[str, nn.Module]:
     """Each teacher's PHI-S: from ``cfg.phi_s``, else from the run folder, else computed
     now over ``stats.num_images`` images, one pass over the images for all such teachers.
 
@@ -42,8 +47,10 @@ def teachers_phis(teachers: dict[str, tuple[TeacherConfig, Teacher]], recipe: Re
         if cfg.phi_s:
             path = Path(cfg.phi_s)
             if not path.is_file():
-                raise RecipeError(f"teachers.{key}.phi_s: statistics file not found: {path} "
-                                  f"(make it with: python -m radiosharp.stats RECIPE)")
+                raise RecipeError(
+                    f"teachers.{key}.phi_s: statistics file not found: {path} "
+                    f"(make it with: python -m radiosharp.stats RECIPE)"
+                )
             try:
                 out[key] = PhiS.load(path, expect_dim=teacher.embed_dim)
             except ValueError as err:
@@ -53,8 +60,15 @@ def teachers_phis(teachers: dict[str, tuple[TeacherConfig, Teacher]], recipe: Re
         else:
             todo[key] = teacher
     if todo:
-        moments = teachers_moments(todo, dataset, recipe.stats.num_images, recipe.stats.batch_size,
-                                   recipe.stats.image_size, accelerator, desc=f"PHI-S {', '.join(todo)}")
+        moments = teachers_moments(
+            todo,
+            dataset,
+            recipe.stats.num_images,
+            recipe.stats.batch_size,
+            recipe.stats.image_size,
+            accelerator,
+            desc=f"PHI-S {', '.join(todo)}",
+        )
         for key, m in moments.items():
             if accelerator is None or accelerator.is_main_process:
                 m.save(run_dir / "phi_s" / f"{key}.safetensors")
@@ -62,8 +76,9 @@ def teachers_phis(teachers: dict[str, tuple[TeacherConfig, Teacher]], recipe: Re
     return {key: out[key] for key in teachers}
 
 
-def teacher_phis(key: str, cfg: TeacherConfig, teacher: Teacher, recipe: Recipe, dataset: Any,
-                 run_dir: Path, accelerator: Any = None) -> nn.Module:
+def teacher_phis(
+    key: str, cfg: TeacherConfig, teacher: Teacher, recipe: Recipe, dataset: Any, run_dir: Path, accelerator: Any = None
+) -> nn.Module:
     """One teacher's PHI-S (see :func:`teachers_phis`)."""
     return teachers_phis({key: (cfg, teacher)}, recipe, dataset, run_dir, accelerator)[key]
 
@@ -103,10 +118,10 @@ class TeacherSlot:
 
 def check_same_teacher(key: str, cfg: TeacherConfig, run: str) -> None:
     """An upsampler run must have been trained on the very teacher it lifts."""
-    from radiosharp.export import read_export
+    from radiosharp.export import read_export_meta
 
     try:
-        _, config, _ = read_export(run, expect_kind="upsampler")
+        config = read_export_meta(run, expect_kind="upsampler").config
     except FileNotFoundError as err:
         raise RecipeError(f"teachers.{key}.upsampler: {err}") from None
     except ValueError as err:
@@ -118,8 +133,10 @@ def check_same_teacher(key: str, cfg: TeacherConfig, run: str) -> None:
     differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
     if differ:
         detail = ", ".join(f"{k}: {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in differ)
-        raise RecipeError(f"teachers.{key}.upsampler: {run} was trained for another teacher ({detail}); "
-                          f"train one for this teacher or make teachers.{key} match")
+        raise RecipeError(
+            f"teachers.{key}.upsampler: {run} was trained for another teacher ({detail}); "
+            f"train one for this teacher or make teachers.{key} match"
+        )
 
 
 def build_upsampled(key: str, cfg: TeacherConfig, teacher: Teacher, untrained: bool = False) -> nn.Module | None:
@@ -141,19 +158,21 @@ def build_upsampled(key: str, cfg: TeacherConfig, teacher: Teacher, untrained: b
         except ValueError as err:
             raise RecipeError(f"teachers.{key}.upsampler: {err}") from None
         if up.factor is not None and model.factor != up.factor:
-            raise RecipeError(f"teachers.{key}.upsampler.factor={up.factor} but {up.run} was trained at "
-                              f"{model.factor}x")
-    elif up.name in TRAINING_FREE or untrained:
-        factor = up.factor or 2
-        upsampler = radiosharp.build_upsampler(up, f"teachers.{key}.upsampler", factor=factor,
-                                               dim=teacher.embed_dim, patch_size=teacher.patch_size)
-        model = UpsampledTeacher(teacher, upsampler)
+            raise RecipeError(
+                f"teachers.{key}.upsampler.factor={up.factor} but {up.run} was trained at {model.factor}x"
+            )
     else:
-        raise RecipeError(
-            f"teachers.{key}.upsampler: '{up.name}' must be trained first (python -m radiosharp.train with "
-            f"kind: upsampler); point teachers.{key}.upsampler at its run folder (e.g. "
-            f"runs/{up.name}_{key}_{up.factor or 2}x), or use one of the training-free upsamplers: "
-            f"{', '.join(TRAINING_FREE)}")
+        upsampler = build_upsampler(
+            up, f"teachers.{key}.upsampler", factor=up.factor or 2, dim=teacher.embed_dim, patch_size=teacher.patch_size
+        )
+        if upsampler.trainable and not untrained:
+            raise RecipeError(
+                f"teachers.{key}.upsampler: '{up.name}' must be trained first (python -m radiosharp.train with "
+                f"kind: upsampler); point teachers.{key}.upsampler at its run folder (e.g. "
+                f"runs/{up.name}_{key}_{up.factor or 2}x), or use one of the training-free upsamplers: "
+                f"{', '.join(list_upsamplers(trainable=False))}"
+            )
+        model = UpsampledTeacher(teacher, upsampler)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
@@ -166,7 +185,7 @@ def build_teacher_slots(recipe: Recipe, untrained_upsamplers: bool = False) -> d
     slots = {}
     for key, cfg in recipe.teachers.items():
         try:
-            teacher = radiosharp.build_teacher(cfg, f"teachers.{key}")
+            teacher = build_teacher(cfg, f"teachers.{key}")
         except RecipeError:
             raise
         except ValueError as err:  # a builder's own option check (a bad size, native_size, ...)
@@ -176,9 +195,11 @@ def build_teacher_slots(recipe: Recipe, untrained_upsamplers: bool = False) -> d
     return slots
 
 
-def attach_phis(slots: dict[str, TeacherSlot], recipe: Recipe, dataset: Any, run_dir: Path,
-                accelerator: Any = None) -> None:
-    phis = teachers_phis({key: (slot.config, slot.teacher) for key, slot in slots.items()}, recipe, dataset,
-                         run_dir, accelerator)
+def attach_phis(
+    slots: dict[str, TeacherSlot], recipe: Recipe, dataset: Any, run_dir: Path, accelerator: Any = None
+) -> None:
+    phis = teachers_phis(
+        {key: (slot.config, slot.teacher) for key, slot in slots.items()}, recipe, dataset, run_dir, accelerator
+    )
     for key, slot in slots.items():
         slot.phi_s = phis[key]

@@ -4,7 +4,7 @@ Each step draws one global batch and splits it between the resolution partitions
 of the ``distill`` section (e.g. 432 px and 1024 px), each with its own share of the
 batch. Teachers see every image at their native size; in a partition with
 ``upsample: true`` a teacher with an ``upsampler`` lifts its features first (an
-exported upsampler run, or a training-free one: bilinear, tiles, s2). A teacher map
+exported upsampler run, or a training-free one: bilinear, s2, tiles). A teacher map
 whose grid still differs from the student's is then resized to the student's grid.
 
 Loss per partition and teacher: ``summary_weight * (1 - cos)`` on the summary
@@ -16,6 +16,7 @@ batch, so the total is the per-image mean however the batch is split. A teacher 
 Stages chain with ``init_from: runs/<previous stage>`` (an exported student with the
 same backbone and teachers).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,9 +28,9 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
-import radiosharp
+from radiosharp.builders import build_dataset, build_student
 from radiosharp.contracts import TeacherOutput, check_image_size
-from radiosharp.engine import Trainer
+from radiosharp.engine.trainer import Trainer
 from radiosharp.images import resize
 from radiosharp.phis import PhiS
 from radiosharp.recipe import Recipe, RecipeError, validate_section
@@ -47,12 +48,13 @@ class PartitionConfig(BaseModel):
 class DistillConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     partitions: list[PartitionConfig] = Field(
-        default_factory=lambda: [PartitionConfig(name="low", size=224, batch_size=8)])
+        default_factory=lambda: [PartitionConfig(name="low", size=224, batch_size=8)]
+    )
     # Apply a teacher's upsampler-run de-bias buffer in the partitions without upsampling too.
     debias_low_res: bool = True
 
     @model_validator(mode="after")
-    def _unique(self) -> "DistillConfig":
+    def _unique(self) -> DistillConfig:
         names = [p.name for p in self.partitions]
         if not names:
             raise ValueError("give at least one partition, e.g. [{name: low, size: 224, batch_size: 8}]")
@@ -66,8 +68,10 @@ def parse_section(recipe: Recipe) -> DistillConfig:
     cfg = validate_section("distill", DistillConfig, recipe.distill)
     total = sum(p.batch_size for p in cfg.partitions)
     if total != recipe.train.batch_size:
-        raise RecipeError(f"train.batch_size ({recipe.train.batch_size}) must equal the sum of the partitions' "
-                          f"batch sizes ({' + '.join(str(p.batch_size) for p in cfg.partitions)} = {total})")
+        raise RecipeError(
+            f"train.batch_size ({recipe.train.batch_size}) must equal the sum of the partitions' "
+            f"batch sizes ({' + '.join(str(p.batch_size) for p in cfg.partitions)} = {total})"
+        )
     if recipe.student is None:
         raise RecipeError("kind: distill needs a 'student' section, e.g. student: {name: radio, size: tiny}")
     if not recipe.teachers:
@@ -75,15 +79,19 @@ def parse_section(recipe: Recipe) -> DistillConfig:
     names = [p.name for p in cfg.partitions]
     for key, t in recipe.teachers.items():
         if t.partitions is not None and not t.partitions:
-            raise RecipeError(f"teachers.{key}.partitions is empty, so it would teach nowhere; "
-                              f"drop the key (all partitions) or name some of: {', '.join(names)}")
+            raise RecipeError(
+                f"teachers.{key}.partitions is empty, so it would teach nowhere; "
+                f"drop the key (all partitions) or name some of: {', '.join(names)}"
+            )
         for part in t.partitions or []:
             if part not in names:
                 raise RecipeError(f"teachers.{key}.partitions names '{part}'; valid partitions: {', '.join(names)}")
     for part in cfg.partitions:
         if not any(t.partitions is None or part.name in t.partitions for t in recipe.teachers.values()):
-            raise RecipeError(f"distill partition '{part.name}' has no teacher (every teacher's 'partitions' "
-                              "leaves it out); drop the partition or add it to a teacher's partitions")
+            raise RecipeError(
+                f"distill partition '{part.name}' has no teacher (every teacher's 'partitions' "
+                "leaves it out); drop the partition or add it to a teacher's partitions"
+            )
     return cfg
 
 
@@ -136,16 +144,22 @@ def check_init_compatible(student: nn.Module, previous: nn.Module, source: str) 
         if only:
             parts.append(f"keys on one side only: {only[:4]}{' ...' if len(only) > 4 else ''}")
         if shapes:
-            parts.append("shapes differ: " + ", ".join(
-                f"{k} {tuple(theirs[k].shape)} there, {tuple(ours[k].shape)} here" for k in shapes[:3]))
-        raise RecipeError(f"init_from {source}: its student does not match this recipe's student "
-                          f"(same backbone, size and teachers needed); {'; '.join(parts)}")
+            parts.append(
+                "shapes differ: "
+                + ", ".join(f"{k} {tuple(theirs[k].shape)} there, {tuple(ours[k].shape)} here" for k in shapes[:3])
+            )
+        raise RecipeError(
+            f"init_from {source}: its student does not match this recipe's student "
+            f"(same backbone, size and teachers needed); {'; '.join(parts)}"
+        )
     ours_order = list(getattr(student, "teacher_names", []))
     theirs_order = list(getattr(previous, "teacher_names", []))
     if ours_order != theirs_order:
         # summary token i feeds teacher i's head: a reordered list would load silently but wrongly
-        raise RecipeError(f"init_from {source}: its student learned teachers {theirs_order} in that order; "
-                          f"this recipe lists {ours_order}. List the teachers in the same order")
+        raise RecipeError(
+            f"init_from {source}: its student learned teachers {theirs_order} in that order; "
+            f"this recipe lists {ours_order}. List the teachers in the same order"
+        )
 
 
 @dataclass
@@ -198,10 +212,12 @@ class DistillTrainer(Trainer):
         # Everything that can be wrong with the recipe is checked before PHI-S statistics
         # are computed (and written to the run folder).
         self.stack = build_teacher_slots(recipe, self.untrained_upsamplers)
-        dims = {key: {"summary_dim": t.teacher.summary_dim, "feature_dim": t.teacher.embed_dim}
-                for key, t in self.stack.items()}
+        dims = {
+            key: {"summary_dim": t.teacher.summary_dim, "feature_dim": t.teacher.embed_dim}
+            for key, t in self.stack.items()
+        }
         try:
-            student = radiosharp.build_student(recipe.student, teachers=dims)
+            student = build_student(recipe.student, teachers=dims)
         except RecipeError:
             raise
         except ValueError as err:
@@ -223,20 +239,22 @@ class DistillTrainer(Trainer):
         scale = self.accelerator.num_processes * recipe.train.grad_accum
         bad = [p.name for p in self.section.partitions if p.batch_size % scale]
         if bad:
-            raise RecipeError(f"distill partitions {bad}: each batch_size must be divisible by "
-                              f"processes x train.grad_accum = {scale}")
+            raise RecipeError(
+                f"distill partitions {bad}: each batch_size must be divisible by processes x train.grad_accum = {scale}"
+            )
         self.local_sizes = [p.batch_size // scale for p in self.section.partitions]
         self.shares = [p.batch_size / recipe.train.batch_size for p in self.section.partitions]
         if self.section.debias_low_res:
             for slot in self.stack.values():
                 slot.low_res_debias = getattr(slot.upsampled, "debias", None)
         try:
-            self.dataset = radiosharp.build_dataset(recipe.data)
+            self.dataset = build_dataset(recipe.data)
         except ValueError as err:
             raise RecipeError(f"data: {err}") from None
         attach_phis(self.stack, recipe, self.dataset, self.run_dir, self.accelerator)
-        self.student_config = dict(getattr(student, "config", None)
-                                   or {**recipe.student.build_config(), "teachers": dims})
+        self.student_config = dict(
+            getattr(student, "build_config", None) or {**recipe.student.build_config(), "teachers": dims}
+        )
         self.model = MultiPartitionStudent(student)
         self.frozen = [m for t in self.stack.values() for m in t.modules_to_place()]
         self.target_calls = plan_target_calls(self.stack, self.section.partitions)
@@ -244,8 +262,9 @@ class DistillTrainer(Trainer):
     def teachers_of(self, part: PartitionConfig) -> list[TeacherSlot]:
         return [t for t in self.stack.values() if t.config.partitions is None or part.name in t.config.partitions]
 
-    def partition_loss(self, part: PartitionConfig, out: Any, targets: dict[str, TeacherOutput]
-                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def partition_loss(
+        self, part: PartitionConfig, out: Any, targets: dict[str, TeacherOutput]
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One partition's weighted feature + summary losses over its teachers, and their values."""
         total = torch.zeros((), dtype=torch.float32, device=out.backbone.device)
         metrics: dict[str, torch.Tensor] = {}
@@ -281,8 +300,12 @@ class DistillTrainer(Trainer):
     def export(self) -> None:
         from radiosharp.student_io import save_student
 
-        save_student(self.run_dir, self.exported_model().student, self.student_config,
-                     teacher_configs={key: t.config for key, t in self.stack.items()})
+        save_student(
+            self.run_dir,
+            self.exported_model().student,
+            self.student_config,
+            teacher_configs={key: t.config for key, t in self.stack.items()},
+        )
 
 
 def run(recipe: Recipe) -> Path:

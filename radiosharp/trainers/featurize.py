@@ -4,27 +4,30 @@ Nothing trains. For each image, one PNG shows the image and each teacher's featu
 (projected on that teacher's PCA basis, fitted over all images) blown up to the
 image size; ``features.safetensors`` keeps a few raw maps for inspection.
 """
+
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-import radiosharp
+from radiosharp.builders import build_dataset, build_teacher
 from radiosharp.images import resize
 from radiosharp.pca import PCABasis, image_to_uint8, save_panels, upscale_nearest
 from radiosharp.recipe import Recipe, RecipeError, recipe_to_yaml
 
+log = logging.getLogger(__name__)
+
 
 def run(recipe: Recipe) -> Path:
     from radiosharp.data.loader import make_loader
-
-    from radiosharp.engine import prepare_run_dir
+    from radiosharp.engine.rundir import prepare_run_dir
 
     run_dir = prepare_run_dir(recipe)  # never writes over an earlier run
-    teachers = {key: radiosharp.build_teacher(cfg, f"teachers.{key}") for key, cfg in recipe.teachers.items()}
-    dataset = radiosharp.build_dataset(recipe.data)
+    teachers = {key: build_teacher(cfg, f"teachers.{key}") for key, cfg in recipe.teachers.items()}
+    dataset = build_dataset(recipe.data)
     loader = make_loader(dataset, batch_size=recipe.stats.batch_size)
     count = min(len(dataset), recipe.stats.num_images)
     images, maps = [], {key: [] for key in teachers}
@@ -52,5 +55,5 @@ def run(recipe: Recipe) -> Path:
             panels.append(upscale_nearest(bases[key].to_rgb(f[i]), pic.shape[:2]))
             titles.append(f"{key} {f.shape[-2]}x{f.shape[-1]}")
         save_panels(panels, titles, run_dir / "viz" / f"{i:03d}.png")
-    print(f"wrote {len(images)} PCA pictures to {run_dir / 'viz'}")
+    log.info("wrote %d PCA pictures to %s", len(images), run_dir / "viz")
     return run_dir

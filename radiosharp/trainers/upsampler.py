@@ -17,9 +17,11 @@ differ only in the upsampler are scored on the same images and views.
 Training-free upsamplers (``bilinear``, ...) can be "trained" too: only the de-bias
 buffer and the downsampler learn, which makes them the fair baseline of a comparison.
 """
+
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +29,16 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-import radiosharp
-from radiosharp.engine import Trainer
-from radiosharp.multiview import (NoImagesError, ViewConfig, consistency_step, fidelity_eval, first_images,
-                                  quality_metrics)
+from radiosharp.builders import build_dataset, build_teacher, build_upsampler
+from radiosharp.data.first import NoImagesError, first_images
+from radiosharp.engine.trainer import Trainer
+from radiosharp.multiview.fidelity import fidelity_eval, quality_metrics
+from radiosharp.multiview.loss import consistency_step
+from radiosharp.multiview.views import ViewConfig
 from radiosharp.recipe import Recipe, RecipeError, validate_section
 from radiosharp.trainers.common import teacher_phis
+
+log = logging.getLogger(__name__)
 
 
 class UpsamplerTrainingConfig(BaseModel):
@@ -50,22 +56,29 @@ def parse_section(recipe: Recipe) -> UpsamplerTrainingConfig:
     cfg = validate_section("upsampler_training", UpsamplerTrainingConfig, recipe.upsampler_training)
     keys = list(recipe.teachers)
     if not keys:
-        raise RecipeError("kind: upsampler needs a teacher: add one under 'teachers' with an upsampler, "
-                          "e.g. teachers: {dinov2: {upsampler: {name: featsharp, factor: 2}}}")
+        raise RecipeError(
+            "kind: upsampler needs a teacher: add one under 'teachers' with an upsampler, "
+            "e.g. teachers: {dinov2: {upsampler: {name: featsharp, factor: 2}}}"
+        )
     if cfg.teacher is None:
         if len(keys) != 1:
-            raise RecipeError(f"kind: upsampler trains one teacher's upsampler; recipe has {keys}: "
-                              "set upsampler_training.teacher")
+            raise RecipeError(
+                f"kind: upsampler trains one teacher's upsampler; recipe has {keys}: set upsampler_training.teacher"
+            )
         cfg.teacher = keys[0]
     if cfg.teacher not in recipe.teachers:
         raise RecipeError(f"upsampler_training.teacher '{cfg.teacher}' is not in teachers; valid: {', '.join(keys)}")
     up_cfg = recipe.teachers[cfg.teacher].upsampler
     if up_cfg is None:
-        raise RecipeError(f"teachers.{cfg.teacher}.upsampler is not set; say what to train, "
-                          "e.g. upsampler: {name: featsharp, factor: 2}")
+        raise RecipeError(
+            f"teachers.{cfg.teacher}.upsampler is not set; say what to train, "
+            "e.g. upsampler: {name: featsharp, factor: 2}"
+        )
     if up_cfg.run is not None:
-        raise RecipeError(f"teachers.{cfg.teacher}.upsampler.run: kind: upsampler trains a new upsampler; "
-                          "give its name and factor instead of a run")
+        raise RecipeError(
+            f"teachers.{cfg.teacher}.upsampler.run: kind: upsampler trains a new upsampler; "
+            "give its name and factor instead of a run"
+        )
     return cfg
 
 
@@ -81,8 +94,9 @@ class MultiViewModel(nn.Module):
         self.upsampled = upsampled  # an UpsampledTeacher whose inner teacher is not a submodule
         self.downsampler = downsampler
 
-    def forward(self, images: torch.Tensor, views: ViewConfig, generator: torch.Generator | None = None
-                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self, images: torch.Tensor, views: ViewConfig, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return consistency_step(self.upsampled, images, views, self.downsampler, generator)
 
 
@@ -90,9 +104,9 @@ class UpsamplerTrainer(Trainer):
     kind = "upsampler"
 
     def build(self) -> None:
+        from radiosharp.debias import Debias
+        from radiosharp.downsampler import AttentionDownsampler
         from radiosharp.upsampled import UpsampledTeacher
-        from upsamplers.debias import Debias
-        from upsamplers.downsampler import AttentionDownsampler
 
         recipe = self.recipe
         self.section = parse_section(recipe)
@@ -100,11 +114,12 @@ class UpsamplerTrainer(Trainer):
         cfg = recipe.teachers[key]
         up_cfg = cfg.upsampler
         factor = up_cfg.factor or 2
-        self.dataset = radiosharp.build_dataset(recipe.data)
-        teacher = radiosharp.build_teacher(cfg, f"teachers.{key}")
+        self.dataset = build_dataset(recipe.data)
+        teacher = build_teacher(cfg, f"teachers.{key}")
         phi_s = teacher_phis(key, cfg, teacher, recipe, self.dataset, self.run_dir, self.accelerator)
-        upsampler = radiosharp.build_upsampler(up_cfg, f"teachers.{key}.upsampler", factor=factor,
-                                               dim=teacher.embed_dim, patch_size=teacher.patch_size)
+        upsampler = build_upsampler(
+            up_cfg, f"teachers.{key}.upsampler", factor=factor, dim=teacher.embed_dim, patch_size=teacher.patch_size
+        )
         debias = Debias(teacher.embed_dim, teacher.feature_grid) if self.section.debias else None
         upsampled = UpsampledTeacher(teacher, upsampler, debias, phi_s)
         downsampler = AttentionDownsampler(teacher.embed_dim, self.section.downsampler_kernel)
@@ -126,17 +141,21 @@ class UpsamplerTrainer(Trainer):
 
         model = self.exported_model()
         save_upsampler(self.run_dir, model.upsampled, self.export_config)
-        save_state_dict(self.run_dir / "downsampler.safetensors", model.downsampler.state_dict(),
-                        {"kernel_size": str(self.section.downsampler_kernel)})
+        save_state_dict(
+            self.run_dir / "downsampler.safetensors",
+            model.downsampler.state_dict(),
+            {"kernel_size": str(self.section.downsampler_kernel)},
+        )
         if self.section.heldout_images:
             result = heldout_fidelity(model, self.recipe, self.section)
             (self.run_dir / "heldout.json").write_text(json.dumps(result, indent=2))
-            print("held-out: " + ", ".join(f"{k} {v:.4g}" for k, v in result.items()))
+            log.info("held-out: %s", ", ".join(f"{k} {v:.4g}" for k, v in result.items()))
 
 
 @torch.no_grad()
-def heldout_fidelity(model: MultiViewModel, recipe: Recipe, section: UpsamplerTrainingConfig,
-                     batch_size: int = 4) -> dict[str, float]:
+def heldout_fidelity(
+    model: MultiViewModel, recipe: Recipe, section: UpsamplerTrainingConfig, batch_size: int = 4
+) -> dict[str, float]:
     """Multi-view metrics over held-out images with fixed views (same for every upsampler).
 
     Images come from ``eval_data`` (default: the training source with a different
@@ -150,7 +169,7 @@ def heldout_fidelity(model: MultiViewModel, recipe: Recipe, section: UpsamplerTr
         if "seed" in recipe.data.registry.options(recipe.data.source):
             options["seed"] = int(options.get("seed", 0)) + 1
         data_cfg = {"source": recipe.data.source, **options}
-    dataset = radiosharp.build_dataset(data_cfg, "eval_data")
+    dataset = build_dataset(data_cfg, "eval_data")
     device = next(model.parameters()).device
     try:
         images = first_images(dataset, section.heldout_images).to(device)

@@ -5,6 +5,7 @@
 
 ``python -m radiosharp.weights`` converts both (``make setup`` runs it).
 """
+
 from __future__ import annotations
 
 from radiosharp.weights.cache import (
@@ -41,7 +42,9 @@ def unusable_real_weights(names: list[str] | None = None) -> str | None:
     for name in names or list(all_specs()):
         problem = check_converted(get_spec(name))
         if problem:
-            return f"the real model {name} is not ready ({problem}); run `make setup` (or `python -m radiosharp.weights`)"
+            return (
+                f"the real model {name} is not ready ({problem}); run `make setup` (or `python -m radiosharp.weights`)"
+            )
     return None
 
 
@@ -52,7 +55,18 @@ def real_weights(name: str) -> str:
 
 
 __all__ = [
-    "CACHE_ENV", "ConvertedWeights", "ConvertedWeightsError", "all_specs", "cache_root", "check_converted",
-    "converted_path", "ensure_converted", "expand_weights_path", "get_spec", "real_weights", "unusable_real_weights",
-    "verify_weights_file", "weights_dir",
+    "CACHE_ENV",
+    "ConvertedWeights",
+    "ConvertedWeightsError",
+    "all_specs",
+    "cache_root",
+    "check_converted",
+    "converted_path",
+    "ensure_converted",
+    "expand_weights_path",
+    "get_spec",
+    "real_weights",
+    "unusable_real_weights",
+    "verify_weights_file",
+    "weights_dir",
 ]

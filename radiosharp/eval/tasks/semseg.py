@@ -1,4 +1,5 @@
 """``semseg``: linear segmentation probe on the dense map; mIoU and mIoU of small objects."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -8,11 +9,12 @@ import torch
 from radiosharp.eval.features import train_val_features
 from radiosharp.eval.metrics import confusion_matrix, mean_iou, small_segment_pixels
 from radiosharp.eval.probes import fit_segmentation_probe, predict_segmentation
-from radiosharp.eval.task import EvalContext, EvalTask, over_seeds
+from radiosharp.eval.task import EvalContext, over_seeds
+from radiosharp.eval.tasks._dense import DenseProbeTask, dense_probe_builder
 from radiosharp.registry import TASKS
 
 
-class SemsegTask(EvalTask):
+class SemsegTask(DenseProbeTask):
     """A 1x1-conv probe on frozen dense features, logits bilinearly upsampled to the mask,
     cross-entropy (255 ignored). ``miou`` over all classes; ``miou_small`` is the per-class
     IoU over the pixels of small ground-truth segments only (connected components of one
@@ -22,26 +24,29 @@ class SemsegTask(EvalTask):
     name = "semseg"
     metrics = {"miou": True, "miou_small": True}
 
-    def __init__(self, data, val_data, steps, lr, weight_decay, batch_size, pixels_per_image, seeds, num_classes,
-                 small_area, ignore_index, val_fraction, split_seed) -> None:
-        self.data, self.val_data = data, val_data
-        self.fit_args = dict(steps=steps, lr=lr, weight_decay=weight_decay, batch_size=batch_size,
-                             pixels_per_image=pixels_per_image)
-        self.seeds, self.num_classes, self.small_area = seeds, num_classes, small_area
-        self.ignore_index, self.val_fraction, self.split_seed = ignore_index, val_fraction, split_seed
-
     def evaluate(self, ctx: EvalContext) -> dict[str, list[float]]:
         train, val = train_val_features(ctx, self.data, self.val_data, self.val_fraction, self.split_seed)
         where = self.data or ctx.default_data
         train_masks, val_masks = train.require("masks", self.name, where), val.require("masks", self.name, where)
-        num_classes = (self.num_classes or train.num_classes
-                       or _max_class(train_masks, val_masks, ignore_index=self.ignore_index) + 1)
+        num_classes = (
+            self.num_classes
+            or train.num_classes
+            or _max_class(train_masks, val_masks, ignore_index=self.ignore_index) + 1
+        )
         small = small_segment_pixels(val_masks, self.small_area, self.ignore_index)
         size = tuple(val_masks.shape[-2:])
 
         def one_seed(seed: int) -> dict[str, float]:
-            probe = fit_segmentation_probe(train.dense, train_masks, num_classes, self.ignore_index,
-                                           seed=seed, device=ctx.device, stats=train.dense_stats, **self.fit_args)
+            probe = fit_segmentation_probe(
+                train.dense,
+                train_masks,
+                num_classes,
+                self.ignore_index,
+                seed=seed,
+                device=ctx.device,
+                stats=train.dense_stats,
+                **self.fit_args,
+            )
             pred = predict_segmentation(probe, val.dense, size, device=ctx.device)
             miou, _ = mean_iou(confusion_matrix(pred, val_masks, num_classes, self.ignore_index))
             small_conf = confusion_matrix(pred, val_masks, num_classes, self.ignore_index, where=small)
@@ -56,11 +61,10 @@ def _max_class(*masks: torch.Tensor, ignore_index: int = 255) -> int:
 
 
 @TASKS.register("semseg")
-def build_semseg(data: dict[str, Any] | None = None, val_data: dict[str, Any] | None = None, steps: int = 300,
-                 lr: float = 1e-2, weight_decay: float = 1e-4, batch_size: int = 16,
-                 pixels_per_image: int | None = 1024, seeds: int = 3,
-                 num_classes: int | None = None, small_area: float = 0.01, ignore_index: int = 255,
-                 val_fraction: float = 0.25, split_seed: int = 0) -> SemsegTask:
-    """Linear segmentation probe; ``num_classes`` defaults to the data's, else max mask class + 1."""
-    return SemsegTask(data, val_data, steps, lr, weight_decay, batch_size, pixels_per_image, seeds, num_classes,
-                      small_area, ignore_index, val_fraction, split_seed)
+@dense_probe_builder
+def build_semseg(
+    num_classes: int | None = None, small_area: float = 0.01, ignore_index: int = 255, **probe: Any
+) -> SemsegTask:
+    """Linear segmentation probe; ``num_classes`` defaults to the data's, else max mask class + 1.
+    The probe options (``steps``, ``lr``, ... ) are the dense probes' shared ones (``_dense``)."""
+    return SemsegTask(num_classes=num_classes, small_area=small_area, ignore_index=ignore_index, **probe)

@@ -6,9 +6,11 @@ teacher whose inner ``teacher`` has them — or, for a student, a mapping
 ``text_towers = {teacher name: tower}`` whose adaptor summary ``summary[name]`` lives
 in that tower's embedding space. Anything else is skipped with the reason recorded.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,8 +41,10 @@ def find_text_tower(featurizer: Any, adaptor: str | None) -> tuple[Any, str]:
     for obj in (featurizer, getattr(featurizer, "teacher", None)):
         if obj is not None and callable(getattr(obj, "encode_text", None)) and _tokenizer(obj) is not None:
             return obj, AUTO
-    raise TaskSkipped("zeroshot: the featurizer has no text tower (needs encode_text + tokenize, "
-                      "or a student with text_towers for a CLIP adaptor)")
+    raise TaskSkipped(
+        "zeroshot: the featurizer has no text tower (needs encode_text + tokenize, "
+        "or a student with text_towers for a CLIP adaptor)"
+    )
 
 
 @torch.no_grad()
@@ -70,14 +74,17 @@ class ZeroShotTask(EvalTask):
             raise TaskSkipped(f"zeroshot: the data {dict(data)} has no class names (.classes / .class_names)")
         text = class_embeddings(tower, feats.class_names, self.templates)
         if text.shape[1] != feats.vectors.shape[1]:
-            raise ValueError(f"zeroshot: text embeddings have {text.shape[1]} dims but the image summary "
-                             f"has {feats.vectors.shape[1]}; pick the CLIP adaptor with adaptor=<name>")
+            raise ValueError(
+                f"zeroshot: text embeddings have {text.shape[1]} dims but the image summary "
+                f"has {feats.vectors.shape[1]}; pick the CLIP adaptor with adaptor=<name>"
+            )
         pred = (F.normalize(feats.vectors, dim=-1) @ text.T).argmax(1)
         return {"top1": [top1_accuracy(pred, labels)]}
 
 
 @TASKS.register("zeroshot")
-def build_zeroshot(data: dict[str, Any] | None = None, adaptor: str | None = None,
-                   templates: Sequence[str] = ("a photo of a {}.",)) -> ZeroShotTask:
+def build_zeroshot(
+    data: dict[str, Any] | None = None, adaptor: str | None = None, templates: Sequence[str] = ("a photo of a {}.",)
+) -> ZeroShotTask:
     """Zero-shot top-1 on labelled ``data`` with class names (default: the val data)."""
     return ZeroShotTask(data, adaptor, templates)

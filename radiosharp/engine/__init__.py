@@ -1,0 +1,34 @@
+"""The training engine shared by every kind of run.
+
+One module per concern:
+
+- :mod:`~radiosharp.engine.order`: the data order; the samples of step ``s`` depend
+  only on ``(seed, s)``, also split between several processes;
+- :mod:`~radiosharp.engine.optim`: the optimizer and the learning-rate schedule (a pure
+  function of the step);
+- :mod:`~radiosharp.engine.rundir`: the run folder (never clobbered), checkpoints
+  (written to ``step_N.tmp``, marked ``DONE``, renamed), resume checks, the metrics
+  log and wandb;
+- :mod:`~radiosharp.engine.launch`: processes, devices, mixed precision and DeepSpeed;
+- :mod:`~radiosharp.engine.trainer`: the :class:`Trainer` a kind of run subclasses
+  (``build`` and ``train_step``), its setup and its loop.
+
+Determinism and resume: the batches, the learning rate and (through Accelerate's
+state saving) the model, optimizer and RNG states of step ``s`` are those of the run
+that never stopped, so a resumed run equals an uninterrupted one. On a machine without
+a GPU, start several processes with ``torchrun --nproc_per_node N`` (they join one
+gloo group; ``accelerate launch --cpu`` starts a single process).
+
+The names below are importable from ``radiosharp.engine`` itself.
+"""
+
+from __future__ import annotations
+
+from radiosharp.engine import launch, optim, order, rundir, trainer
+from radiosharp.engine.launch import *  # noqa: F403
+from radiosharp.engine.optim import *  # noqa: F403
+from radiosharp.engine.order import *  # noqa: F403
+from radiosharp.engine.rundir import *  # noqa: F403
+from radiosharp.engine.trainer import *  # noqa: F403
+
+__all__ = [*order.__all__, *optim.__all__, *rundir.__all__, *launch.__all__, *trainer.__all__]

@@ -1,0 +1,209 @@
+"""The run folder: checkpoints, resume checks, the metrics log and wandb.
+
+A fresh run refuses a folder that already holds a run, before writing anything
+(:func:`prepare_run_dir`); a checkpoint is written to ``step_N.tmp``, marked ``DONE``
+and renamed, so a crash mid-save leaves the earlier checkpoints as they were
+(:func:`checkpoint_dirs` lists only complete ones); a resumed run must train what it
+resumes (:func:`check_resumed_recipe`) and drops the metrics rows logged after its
+checkpoint (:func:`truncate_metrics`), which it logs again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from radiosharp.recipe import Recipe, RecipeError
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "CHECKPOINTS",
+    "RESUMABLE_CHANGES",
+    "RUN_MARKERS",
+    "MetricsLog",
+    "check_resumed_recipe",
+    "checkpoint_dirs",
+    "prepare_run_dir",
+    "read_metrics",
+    "start_wandb",
+    "truncate_metrics",
+]
+
+CHECKPOINTS = "checkpoints"
+
+
+def _checkpoint_step(path: Path) -> int | None:
+    """``N`` for a folder named ``step_N``; None for anything else (``step_N.tmp`` included)."""
+    name = path.name
+    if not name.startswith("step_") or not name[5:].isdigit():
+        return None
+    return int(name[5:])
+
+
+def checkpoint_dirs(run_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first.
+
+    Complete means renamed from ``step_N.tmp`` to ``step_N`` and holding ``DONE``: a
+    ``.tmp`` folder is half-written even when its ``DONE`` is already there (a crash
+    between marking and renaming).
+    """
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    done = [p for p in root.iterdir() if p.is_dir() and _checkpoint_step(p) is not None and (p / "DONE").is_file()]
+    return sorted(done, key=_checkpoint_step)  # type: ignore[arg-type]
+
+
+RUN_MARKERS = ("recipe.yaml", "metrics.jsonl", "model.safetensors")
+
+
+# What a resumed run may change: how long it runs and how it logs, never what it trains.
+RESUMABLE_CHANGES = (
+    "resume",
+    "train.steps",
+    "train.log_every",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
+    "train.num_workers",
+    "wandb.",
+)
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: data}
+
+
+def check_resumed_recipe(recipe: Recipe, run_dir: Path) -> None:
+    """A resumed run must be the run it resumes: only length and logging may change.
+
+    Anything else (teachers, student, data, optimizer, ...) would make the checkpoint
+    load into a different model or silently change the training. Allowed changes are
+    logged and recorded when the run writes its recipe again.
+    """
+    import yaml
+
+    saved_path = run_dir / "recipe.yaml"
+    if not saved_path.is_file():
+        return
+    saved = _flatten(yaml.safe_load(saved_path.read_text()) or {})
+    now = _flatten(recipe.model_dump(mode="json"))
+    changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    blocked = [k for k in changed if not any(k == a or k.startswith(a) for a in RESUMABLE_CHANGES)]
+    if blocked:
+        shown = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in blocked[:4])
+        raise RecipeError(
+            f"resume=true but the recipe differs from the one {run_dir} was started with ({shown}"
+            f"{' ...' if len(blocked) > 4 else ''}); a resumed run may change only "
+            f"{', '.join(a.rstrip('.') for a in RESUMABLE_CHANGES[1:])}"
+        )
+    allowed = [k for k in changed if k != "resume"]
+    if allowed:
+        log.warning("resuming with changes: %s", ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in allowed))
+
+
+def prepare_run_dir(recipe: Recipe) -> Path:
+    """Check that the run folder may be used; never clobber an earlier run.
+
+    Called before anything is written. A folder that only holds what
+    ``python -m radiosharp.stats`` wrote (``phi_s/``) is free for a fresh run.
+    """
+    run_dir = recipe.run_dir
+    if recipe.resume:
+        if not checkpoint_dirs(run_dir):
+            raise RecipeError(
+                f"resume=true but {run_dir} has no complete checkpoint to resume from "
+                f"(looked for {run_dir / CHECKPOINTS}/step_N/DONE); drop resume=true "
+                "to start a fresh run"
+            )
+        check_resumed_recipe(recipe, run_dir)
+        return run_dir
+    if not run_dir.exists():
+        return run_dir
+    done = checkpoint_dirs(run_dir)
+    if done:
+        raise RecipeError(
+            f"{run_dir} already holds a run (last checkpoint {done[-1].name}); pass resume=true to "
+            f"continue it, or choose another output_dir (output_dir=runs/new_name)"
+        )
+    found = [m for m in RUN_MARKERS if (run_dir / m).exists()]
+    if found:
+        raise RecipeError(
+            f"{run_dir} already holds a run ({', '.join(found)}) with no checkpoint to resume from; "
+            f"choose another output_dir (output_dir=runs/new_name) or delete {run_dir}"
+        )
+    return run_dir
+
+
+class MetricsLog:
+    """Appends one JSON object per line to ``metrics.jsonl``; mirrors to wandb if enabled."""
+
+    def __init__(self, path: Path, enabled: bool, wandb_run: Any = None) -> None:
+        self.path, self.enabled, self.wandb = path, enabled, wandb_run
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        row = {"step": step, "time": round(time.time(), 3), **{k: _plain(v) for k, v in metrics.items()}}
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.wandb is not None:
+            self.wandb.log(metrics, step=step)
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        return v.item() if v.numel() == 1 else v.tolist()
+    return v
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of a run's ``metrics.jsonl`` (none when it has not logged yet)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def truncate_metrics(run_dir: Path, last_step: int) -> None:
+    """Drop the rows logged after ``last_step``: a resumed run logs those steps again."""
+    from radiosharp.export import atomic_write_bytes
+
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    keep = [line for line in lines if json.loads(line).get("step", 0) <= last_step]
+    if len(keep) != len(lines):
+        atomic_write_bytes(path, "".join(line + "\n" for line in keep).encode())
+
+
+def start_wandb(recipe: Recipe, run_dir: Path) -> Any:
+    """The run's wandb run, or None when wandb is off or not installed."""
+    if not recipe.wandb.enabled:
+        return None
+    try:
+        import wandb
+    except ImportError:
+        log.warning("wandb is not installed (pip install radiosharp[wandb]); logging to metrics.jsonl only")
+        return None
+    mode = recipe.wandb.mode or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+    return wandb.init(
+        project=recipe.wandb.project,
+        name=recipe.name,
+        dir=str(run_dir),
+        mode=mode,
+        config=recipe.model_dump(mode="json"),
+        resume="allow",
+    )

@@ -1,0 +1,238 @@
+"""open_clip models: configs, pretrained tags, checkpoints, the vision tower, the text tower
+and its tokenizers.
+
+``size: tiny`` text towers use open_clip's ``SimpleTokenizer``, whose BPE vocabulary
+ships inside the open_clip package, so they work offline.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from radiosharp.contracts import seeded
+from teachers._hub import fetch_hub_file, hub_offline, missing_weights, url_weights_file
+from teachers._text import TINY_CONTEXT, TINY_TEXT, TextTower, Tokenizer, first_line, load_text_state
+
+TOKENIZER_FIELDS = ("hf_tokenizer_name", "tokenizer_kwargs", "tokenizer_mode")
+
+
+def open_clip_model_config(family: str, model: str, cache_dir: str | None) -> dict[str, Any]:
+    """The open_clip model config (``embed_dim``, ``vision_cfg``, ...) of a built-in name or ``hf-hub:``."""
+    import copy
+    import difflib
+    import json
+
+    import open_clip
+    from open_clip.constants import HF_CONFIG_NAME
+
+    if model.startswith("hf-hub:"):
+        repo = model[len("hf-hub:") :]
+        path = fetch_hub_file(family, f"open_clip model '{model}'", repo, [HF_CONFIG_NAME], cache_dir)
+        config = json.loads(Path(path).read_text())
+        return {**config["model_cfg"], "preprocess_cfg": config.get("preprocess_cfg", {})}
+    config = open_clip.get_model_config(model)
+    if config is None:
+        close = difflib.get_close_matches(model, open_clip.list_models(), n=5, cutoff=0.5)
+        raise ValueError(
+            f"{family}: unknown open_clip model '{model}'"
+            + (f"; did you mean: {', '.join(close)}" if close else "; see open_clip.list_models()")
+            + " (or use 'hf-hub:ORG/REPO')"
+        )
+    return copy.deepcopy(config)
+
+
+def open_clip_pretrained(family: str, model: str, pretrained: str | None) -> dict[str, Any]:
+    """The pretrained-tag entry (``hf_hub``/``url``, mean/std, quick_gelu); {} for ``hf-hub:`` models."""
+    import open_clip
+
+    if model.startswith("hf-hub:") or pretrained is None:
+        return {}
+    entry = open_clip.pretrained.get_pretrained_cfg(model, pretrained)
+    if not entry:
+        tags = open_clip.list_pretrained_tags_by_model(model)
+        raise ValueError(
+            f"{family}: open_clip model '{model}' has no pretrained tag '{pretrained}'; "
+            f"its tags: {', '.join(tags) or '(none)'}"
+        )
+    return entry
+
+
+def open_clip_weights_file(family: str, model: str, pretrained: str | None, cache_dir: str | None) -> str:
+    """Local path of the open_clip checkpoint of ``model`` + ``pretrained``, cache first."""
+    from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    what = f"open_clip model '{model}'" + (f" pretrained '{pretrained}'" if pretrained else "")
+    if model.startswith("hf-hub:"):
+        repo, filenames = model[len("hf-hub:") :], [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME]
+    else:
+        if pretrained is None:
+            raise ValueError(f"{family}: real open_clip weights need `pretrained:` (a tag) or `weights:` (a file)")
+        entry = open_clip_pretrained(family, model, pretrained)
+        hub = entry.get("hf_hub", "")
+        if not hub:
+            return _open_clip_url_file(family, what, entry.get("url", ""), cache_dir)
+        repo, filename = os.path.split(hub)  # 'org/repo/' (default file names) or 'org/repo/file'
+        if filename in ("", HF_WEIGHTS_NAME):
+            filenames = [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME]
+        else:
+            filenames = [filename]
+    return fetch_hub_file(family, what, repo, filenames, cache_dir)
+
+
+def _open_clip_url_file(family: str, what: str, url: str, cache_dir: str | None) -> str:
+    """Checkpoints published by URL only live in open_clip's own cache (``~/.cache/clip``)."""
+    import open_clip
+
+    def download(url: str, target: str) -> None:  # open_clip's own, which checks the file's SHA-256
+        open_clip.pretrained.download_pretrained_from_url(url, cache_dir=os.path.dirname(target))
+
+    return url_weights_file(family, what, url, Path(cache_dir or Path("~/.cache/clip").expanduser()), download)
+
+
+def build_open_clip_tower(config: dict[str, Any], quick_gelu: bool) -> nn.Module:
+    """open_clip's own vision-tower constructor, without building the text tower."""
+    from open_clip.model import CLIPVisionCfg, _build_vision_tower
+
+    return _build_vision_tower(config["embed_dim"], CLIPVisionCfg(**config["vision_cfg"]), quick_gelu=quick_gelu)
+
+
+# ----------------------------------------------------------------------------- tokenizers
+
+
+@functools.lru_cache(maxsize=4)
+def _simple_tokenizer(bpe_path: str, context_length: int) -> Any:
+    from open_clip.tokenizer import SimpleTokenizer
+
+    return SimpleTokenizer(bpe_path=bpe_path, context_length=context_length)
+
+
+def simple_tokenizer_path(family: str) -> str:
+    """The CLIP BPE vocabulary inside the open_clip package; a clear error when it is missing."""
+    from open_clip import tokenizer as oc_tokenizer
+
+    path = Path(oc_tokenizer.default_bpe())
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{family}: the text tokenizer's BPE vocabulary {path} is missing from the open_clip package; "
+            f"reinstall it (`pip install --force-reinstall open_clip_torch`)"
+        )
+    return str(path)
+
+
+def simple_tokenizer(family: str, context_length: int = TINY_CONTEXT) -> Tokenizer:
+    """open_clip's CLIP BPE tokenizer from the vocabulary file inside the package (offline)."""
+    return _simple_tokenizer(simple_tokenizer_path(family), context_length)
+
+
+def open_clip_tokenizer(family: str, model: str, text_cfg: dict[str, Any], cache_dir: str | None) -> Tokenizer:
+    """The tokenizer ``open_clip.get_tokenizer(model)`` would give, from the config already read.
+
+    Same choice as open_clip: the config's ``hf_tokenizer_name`` (a transformers tokenizer,
+    from the cache first; none cached is a MissingWeightsError naming it), open_clip's own
+    SigLIP vocabularies for built-in SigLIP names without one, else CLIP's BPE (shipped in
+    the package) at the config's context length. Built from our config rather than by
+    ``get_tokenizer`` itself, because that one re-fetches the config and ignores
+    ``HF_HUB_OFFLINE`` set after import.
+    """
+    import open_clip
+    from open_clip.tokenizer import DEFAULT_CONTEXT_LENGTH, HFTokenizer, SimpleTokenizer
+
+    context_length = text_cfg.get("context_length", DEFAULT_CONTEXT_LENGTH)
+    kwargs = dict(text_cfg.get("tokenizer_kwargs") or {})
+    repo = text_cfg.get("hf_tokenizer_name")
+    if repo:
+        try:
+            return HFTokenizer(
+                repo,
+                context_length=context_length,
+                cache_dir=cache_dir,
+                tokenizer_mode=text_cfg.get("tokenizer_mode"),
+                local_files_only=hub_offline(),
+                **kwargs,
+            )
+        except (OSError, ValueError) as err:
+            raise missing_weights(
+                family, f"the text tokenizer of '{model}' ({repo})", repo, cache_dir, first_line(err)
+            ) from err
+    if not model.startswith("hf-hub:") and "siglip" in model.lower():
+        try:
+            return open_clip.get_tokenizer(model, context_length=context_length)
+        except (OSError, ValueError) as err:  # its SentencePiece vocabulary is downloaded on first use
+            raise missing_weights(
+                family, f"the SigLIP text tokenizer of '{model}'", None, cache_dir, first_line(err)
+            ) from err
+    return SimpleTokenizer(bpe_path=simple_tokenizer_path(family), context_length=context_length, **kwargs)
+
+
+# ----------------------------------------------------------------------------- text towers
+
+
+def open_clip_text_encoder(
+    family: str, model: str, config: dict[str, Any], quick_gelu: bool, output_dim: int, tiny: bool
+) -> nn.Module:
+    """open_clip's ``TextTransformer`` for ``config`` (tiny: the same flags at tiny dims).
+
+    Build it under ``seeded(seed)`` for reproducible tiny weights.
+    """
+    from open_clip.model import _build_text_tower
+
+    text_cfg = dict(config.get("text_cfg") or {})
+    if not text_cfg:
+        raise ValueError(f"{family}: open_clip model '{model}' has no text tower config (text_cfg)")
+    if text_cfg.get("hf_model_name"):
+        raise ValueError(
+            f"{family}: '{model}' has a Hugging Face text encoder ({text_cfg['hf_model_name']}); "
+            "only open_clip TextTransformer towers are supported with `text: true`"
+        )
+    for key in TOKENIZER_FIELDS:  # the tokenizer's business, not the tower's
+        text_cfg.pop(key, None)
+    if tiny:  # tiny towers read open_clip's own BPE tokens (pad 0, end-of-text = the highest id)
+        text_cfg.update(TINY_TEXT, context_length=TINY_CONTEXT, vocab_size=simple_tokenizer(family).vocab_size)
+        text_cfg.pop("pad_id", None)
+        text_cfg.pop("eos_id", None)
+    return _build_text_tower(output_dim, text_cfg, quick_gelu=quick_gelu)
+
+
+def open_clip_text_tokenizer(
+    family: str, model: str, config: dict[str, Any], size: str, cache_dir: str | None
+) -> Tokenizer:
+    """The tokenizer of an open_clip text tower: offline BPE for tiny, ``get_tokenizer(model)`` for real.
+
+    Builders ask for it before building any tower, so a missing tokenizer fails fast.
+    """
+    if size == "tiny":
+        return simple_tokenizer(family)
+    return open_clip_tokenizer(family, model, config.get("text_cfg") or {}, cache_dir)
+
+
+def open_clip_text_tower(
+    family: str,
+    model: str,
+    config: dict[str, Any],
+    quick_gelu: bool,
+    output_dim: int,
+    size: str,
+    seed: int,
+    state: dict[str, torch.Tensor] | None,
+    source: str,
+    tokenizer: Tokenizer,
+) -> TextTower:
+    """The text tower of an open_clip teacher.
+
+    ``state``: the whole-model weights (already read for the vision tower), or None for
+    seeded random tiny weights.
+    """
+    if size == "tiny":
+        with seeded(seed):
+            encoder = open_clip_text_encoder(family, model, config, quick_gelu, output_dim, tiny=True)
+    else:
+        encoder = open_clip_text_encoder(family, model, config, quick_gelu, output_dim, tiny=False)
+    if state is not None:
+        load_text_state(encoder, state, family, source)
+    return TextTower(encoder, tokenizer, output_dim, family)

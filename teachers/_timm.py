@@ -1,0 +1,98 @@
+"""timm ViTs: model names and tags, checkpoints (hub cache first), and the teacher around one."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from radiosharp.contracts import TeacherOutput
+from teachers._contract import FrozenTeacher, check_choice, tokens_to_map
+from teachers._hub import fetch_hub_file, missing_weights, url_weights_file
+
+
+def check_timm_name(family: str, name: str, pattern: str) -> None:
+    import timm
+
+    if not timm.is_model(name) or _bad_timm_tag(name):
+        raise ValueError(f"{family}: unknown timm model '{name}'; e.g. {', '.join(timm.list_pretrained(pattern)[:6])}")
+
+
+def _bad_timm_tag(name: str) -> bool:
+    """``arch.tag`` with a tag timm does not list (timm.is_model checks only the arch)."""
+    import timm
+
+    if "." not in name:
+        return False
+    try:
+        timm.models.get_pretrained_cfg(name)
+    except RuntimeError:
+        return True
+    return False
+
+
+def timm_weights_file(family: str, name: str, cache_dir: str | None) -> str:
+    """Local path of timm's pretrained checkpoint for ``name`` (``arch.tag``), cache first."""
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    what = f"timm model '{name}'"
+    if cfg is not None and cfg.hf_hub_id:
+        filenames = [cfg.hf_hub_filename] if cfg.hf_hub_filename else ["model.safetensors", "pytorch_model.bin"]
+        return fetch_hub_file(family, what, cfg.hf_hub_id, filenames, cache_dir)
+    if cfg is not None and cfg.url:
+        return url_weights_file(family, what, cfg.url, Path(torch.hub.get_dir()) / "checkpoints")
+    raise missing_weights(family, what, None, cache_dir, "timm lists no pretrained weights for it")
+
+
+def timm_converter(trunk: nn.Module) -> Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+    """Map an original DINOv2 checkpoint (it has ``mask_token``) to timm keys; others pass through."""
+
+    def convert(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if "mask_token" not in state:
+            return state
+        from timm.models.vision_transformer import checkpoint_filter_fn
+
+        return checkpoint_filter_fn(state, trunk)
+
+    return convert
+
+
+def create_timm_vit(name: str, **kwargs: Any) -> nn.Module:
+    """A timm ViT without classifier, taking any input size (position table resized per call)."""
+    import timm
+
+    return timm.create_model(name, pretrained=False, num_classes=0, dynamic_img_size=True, **kwargs)
+
+
+class TimmViTTeacher(FrozenTeacher):
+    """A frozen timm ``VisionTransformer``; prefix tokens (class, registers) leave the feature map.
+
+    ``summary`` is ``"cls"`` (the normed class token, DINOv2) or ``"head"`` (the model's
+    pooling head, e.g. SigLIP's attention pool ``map``).
+    """
+
+    def __init__(self, trunk: nn.Module, name: str, native_size: int, mean, std, summary: str) -> None:
+        super().__init__(mean, std)
+        check_choice(name, "summary", summary, ("cls", "head"))
+        if summary == "cls" and not getattr(trunk, "has_class_token", False):
+            raise ValueError(f"{name}: summary 'cls' needs a model with a class token")
+        if summary == "head" and not trunk.global_pool:
+            raise ValueError(f"{name}: summary 'head' needs a model with a pooling head")
+        self.name = name
+        self.model = trunk
+        self.summary_kind = summary
+        self.patch_size = trunk.patch_embed.patch_size[0]
+        self.native_size = native_size
+        self.embed_dim = trunk.num_features
+        self.summary_dim = trunk.num_features
+
+    def extract(self, pixels: torch.Tensor) -> TeacherOutput:
+        tokens = self.model.forward_features(pixels)  # final norm applied
+        height, width = pixels.shape[-2] // self.patch_size, pixels.shape[-1] // self.patch_size
+        features = tokens_to_map(tokens[:, self.model.num_prefix_tokens :], height, width)
+        summary = tokens[:, 0] if self.summary_kind == "cls" else self.model.forward_head(tokens)
+        return TeacherOutput(summary=summary, features=features)

@@ -1,0 +1,109 @@
+"""transformers models: their configs and strict ``from_pretrained`` (hub cache first),
+and the text tower of a SigLIP (``SiglipTextModel``) with its padded tokenizer."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from teachers._hub import hub_offline, missing_weights
+from teachers._text import TextTower, Tokenizer, first_line
+from teachers._weights import WeightsMismatchError, preview_keys
+
+
+def hf_config(family: str, model_id: str, cache_dir: str | None, model_types: Sequence[str]) -> Any:
+    """The transformers config of ``model_id`` (hub id or local folder), from the cache first.
+
+    Reading the small config.json first makes a missing model fail fast, before any
+    large model is built, and lets us refuse a model of the wrong kind by name.
+    """
+    from transformers import AutoConfig
+
+    what = f"Hugging Face model '{model_id}'"
+    try:
+        config = AutoConfig.from_pretrained(model_id, cache_dir=cache_dir, local_files_only=hub_offline())
+    except OSError as err:
+        repo = None if Path(model_id).is_dir() else model_id
+        raise missing_weights(
+            family,
+            what,
+            repo,
+            cache_dir,
+            "its config.json is not available (a `weights:` file needs it too, for the architecture: "
+            "cache it, or set `model:` to a local folder holding config.json)",
+        ) from err
+    if config.model_type not in model_types:
+        raise ValueError(
+            f"{family}: '{model_id}' is a '{config.model_type}' model; this teacher takes model types: "
+            f"{', '.join(model_types)}"
+        )
+    return config
+
+
+def hf_from_pretrained(family: str, model_cls: type, model_id: str, cache_dir: str | None) -> nn.Module:
+    """``model_cls.from_pretrained`` in float32 that refuses to leave any weight uninitialised."""
+    what = f"Hugging Face model '{model_id}'"
+    try:
+        model, info = model_cls.from_pretrained(
+            model_id, cache_dir=cache_dir, local_files_only=hub_offline(), dtype=torch.float32, output_loading_info=True
+        )
+    except OSError as err:
+        repo = None if Path(model_id).is_dir() else model_id
+        raise missing_weights(family, what, repo, cache_dir, "its weights are not available") from err
+    missing = list(info.get("missing_keys") or [])
+    mismatched = [str(m) for m in info.get("mismatched_keys") or []]
+    if missing or mismatched:
+        raise WeightsMismatchError(
+            f"{family}: the checkpoint of '{model_id}' leaves weights of {model_cls.__name__} "
+            f"unset: missing {preview_keys(missing)}; mismatched {preview_keys(mismatched)}"
+        )
+    return model
+
+
+# ----------------------------------------------------------------------------- text towers
+
+
+class HFTextTower(TextTower):
+    """A transformers ``SiglipTextModel``: the pooled output is the text head's projection."""
+
+    def run_encoder(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.encoder(input_ids=tokens).pooler_output
+
+
+class PaddedHFTokenizer:
+    """A transformers tokenizer padded to the fixed length SigLIP was trained with.
+
+    SigLIP pools the LAST position and never masks padding, so prompts must be padded
+    to ``max_length`` exactly as in training; texts are lowercased as SigLIP's
+    training text was (open_clip's ``canonicalize`` and SigLIP 2's tokenizer do too).
+    """
+
+    def __init__(self, tokenizer: Any, max_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        batch = self.tokenizer(
+            [t.lower() for t in texts],
+            padding="max_length",
+            max_length=self.max_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        return batch["input_ids"]
+
+
+def hf_tokenizer(family: str, model_id: str, max_length: int, cache_dir: str | None) -> Tokenizer:
+    """The transformers tokenizer of ``model_id`` (cache first), padded to ``max_length``."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_id, cache_dir=cache_dir, local_files_only=hub_offline())
+    except (OSError, ValueError) as err:
+        repo = None if Path(model_id).is_dir() else model_id
+        raise missing_weights(family, f"the text tokenizer of '{model_id}'", repo, cache_dir, first_line(err)) from err
+    return PaddedHFTokenizer(tokenizer, max_length)
