@@ -406,7 +406,8 @@ def test_demo_stages_chain_as_shipped(tmp_path, demo_phis):
         for name, extra in (("bilinear", []), ("featsharp", [f"teachers.dinov2.upsampler={featsharp}"]))
     ]
     losses = [r["loss"] for r in read_metrics(s1)]
-    assert sum(losses[-3:]) / 3 < 0.5 * losses[0], losses
+    # on the real teachers 150 steps take the loss from about 6.6 to 4.8 (a run that does not learn stays at 6.6)
+    assert sum(losses[-3:]) / 3 < 0.8 * losses[0], losses
     for run in s3:  # the student has never seen 384 px before stage 3: the hi partition learns
         hi = [r["hi/dinov2/features"] for r in read_metrics(run)]
         assert sum(hi[-3:]) / 3 < sum(hi[:2]) / 2, hi
