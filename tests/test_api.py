@@ -42,7 +42,7 @@ def test_lists_come_from_the_registries_and_trainable_from_the_upsamplers():
     assert radiosharp.list_teachers() == ["dfn_clip", "dinov2", "sam", "siglip", "vgg_hed"]
     assert radiosharp.list_upsamplers() == sorted(UPSAMPLERS.names())
     assert radiosharp.list_upsamplers(trainable=False) == ["bilinear", "s2", "tiles"]
-    assert radiosharp.list_upsamplers(trainable=True) == ["featsharp", "featup"]
+    assert radiosharp.list_upsamplers(trainable=True) == ["anyup", "featsharp", "featup", "jafar", "loftup", "naf"]
     for name in radiosharp.list_upsamplers():  # the class attribute agrees with a built module
         built = UPSAMPLERS.build(name, factor=2, dim=8, patch_size=14)
         assert built.trainable == radiosharp.is_trainable(name)
