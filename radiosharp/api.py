@@ -102,17 +102,19 @@ def list_upsamplers(trainable: bool | None = None) -> list[str]:
 def is_trainable(upsampler: str) -> bool:
     """Whether the registered upsampler ``upsampler`` has weights to learn.
 
-    Read from the class its builder declares it returns; a builder without that
-    annotation is built small and asked."""
+    Read from the class that builds it: the registered class itself, or the class its
+    builder function declares it returns; a builder without either is built small and asked."""
     import typing
 
     from radiosharp.registry import UPSAMPLERS
 
-    builder = UPSAMPLERS.get(upsampler)
-    try:
-        returned = typing.get_type_hints(inspect.unwrap(builder)).get("return")
-    except (NameError, TypeError):
-        returned = None
+    builder = inspect.unwrap(UPSAMPLERS.get(upsampler))
+    returned: object = builder
+    if not isinstance(builder, type):
+        try:
+            returned = typing.get_type_hints(builder).get("return")
+        except (NameError, TypeError):
+            returned = None
     if isinstance(returned, type) and hasattr(returned, "trainable"):
         return bool(returned.trainable)
     return bool(getattr(UPSAMPLERS.build(upsampler, factor=2, dim=8, patch_size=14), "trainable", False))

@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from radiosharp.contracts import IMAGENET_MEAN, IMAGENET_STD
-from radiosharp.images import resize
 
 DEFAULT_QUERY_CHUNK = 4096  # queries per attention call: [chunk x keys] logits per head at most
 
@@ -79,11 +78,6 @@ class ImageNormalize(nn.Module):
         return (images.float() - self.mean.float()) / self.std.float()
 
 
-def pool(x: Tensor, size: tuple[int, int]) -> Tensor:
-    """``x`` resized to ``size`` (antialiased when shrinking) in float32, back in its dtype (bf16 lacks the kernel)."""
-    return resize(x.float(), size).to(x.dtype)
-
-
 def to_tokens(x: Tensor, num_heads: int) -> Tensor:
     """``[B, heads*D, H, W]`` -> ``[B, heads, H*W, D]``."""
     b, c, h, w = x.shape
@@ -97,12 +91,12 @@ def head_averaged_attention(
     ``values [B,Nk,C]`` -> ``[B,Nq,C]`` float32. The values are shared by every head; at most
     ``query_chunk`` queries are in flight at once, so the ``[B,n,chunk,C]`` per-head outputs
     (not ``[B,n,Nq,C]``) bound the memory."""
-    q, k = q.float(), k.float()
-    v = values.float().unsqueeze(1).expand(-1, q.shape[1], -1, -1)
     if query_chunk is not None and query_chunk < 1:
         raise ValueError(f"query_chunk must be >= 1 or None, got {query_chunk}")
+    k = k.float()
+    v = values.float().unsqueeze(1).expand(-1, q.shape[1], -1, -1)  # a view: no copy per head
     chunks = [q] if query_chunk is None else q.split(query_chunk, dim=-2)
-    return torch.cat([chunked_cross_attention(part, k, v, query_chunk).mean(1) for part in chunks], dim=-2)
+    return torch.cat([chunked_cross_attention(part, k, v, None).mean(1) for part in chunks], dim=-2)
 
 
 def image_encoder(dim: int, depth: int) -> nn.Sequential:
@@ -113,11 +107,18 @@ def image_encoder(dim: int, depth: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def check_heads(name: str, qk_dim: int, num_heads: int, head_multiple: int = 4) -> None:
-    """Refuse a ``qk_dim`` that does not split into ``num_heads`` heads of a multiple of ``head_multiple``
-    channels (2-D RoPE needs 4)."""
+def check_attention_options(
+    name: str, dim: int, qk_dim: int, num_heads: int, query_chunk: int | None, head_multiple: int = 4
+) -> None:
+    """One-line errors for the options every global-attention upsampler takes: the feature width
+    ``dim``, a ``qk_dim`` that splits into ``num_heads`` heads of a multiple of ``head_multiple``
+    channels (2-D RoPE needs 4), and ``query_chunk``."""
+    if dim < 1:
+        raise ValueError(f"{name}: dim must be >= 1 (the teacher's feature width), got {dim}")
     if num_heads < 1 or qk_dim < 1 or qk_dim % (head_multiple * num_heads):
         raise ValueError(
             f"{name}: qk_dim={qk_dim} must be a positive multiple of "
             f"{head_multiple}*num_heads={head_multiple * num_heads}"
         )
+    if query_chunk is not None and query_chunk < 1:
+        raise ValueError(f"{name}: query_chunk must be >= 1 or None, got {query_chunk}")

@@ -8,9 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from radiosharp.contracts import IMAGENET_MEAN, IMAGENET_STD
 from radiosharp.images import resize
-from upsamplers._attention import grid_positions, rope_2d
+from upsamplers._attention import ImageNormalize, grid_positions, rope_2d
 from upsamplers._base import Featurize, Upsampler
 from upsamplers._kernels import neighborhood_attention, window_offsets
 
@@ -50,13 +49,12 @@ class ImageEncoder(nn.Module):
         half = width // 2
         self.pixel = conv_branch(3, half, 1, num_blocks)
         self.local = conv_branch(3, width - half, 3, num_blocks)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.normalize = ImageNormalize()
 
     def forward(self, images: Tensor, size: tuple[int, int], scale: int = 1) -> Tensor:
         """Encode ``images`` (any size, float in [0, 1]) on the ``size`` grid (computed at ``scale x``)."""
-        x = resize(images.float(), (size[0] * scale, size[1] * scale))
-        x = ((x - self.mean) / self.std).to(self.pixel[0].weight.dtype)  # the weights' dtype (bf16 too)
+        x = self.normalize(resize(images.float(), (size[0] * scale, size[1] * scale)))
+        x = x.to(self.pixel[0].weight.dtype)  # the weights' dtype (bf16 too)
         x = torch.cat([self.pixel(x), self.local(x)], dim=1)
         return F.adaptive_avg_pool2d(x, size) if scale > 1 else x
 

@@ -4,8 +4,8 @@ Every output pixel is a softmax-weighted mean of the low-res features; the weigh
 the image alone on the query side and from the image *and* the features on the key side:
 
     E   = encoder(standardized RGB)                      # a few 3x3 convs, at encoder_scale x the output grid
-    Q   = q_proj(LN(pool(E, u*h x u*w)))                 # [B,d,uh,uw]  high-res queries
-    K0  = pool(E, h x w)                                 # the same encoding on the low-res grid
+    Q   = q_proj(LN(resize(E, u*h x u*w)))               # [B,d,uh,uw]  high-res queries
+    K0  = resize(E, h x w)                               # the same encoding on the low-res grid
     K   = k_proj(LN(K0 * (1 + gamma(LN(F))) + beta(LN(F))))   # SFT: gamma, beta = 1x1 convs C -> d
     A_n = softmax(rope(Q_n) . rope(K_n) / sqrt(d/heads))  # per head n, 2-D RoPE on both sides
     out = mean_n(A_n) @ F                                # [B,C,uh,uw]
@@ -28,16 +28,16 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from radiosharp.images import resize
 from radiosharp.registry import UPSAMPLERS
 from upsamplers._attention import (
     DEFAULT_QUERY_CHUNK,
     ChannelNorm,
     ImageNormalize,
-    check_heads,
+    check_attention_options,
     grid_positions,
     head_averaged_attention,
     image_encoder,
-    pool,
     rope_2d,
     to_tokens,
 )
@@ -61,15 +61,11 @@ class JafarUpsampler(Upsampler):
         rope_base: float = 100.0,
         query_chunk: int | None = DEFAULT_QUERY_CHUNK,
     ) -> None:
-        if dim < 1:
-            raise ValueError(f"jafar: dim must be >= 1 (the teacher's feature width), got {dim}")
-        check_heads("jafar", qk_dim, num_heads)
+        check_attention_options("jafar", dim, qk_dim, num_heads, query_chunk)
         if encoder_depth < 1 or encoder_scale < 1:
             raise ValueError(
                 f"jafar: encoder_depth and encoder_scale must be >= 1, got {encoder_depth}, {encoder_scale}"
             )
-        if query_chunk is not None and query_chunk < 1:
-            raise ValueError(f"jafar: query_chunk must be >= 1 or None, got {query_chunk}")
         super().__init__(factor, dim, patch_size)
         self.num_heads, self.qk_dim = num_heads, qk_dim
         self.encoder_scale, self.rope_base, self.query_chunk = encoder_scale, rope_base, query_chunk
@@ -87,7 +83,7 @@ class JafarUpsampler(Upsampler):
         """The image encoding at ``encoder_scale`` x the output grid (never above the image's size)."""
         s = self.encoder_scale
         work = (min(images.shape[-2], s * out_size[0]), min(images.shape[-1], s * out_size[1]))
-        guidance = pool(self.normalize(images), work).to(self.query_proj.weight.dtype)
+        guidance = resize(self.normalize(images), work).to(self.query_proj.weight.dtype)
         return self.encoder(guidance)
 
     def forward(
@@ -96,9 +92,9 @@ class JafarUpsampler(Upsampler):
         self.check_inputs(images, lowres)
         (b, c, h, w), (oh, ow) = lowres.shape, self.output_size(lowres)
         encoded = self.encode(images, (oh, ow))
-        queries = self.query_proj(self.query_norm(pool(encoded, (oh, ow))))
+        queries = self.query_proj(self.query_norm(resize(encoded, (oh, ow))))
         feats = self.feature_norm(lowres.to(encoded.dtype))
-        keys = pool(encoded, (h, w)) * (1 + self.gamma(feats)) + self.beta(feats)
+        keys = resize(encoded, (h, w)) * (1 + self.gamma(feats)) + self.beta(feats)
         keys = self.key_proj(self.key_norm(keys))
         q = rope_2d(to_tokens(queries, self.num_heads), grid_positions(oh, ow, lowres.device), self.rope_base)
         k = rope_2d(to_tokens(keys, self.num_heads), grid_positions(h, w, lowres.device), self.rope_base)

@@ -29,14 +29,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from radiosharp.images import resize
 from radiosharp.registry import UPSAMPLERS
 from upsamplers._attention import (
     DEFAULT_QUERY_CHUNK,
     ChannelNorm,
-    check_heads,
+    check_attention_options,
     grid_positions,
     head_averaged_attention,
-    pool,
     to_tokens,
 )
 from upsamplers._base import Featurize, Upsampler
@@ -52,7 +52,7 @@ def fourier_features(x: Tensor, num_freqs: int) -> Tensor:
 
 def pixel_code(images: Tensor, size: tuple[int, int]) -> Tensor:
     """``[B,5,H,W]``: the image area-pooled to ``size`` (RGB mapped to [-1, 1]) and the (y, x) pixel centres."""
-    rgb = pool(images.float(), size) * 2 - 1
+    rgb = resize(images.float(), size) * 2 - 1
     yx = grid_positions(*size, device=images.device).T.reshape(1, 2, *size).expand(len(images), -1, -1, -1)
     return torch.cat([rgb, yx], dim=1)
 
@@ -72,13 +72,9 @@ class LoftUpUpsampler(Upsampler):
         num_freqs: int = 6,
         query_chunk: int | None = DEFAULT_QUERY_CHUNK,
     ) -> None:
-        if dim < 1:
-            raise ValueError(f"loftup: dim must be >= 1 (the teacher's feature width), got {dim}")
-        check_heads("loftup", qk_dim, num_heads, head_multiple=1)
+        check_attention_options("loftup", dim, qk_dim, num_heads, query_chunk, head_multiple=1)
         if num_freqs < 0:
             raise ValueError(f"loftup: num_freqs must be >= 0, got {num_freqs}")
-        if query_chunk is not None and query_chunk < 1:
-            raise ValueError(f"loftup: query_chunk must be >= 1 or None, got {query_chunk}")
         super().__init__(factor, dim, patch_size)
         self.qk_dim, self.num_heads, self.num_freqs, self.query_chunk = qk_dim, num_heads, num_freqs, query_chunk
         code_dim = 5 * (1 + 2 * num_freqs)
