@@ -10,8 +10,10 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from torch import nn
 
 import radiosharp
+from radiosharp.contracts import Teacher, TeacherOutput
 from radiosharp.export import load_state_dict
 
 
@@ -144,3 +146,41 @@ def real_weights():
     from radiosharp.weights import ensure_converted, get_spec
 
     return lambda name: ensure_converted(get_spec(name))[0]
+
+
+class PatchTeacher(Teacher):
+    """A patch-embedding conv and nothing else (purely patch-local)."""
+
+    name = "patch"
+    patch_size = 4
+    native_size = 16
+    embed_dim = 8
+    summary_dim = 6
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.embed = nn.Conv2d(3, self.embed_dim, self.patch_size, self.patch_size)
+        self.head = nn.Linear(self.embed_dim, self.summary_dim)
+        self.freeze()
+
+    def extract(self, pixels: torch.Tensor) -> TeacherOutput:
+        features = self.embed(pixels)
+        return TeacherOutput(self.head(features.mean((2, 3))), features)
+
+
+def lowres_of(teacher: Teacher, images: torch.Tensor) -> torch.Tensor:
+    return teacher(
+        torch.nn.functional.interpolate(
+            images, size=(teacher.native_size,) * 2, mode="bilinear", align_corners=False, antialias=True
+        )
+    ).features
+
+
+class PixelTeacher(Teacher):
+    """A teacher whose 'features' are its 4x4-pooled pixels (consistent under any warp)."""
+
+    name, patch_size, native_size, embed_dim, summary_dim = "pixels", 4, 32, 3, None
+
+    def extract(self, pixels: torch.Tensor) -> TeacherOutput:
+        return TeacherOutput(None, torch.nn.functional.avg_pool2d(pixels, 4))

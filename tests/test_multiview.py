@@ -14,8 +14,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import PixelTeacher
 
-from radiosharp.contracts import Teacher, TeacherOutput
 from radiosharp.multiview import (
     ViewConfig,
     base_crops,
@@ -240,15 +240,6 @@ def test_homography_grid_maps_cell_centres():
 
 
 # ----------------------------------------------------------------------------- fidelity_eval
-
-
-class PixelTeacher(Teacher):
-    """A teacher whose 'features' are its 4x4-pooled pixels (consistent under any warp)."""
-
-    name, patch_size, native_size, embed_dim, summary_dim = "pixels", 4, 32, 3, None
-
-    def extract(self, pixels: torch.Tensor) -> TeacherOutput:
-        return TeacherOutput(None, F.avg_pool2d(pixels, 4))
 
 
 def test_fidelity_eval_ranks_a_pixel_perfect_upsampler_above_bilinear():

@@ -69,7 +69,8 @@ def trained(tmp_path_factory):
 def test_training_lowers_the_heldout_multiview_loss(trained):
     _, run_dir, before = trained
     after = json.loads((run_dir / "heldout.json").read_text())
-    assert set(after) == {"loss", "fidelity", "tv", "crf", "mmd"}
+    own = {"loss", "fidelity", "tv", "crf", "mmd"}
+    assert set(after) == own | {f"fixed_{k}" for k in own}  # also scored through the fixed resize
     # the same held-out images and views before and after: a like-for-like comparison
     assert after["loss"] < 0.95 * before["loss"], (before, after)
     assert after["fidelity"] > before["fidelity"], (before, after)
@@ -176,6 +177,46 @@ def test_bad_section_keys_fail_naming_the_key_before_writing(tmp_path, capsys, s
     assert train_main([str(path)]) == 2
     assert key in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_self_supervised_objective_trains_without_a_downsampler(tmp_path):
+    """crop_hires end to end: no attention downsampler is built or exported, the held-out
+    scores use the fixed resize, and the logged metrics describe the crops' regression."""
+    section = {
+        "objective": {"name": "crop_hires", "cosine": 1.0, "consistency": 0.1, "crops": 2},
+        "views": {"num_views": 2},
+        "heldout_images": 4,
+    }
+    data = tiny_recipe(tmp_path / "run", {"name": "featup", "factor": 2}, upsampler_training=section)
+    data["train"].update(steps=8, checkpoint_every=8)
+    run_dir = UpsamplerTrainer(load_recipe(write_recipe(tmp_path / "crop.yaml", data))).run()
+    assert not (run_dir / "downsampler.safetensors").exists()
+    heldout = json.loads((run_dir / "heldout.json").read_text())
+    assert heldout["fidelity"] == heldout["fixed_fidelity"] > 0
+    rows = read_metrics(run_dir)
+    assert [r["step"] for r in rows] == [4, 8] and all(r["loss"] > 0 and r["fidelity"] > 0 for r in rows)
+    assert load_recipe(run_dir / "recipe.yaml").upsampler_training["objective"]["name"] == "crop_hires"
+
+
+def test_an_objective_that_cannot_form_its_target_fails_before_writing(tmp_path, capsys):
+    """low_to_high at 3x: the tiny teacher's 112 px input shrunk 3x is not whole 14 px patches."""
+    out = tmp_path / "run"
+    upsampling = {"objective": "low_to_high", "views": {"num_views": 2}}
+    data = tiny_recipe(out, {"name": "featup", "factor": 3}, upsampler_training=upsampling)
+    data["data"]["size"] = data["eval_data"]["size"] = 336
+    path = write_recipe(tmp_path / "bad.yaml", data)
+    assert train_main([str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "upsampler_training.objective low_to_high" in err and "multiple of 42" in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("objective", "key"), [("sideways", "upsampler_training.objective")])
+def test_an_unknown_objective_names_the_choices(tmp_path, capsys, objective, key):
+    data = tiny_recipe(tmp_path / "run", upsampler_training={"objective": objective})
+    assert train_main([str(write_recipe(tmp_path / "bad.yaml", data))]) == 2
+    err = capsys.readouterr().err
+    assert key in err and "crop_hires" in err and "hires_teacher" in err
 
 
 def test_teacher_without_upsampler_fails_clearly(tmp_path, capsys):

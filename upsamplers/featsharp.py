@@ -1,29 +1,40 @@
-"""``featsharp``: FeatSharp (Ranzinger et al. 2025) — JBU buffer refined with tiles.
+"""``featsharp``: FeatSharp (Ranzinger et al. 2025) — a base upsampler refined with tiles.
 
-The low-res features are lifted twice to the ``u x`` grid: by a JBU stack (smooth,
-edge-aware) and by a ``u x u`` tile mosaic (detailed, with seams). The two maps are
-concatenated on channels (``2C``) and go through ONE pre-norm transformer block:
+The low-res features are lifted twice to the ``u x`` grid: by a base upsampler (smooth,
+edge-aware; FeatUp's JBU stack by default, any registered upsampler by ``base:``) and by
+a ``u x u`` tile mosaic (detailed, with seams). The buffers named by ``inputs`` are
+concatenated on channels (``nC``) and go through ONE pre-norm transformer block:
 
-    x = [jbu, tiles + tile_pos]                      # [B,H,W,2C]
+    x = [base, tiles + tile_pos]                     # [B,H,W,2C] (inputs: [base, tiles])
     x = x + ls1 * proj(NA(LN(x)))                    # 2-D sliding-window attention
-    y = x[..., :C] + ls2 * swiglu(LN(x))             # SwiGLU 2C -> ~8C/3 -> C
+    y = x[..., r] + ls2 * swiglu(LN(x))              # SwiGLU nC -> hidden -> C
     out = y                                          # [B,C,H,W]
 
-Only the first ``C`` channels (the JBU buffer) keep their residual, so a block whose
-output projections are zero returns the JBU buffer exactly; training starts there
-(LayerScale ``1e-6``, as NVlabs/FeatSharp) and learns to pull in tile detail.
+Only the ``residual`` buffer's ``C`` channels ``r`` keep their residual (the base by
+default), so a block whose output projections are zero returns that buffer exactly;
+training starts there (LayerScale ``1e-6``, as NVlabs/FeatSharp) and learns to pull in
+tile detail. ``residual: none`` keeps no buffer (the block's MLP is the output; its
+LayerScale then starts at 1).
+
+The paper's ablation of the block's inputs (table 8) is ``inputs`` x ``residual``:
+``[base, tiles]`` x ``base`` is FeatSharp; ``[base]`` x ``base`` refines the base alone;
+``[tiles]`` x ``tiles`` de-seams the mosaic alone; ``[base, tiles]`` x ``tiles`` puts the
+tiles on the residual path.
 
 Choices (facts from the paper and NVlabs/FeatSharp): window 5 by default (the paper's
 ablation finds 3 or 5 best; the reference code defaults to 7); up to 16 heads
-(the reference uses 16; here the largest divisor of 2C not above 16 unless the
-recipe says otherwise); a 2-D ALiBi-style relative position bias
+(the reference uses 16; here the largest divisor of the block width not above 16 unless
+the recipe says otherwise); a 2-D ALiBi-style relative position bias
 ``-(s_y |dy| + s_x |dx|)`` with learnable per-head slopes, initialized like the
 reference (head pairs share slope 1/2, 1/4, ...; even heads look along rows, odd
 heads along columns); a learned per-tile position embedding (zeros at init) added
-to the mosaic; keys outside the map are masked (see ``upsamplers._kernels``).
+to the mosaic; keys outside the map are masked (see ``upsamplers._kernels``); the
+SwiGLU hidden width is ~8C/3 (``mlp_hidden`` sets it).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +43,6 @@ from torch import Tensor, nn
 from radiosharp.registry import UPSAMPLERS
 from upsamplers._base import Featurize, Upsampler
 from upsamplers._kernels import neighborhood_attention, window_offsets
-from upsamplers.jbu import JBUStack
 
 MAX_AUTO_HEADS = 16
 WINDOW_SIZES = (1, 3, 5, 7, 9, 11)
@@ -97,7 +107,11 @@ class LayerScale(nn.Module):
 
 
 class FeatSharpBlock(nn.Module):
-    """The pre-norm block on ``[B,H,W,2C]`` returning ``[B,H,W,C]`` (residual on the first C only)."""
+    """The pre-norm block on ``[B,H,W,n*C]`` returning ``[B,H,W,C]``.
+
+    ``residual``: which of the ``n`` concatenated ``C``-channel buffers keeps its residual
+    (its index), or None for no residual path.
+    """
 
     def __init__(
         self,
@@ -107,24 +121,30 @@ class FeatSharpBlock(nn.Module):
         mlp_hidden: int,
         layer_scale_init: float = 1e-6,
         layer_norm: bool = True,
+        num_inputs: int = 2,
+        residual: int | None = 0,
     ) -> None:
         super().__init__()
-        width = 2 * dim
-        self.dim = dim
+        width = num_inputs * dim
+        self.dim, self.residual = dim, residual
         self.norm1 = nn.LayerNorm(width) if layer_norm else nn.Identity()
         self.attn = NeighborhoodAttention(width, num_heads, window_size)
         self.ls1 = LayerScale(width, layer_scale_init)
         self.norm2 = nn.LayerNorm(width) if layer_norm else nn.Identity()
         self.mlp = SwiGLU(width, mlp_hidden, dim)
-        self.ls2 = LayerScale(dim, layer_scale_init)
+        self.ls2 = LayerScale(dim, layer_scale_init if residual is not None else 1.0)
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.ls1(self.attn(self.norm1(x)))
-        return x[..., : self.dim] + self.ls2(self.mlp(self.norm2(x)))
+        out = self.ls2(self.mlp(self.norm2(x)))
+        if self.residual is None:
+            return out
+        start = self.residual * self.dim
+        return x[..., start : start + self.dim] + out
 
     @torch.no_grad()
     def zero_output_projections(self) -> None:
-        """Zero the attention and MLP output layers: the block then passes the JBU buffer through."""
+        """Zero the attention and MLP output layers: the block then passes the residual buffer through."""
         for layer in (self.attn.proj, self.mlp.w_out):
             layer.weight.zero_()
             layer.bias.zero_()
@@ -140,16 +160,63 @@ def default_mlp_hidden(dim: int) -> int:
     return (int(8 * dim / 3) + 7) // 8 * 8
 
 
+BUFFERS = ("base", "tiles")
+RESIDUALS = ("base", "tiles", "none")
+
+
+def check_buffers(inputs: tuple[str, ...] | list[str], residual: str) -> tuple[tuple[str, ...], int | None]:
+    """The block's input buffers and the index of the residual one (None: no residual)."""
+    names = tuple(inputs)
+    if not names or len(set(names)) != len(names) or any(n not in BUFFERS for n in names):
+        raise ValueError(f"featsharp: inputs must be distinct names from {list(BUFFERS)}, got {list(names)}")
+    if residual not in RESIDUALS:
+        raise ValueError(f"featsharp: residual must be one of {list(RESIDUALS)}, got {residual!r}")
+    if residual != "none" and residual not in names:
+        raise ValueError(f"featsharp: residual '{residual}' is not one of the block's inputs {list(names)}")
+    return names, None if residual == "none" else names.index(residual)
+
+
+def build_base(
+    base: str | dict[str, Any], factor: int, dim: int, patch_size: int, jbu_kernel_size: int, key_dim: int
+) -> Upsampler:
+    """The residual-path upsampler: a registered upsampler's name or ``{name: ..., options}``.
+
+    ``featup`` given by name takes ``jbu_kernel_size`` / ``key_dim`` (the options FeatSharp
+    recipes have always used); a mapping carries its own options.
+    """
+    from radiosharp.builders import build_upsampler
+
+    name = base if isinstance(base, str) else base.get("name")
+    if name == "featsharp":
+        raise ValueError("featsharp: base cannot be featsharp itself; choose a guided upsampler, e.g. featup or jafar")
+    if isinstance(base, str):
+        cfg: str | dict[str, Any] = (
+            {"name": "featup", "kernel_size": jbu_kernel_size, "key_dim": key_dim} if base == "featup" else base
+        )
+    else:
+        cfg = dict(base)
+    if name != "featup" and (jbu_kernel_size, key_dim) != (7, 32):
+        raise ValueError(
+            f"featsharp: jbu_kernel_size/key_dim apply to base featup only; give {name}'s options as "
+            f"base: {{name: {name}, ...}}"
+        )
+    return build_upsampler(cfg, "featsharp.base", factor=factor, dim=dim, patch_size=patch_size)
+
+
 class FeatSharpUpsampler(Upsampler):
-    """JBU stack + tile mosaic -> one :class:`FeatSharpBlock` (see the module docstring)."""
+    """Base upsampler + tile mosaic -> one :class:`FeatSharpBlock` (see the module docstring)."""
 
     trainable = True
+    uses_tiles = True
 
     def __init__(
         self,
         factor: int = 2,
         dim: int = 0,
         patch_size: int = 14,
+        base: str | dict[str, Any] = "featup",
+        inputs: tuple[str, ...] = BUFFERS,
+        residual: str = "base",
         num_heads: int | None = None,
         window_size: int = 5,
         jbu_kernel_size: int = 7,
@@ -166,41 +233,69 @@ class FeatSharpUpsampler(Upsampler):
                 f"featsharp: window_size must be odd, one of {WINDOW_SIZES} "
                 f"(the paper finds 3 or 5 best), got {window_size}"
             )
-        width = 2 * dim
+        self.inputs, residual_index = check_buffers(inputs, residual)
+        width = len(self.inputs) * dim
         heads = default_heads(width) if num_heads is None else num_heads
         if heads < 1 or width % heads:
             valid = [h for h in range(1, 65) if width % h == 0]
             raise ValueError(
-                f"featsharp: num_heads={num_heads} does not divide the block width 2*dim={width}; "
+                f"featsharp: num_heads={num_heads} does not divide the block width {len(self.inputs)}*dim={width}; "
                 f"valid choices: {', '.join(map(str, valid))}"
             )
-        self.jbu = JBUStack(factor, jbu_kernel_size, key_dim)
-        self.tile_pos = nn.Parameter(torch.zeros(1, dim, factor, factor))
+        uses_base = "base" in self.inputs
+        self.base = build_base(base, factor, dim, patch_size, jbu_kernel_size, key_dim) if uses_base else None
+        self.tile_pos = nn.Parameter(torch.zeros(1, dim, factor, factor)) if "tiles" in self.inputs else None
         self.block = FeatSharpBlock(
-            dim, heads, window_size, mlp_hidden or default_mlp_hidden(dim), layer_scale_init, layer_norm
+            dim,
+            heads,
+            window_size,
+            mlp_hidden or default_mlp_hidden(dim),
+            layer_scale_init,
+            layer_norm,
+            num_inputs=len(self.inputs),
+            residual=residual_index,
         )
 
-    uses_tiles = True
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        # exports before the base option held the JBU stack at `jbu.`; it is now the base's `jbu.`
+        for key in [k for k in state_dict if k.startswith(prefix + "jbu.")]:
+            state_dict[prefix + "base." + key[len(prefix) :]] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def tile_buffer(
         self, images: Tensor, lowres: Tensor, featurize: Featurize, tile_features: Tensor | None = None
     ) -> Tensor:
         """The tile mosaic plus each tile's learned position embedding."""
         tiles = self.tile_mosaic(images, lowres, featurize, tile_features)
+        if self.tile_pos is None:
+            return tiles
         (b, c), (h, w), u = tiles.shape[:2], lowres.shape[-2:], self.factor
         # tile (i, j) covers rows i*h.. and columns j*w..: broadcast its embedding over that block
         pos = self.tile_pos.view(1, c, u, 1, u, 1).to(tiles.dtype)
         return (tiles.reshape(b, c, u, h, u, w) + pos).view(b, c, u * h, u * w)
 
+    def base_buffer(
+        self, images: Tensor, lowres: Tensor, featurize: Featurize, tile_features: Tensor | None = None
+    ) -> Tensor:
+        """The base upsampler's output (it gets the tile features too if it uses tiles)."""
+        assert self.base is not None
+        if getattr(self.base, "uses_tiles", False):
+            return self.base(images, lowres, featurize, tile_features=tile_features)
+        return self.base(images, lowres, featurize)
+
     def forward(
         self, images: Tensor, lowres: Tensor, featurize: Featurize, tile_features: Tensor | None = None
     ) -> Tensor:
         self.check_inputs(images, lowres)
-        smooth = self.jbu(lowres, images)
-        tiles = self.tile_buffer(images, lowres, featurize, tile_features)
-        # concatenated straight into the block's [B,H,W,2C] layout (LayerNorm then reads it as is)
-        x = torch.cat([smooth.permute(0, 2, 3, 1), tiles.to(smooth.dtype).permute(0, 2, 3, 1)], dim=-1)
-        x = x.to(self.tile_pos.dtype)  # PHI-S features are float32; a bf16 block takes its own dtype
+        buffers = []
+        for name in self.inputs:
+            if name == "base":
+                buffers.append(self.base_buffer(images, lowres, featurize, tile_features))
+            else:
+                buffers.append(self.tile_buffer(images, lowres, featurize, tile_features))
+        dtype = self.block.ls2.gamma.dtype  # PHI-S features are float32; a bf16 block takes its own dtype
+        # concatenated straight into the block's [B,H,W,nC] layout (LayerNorm then reads it as is)
+        x = torch.cat([b.to(dtype).permute(0, 2, 3, 1) for b in buffers], dim=-1)
         return self.block(x).permute(0, 3, 1, 2)
 
 

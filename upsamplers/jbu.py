@@ -1,26 +1,48 @@
 """``featup``: FeatUp's joint bilateral upsampler (JBU), one stage per prime factor.
 
 One stage lifts features ``[B,C,h,w]`` to ``[B,C,f*h,f*w]``: the features are
-bilinearly upsampled to the output grid, then each output pixel ``i`` takes a
-weighted mean of the upsampled features over a ``k x k`` window, with weights
+upsampled to the output grid (bilinearly by default), then each output pixel ``i``
+takes a weighted mean of the upsampled features over a ``k x k`` window, with weights
 
     range:   softmax_j( h(G_i) . h(G_j) / sigma_range^2 )   h = per-pixel MLP on RGB
     spatial: exp( -|i - j|^2 / (2 sigma_spatial^2) )       offsets scaled to [-1, 1]
     weight = range * spatial, renormalized over the window
 
 where ``G`` is the image area-pooled to the output grid. ``1/sigma_range^2`` and
-``sigma_spatial`` are learned. A stack runs one stage per prime factor of ``u`` in
-descending order (14 -> 7x then 2x; 4 -> 2x, 2x; 1 -> identity), as FeatSharp does.
+``sigma_spatial`` are learned. A stack runs one stage per prime factor of ``u``, by
+default in descending order (14 -> 7x then 2x; 4 -> 2x, 2x; 1 -> identity);
+NVlabs FeatSharp's stack runs them ascending (14 -> 2x then 7x), see ``factor_order``.
 
 Defaults follow FeatUp / NVlabs FeatSharp: radius 3 (a 7x7 window), key_dim 32,
 ``h`` = conv1x1(3->32), GELU, conv1x1(32->32), temperature ``exp(t)`` with ``t = 0``
-(so sigma_range = 1) clamped to [1e-4, 1e4], ``sigma_spatial = 1``. Departures,
-on purpose: out-of-image window taps are masked (FeatUp reflect-pads), which keeps
-the filter exact and valid for maps smaller than the window; FeatUp's extra
-"fixup" MLP on the kernel and final 1x1 residual are left out (FeatSharp's JBU
-drops them too); guidance is ImageNet-standardized RGB. The filter runs on the
-memory-lean kernel of ``upsamplers._kernels`` (its gradient reaches all k*k taps,
-unlike FeatUp's CUDA kernel).
+(so sigma_range = 1) clamped to [1e-4, 1e4], ``sigma_spatial = 1``; guidance is
+ImageNet-standardized RGB (what FeatUp's released models see). Departures from the
+reference code, each with the option that restores it:
+
+- pre-upsampling is bilinear, as NVlabs FeatSharp's ``JBULevel``; FeatUp as released
+  (``featup/upsamplers.py``, ``JBULearnedRange``) upsamples bicubically:
+  ``pre_upsample: bicubic``.
+- out-of-image window taps are masked (zero weight, the softmax renormalizes over
+  the taps that exist), which keeps the filter exact and valid for maps smaller than
+  the window; FeatUp and NVlabs reflect-pad the range keys and the upsampled features
+  by the radius and filter the padded map: ``border: reflect`` (every stage's output
+  grid must then be larger than the radius). In the interior the two agree exactly.
+- FeatUp's "fixup" is left out (NVlabs' JBU drops it too): per stage, a 1x1 conv net
+  ``conv(k*k+3 -> k*k), GELU, Dropout2d(0.1), conv(k*k -> k*k)`` on the normalized
+  window weights concatenated with the guidance, added as ``weights += 0.1 * net``
+  (not renormalized), and after the last stage a residual
+  ``out = x + 0.1 * conv1x1(Dropout2d(0.2)(x))`` on the features (which needs ``dim``):
+  ``fixup: true`` (PyTorch's default init, as FeatUp). With ``border: mask`` the fixup's
+  weights on out-of-image taps multiply zeros.
+- stages run largest factor first; NVlabs FeatSharp runs the smallest first:
+  ``factor_order: ascending`` (FeatUp's stack is four 2x stages, so order is moot).
+
+Not represented: FeatUp's ``Dropout2d(0.1)`` inside the range MLP (training only),
+FeatUp's 1e-7 clamp of the renormalizer (only reached for ``sigma_spatial`` below ~0.25),
+and NVlabs' ``range_alpha``/``spatial_alpha`` scales (they cancel in the renormalization).
+The filter runs on the memory-lean kernel of ``upsamplers._kernels`` (its gradient
+reaches all k*k taps, unlike FeatUp's CUDA kernel); with ``fixup`` the k*k window
+weights of each pixel are materialized, as in FeatUp.
 """
 
 from __future__ import annotations
@@ -33,6 +55,24 @@ from radiosharp.contracts import IMAGENET_MEAN, IMAGENET_STD
 from radiosharp.registry import UPSAMPLERS
 from upsamplers._base import Featurize, Upsampler, prime_factors
 from upsamplers._kernels import neighborhood_attention, window_offsets
+
+PRE_UPSAMPLE = ("bilinear", "bicubic")
+BORDERS = ("mask", "reflect")
+FACTOR_ORDERS = ("descending", "ascending")
+FIXUP_SCALE = 0.1  # FeatUp's weight on both fixup terms
+
+
+def check_choice(option: str, value: object, valid: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``valid``, else a one-line ValueError naming the choices."""
+    if value not in valid:
+        raise ValueError(f"featup: {option} must be one of {', '.join(valid)}; got {value!r}")
+    return str(value)
+
+
+def stage_factors(factor: int, order: str = "descending") -> list[int]:
+    """The stack's per-stage factors: the prime factors of ``factor`` in ``order``."""
+    factors = prime_factors(factor)
+    return factors if check_choice("factor_order", order, FACTOR_ORDERS) == "descending" else factors[::-1]
 
 
 def joint_bilateral_filter(
@@ -51,19 +91,84 @@ def joint_bilateral_filter(
     return out.squeeze(1)
 
 
-class JointBilateralUpsampler(nn.Module):
-    """One JBU stage with an integer factor ``f`` (see the module docstring)."""
+def _check_reflect(size: tuple[int, int], r: int) -> None:
+    if r and min(size) <= r:
+        raise ValueError(
+            f"featup: border=reflect needs every stage's output grid larger than the window radius {r}, "
+            f"got {size[0]}x{size[1]}; use border=mask or larger inputs"
+        )
 
-    def __init__(self, factor: int, kernel_size: int = 7, key_dim: int = 32, guidance_dim: int = 3) -> None:
+
+def _pad(x: Tensor, r: int, border: str) -> Tensor:
+    """``x`` [B,C,H,W] padded by ``r``: zeros (``mask``; the taps there get zero weight) or reflected."""
+    if not r:
+        return x
+    return F.pad(x, (r, r, r, r), mode="reflect" if border == "reflect" else "constant")
+
+
+def window_weights(queries: Tensor, keys: Tensor, spatial_logits: Tensor, kernel_size: int, border: str) -> Tensor:
+    """``[B,k*k,H,W]``: the normalized JBU window weights, materialized (the fixup reads them).
+
+    Row-major offsets (see :func:`~upsamplers._kernels.window_offsets`); with ``mask``
+    out-of-image taps get weight 0, with ``reflect`` the keys are reflect-padded.
+    """
+    r, (h, w) = kernel_size // 2, queries.shape[-2:]
+    k_pad = _pad(keys, r, border)
+    inside = _pad(torch.ones(1, 1, h, w, dtype=torch.bool, device=keys.device), r, "mask")
+    logits = []
+    for dy, dx in window_offsets(kernel_size):
+        window = (..., slice(r + dy, r + dy + h), slice(r + dx, r + dx + w))
+        logits.append((queries * k_pad[window]).sum(1, keepdim=True))
+        if border == "mask" and (dy or dx):
+            logits[-1] = logits[-1].masked_fill(~inside[window], float("-inf"))
+    return (torch.cat(logits, dim=1) + spatial_logits.view(1, -1, 1, 1)).softmax(dim=1)
+
+
+def apply_window_weights(features: Tensor, weights: Tensor, kernel_size: int, border: str) -> Tensor:
+    """``out_i = sum_o weights[o]_i * f_{i+o}`` (FeatUp's AdaptiveConv) on zero- or reflect-padded features."""
+    r, (h, w) = kernel_size // 2, features.shape[-2:]
+    f_pad = _pad(features, r, border)
+    out = None
+    for o, (dy, dx) in enumerate(window_offsets(kernel_size)):
+        term = weights[:, o : o + 1] * f_pad[..., r + dy : r + dy + h, r + dx : r + dx + w]
+        out = term if out is None else out + term
+    assert out is not None
+    return out
+
+
+class JointBilateralUpsampler(nn.Module):
+    """One JBU stage with an integer factor ``f`` (see the module docstring for the options)."""
+
+    def __init__(
+        self,
+        factor: int,
+        kernel_size: int = 7,
+        key_dim: int = 32,
+        guidance_dim: int = 3,
+        pre_upsample: str = "bilinear",
+        fixup: bool = False,
+        border: str = "mask",
+    ) -> None:
         super().__init__()
         if kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"JBU kernel_size must be odd (e.g. 3, 5, 7), got {kernel_size}")
         self.factor = factor
         self.kernel_size = kernel_size
+        self.pre_upsample = check_choice("pre_upsample", pre_upsample, PRE_UPSAMPLE)
+        self.border = check_choice("border", border, BORDERS)
         self.range_proj = nn.Sequential(nn.Conv2d(guidance_dim, key_dim, 1), nn.GELU(), nn.Conv2d(key_dim, key_dim, 1))
         # Shape [1], not []: DeepSpeed cannot broadcast 0-dim bf16 parameters.
         self.log_range_temperature = nn.Parameter(torch.zeros(1))  # log(1 / sigma_range^2)
         self.sigma_spatial = nn.Parameter(torch.ones(1))
+        taps = kernel_size * kernel_size
+        # FeatUp's layout (indices 0 and 3), so its weights map one to one
+        self.fixup_proj = (
+            nn.Sequential(
+                nn.Conv2d(taps + guidance_dim, taps, 1), nn.GELU(), nn.Dropout2d(0.1), nn.Conv2d(taps, taps, 1)
+            )
+            if fixup
+            else None
+        )
         self.radius = max(kernel_size // 2, 1)
         dist_sq = torch.tensor([float(dy * dy + dx * dx) for dy, dx in window_offsets(kernel_size)])
         self.register_buffer("offset_dist_sq", dist_sq.view(1, -1), persistent=False)  # exact integers
@@ -94,27 +199,70 @@ class JointBilateralUpsampler(nn.Module):
 
     def forward(self, features: Tensor, images: Tensor) -> Tensor:
         size = (features.shape[-2] * self.factor, features.shape[-1] * self.factor)
-        keys = self.range_proj(self.guidance(images, size))
-        upsampled = F.interpolate(features, size=size, mode="bilinear", align_corners=False)
-        return joint_bilateral_filter(
+        guidance = self.guidance(images, size)
+        keys = self.range_proj(guidance)
+        upsampled = F.interpolate(features, size=size, mode=self.pre_upsample, align_corners=False)
+        r = self.kernel_size // 2
+        if self.border == "reflect":
+            _check_reflect(size, r)
+        if self.fixup_proj is not None:
+            weights = window_weights(
+                keys * self.range_temperature, keys, self.spatial_logits(), self.kernel_size, self.border
+            )
+            weights = weights + FIXUP_SCALE * self.fixup_proj(torch.cat([weights, guidance], dim=1))
+            return apply_window_weights(upsampled, weights, self.kernel_size, self.border)
+        if self.border == "mask":
+            return joint_bilateral_filter(
+                upsampled, keys * self.range_temperature, keys, self.spatial_logits(), self.kernel_size
+            )
+        # reflect: filter the reflect-padded maps; inside the crop no window leaves the padded map,
+        # so the kernel's masking never acts there
+        keys, upsampled = _pad(keys, r, "reflect"), _pad(upsampled, r, "reflect")
+        out = joint_bilateral_filter(
             upsampled, keys * self.range_temperature, keys, self.spatial_logits(), self.kernel_size
         )
+        return out[..., r : r + size[0], r : r + size[1]]
 
     def extra_repr(self) -> str:
-        return f"factor={self.factor}, kernel_size={self.kernel_size}"
+        extra = "" if self.pre_upsample == "bilinear" else f", pre_upsample={self.pre_upsample}"
+        extra += "" if self.border == "mask" else f", border={self.border}"
+        return f"factor={self.factor}, kernel_size={self.kernel_size}{extra}"
 
 
 class JBUStack(nn.Module):
-    """One :class:`JointBilateralUpsampler` per prime factor of ``factor``, largest first."""
+    """One :class:`JointBilateralUpsampler` per prime factor of ``factor`` (``factor_order``), then FeatUp's
+    final residual when ``fixup`` (which needs the feature width ``dim``)."""
 
-    def __init__(self, factor: int, kernel_size: int = 7, key_dim: int = 32) -> None:
+    def __init__(
+        self,
+        factor: int,
+        kernel_size: int = 7,
+        key_dim: int = 32,
+        pre_upsample: str = "bilinear",
+        fixup: bool = False,
+        border: str = "mask",
+        factor_order: str = "descending",
+        dim: int = 0,
+    ) -> None:
         super().__init__()
         self.factor = factor
-        self.stages = nn.ModuleList(JointBilateralUpsampler(f, kernel_size, key_dim) for f in prime_factors(factor))
+        self.factor_order = check_choice("factor_order", factor_order, FACTOR_ORDERS)
+        if fixup and dim < 1:
+            raise ValueError(
+                "featup: fixup=true needs the feature width dim >= 1 (its final 1x1 residual is dim x dim)"
+            )
+        self.stages = nn.ModuleList(
+            JointBilateralUpsampler(f, kernel_size, key_dim, pre_upsample=pre_upsample, fixup=fixup, border=border)
+            for f in stage_factors(factor, factor_order)
+        )
+        # FeatUp's layout (Dropout2d, Conv2d): the conv is `fixup_proj.1`
+        self.fixup_proj = nn.Sequential(nn.Dropout2d(0.2), nn.Conv2d(dim, dim, 1)) if fixup else None
 
     def forward(self, features: Tensor, images: Tensor) -> Tensor:
         for stage in self.stages:
             features = stage(features, images)
+        if self.fixup_proj is not None:
+            features = features + FIXUP_SCALE * self.fixup_proj(features)
         return features
 
 
@@ -123,9 +271,20 @@ class FeatUpUpsampler(Upsampler):
 
     trainable = True
 
-    def __init__(self, factor: int, dim: int, patch_size: int, kernel_size: int = 7, key_dim: int = 32) -> None:
+    def __init__(
+        self,
+        factor: int,
+        dim: int,
+        patch_size: int,
+        kernel_size: int = 7,
+        key_dim: int = 32,
+        pre_upsample: str = "bilinear",
+        fixup: bool = False,
+        border: str = "mask",
+        factor_order: str = "descending",
+    ) -> None:
         super().__init__(factor, dim, patch_size)
-        self.jbu = JBUStack(factor, kernel_size, key_dim)
+        self.jbu = JBUStack(factor, kernel_size, key_dim, pre_upsample, fixup, border, factor_order, dim)
 
     def forward(
         self, images: Tensor, lowres: Tensor, featurize: Featurize, tile_features: Tensor | None = None
@@ -136,8 +295,23 @@ class FeatUpUpsampler(Upsampler):
 
 @UPSAMPLERS.register("featup")
 def build_featup(
-    factor: int = 2, dim: int = 0, patch_size: int = 14, kernel_size: int = 7, key_dim: int = 32
+    factor: int = 2,
+    dim: int = 0,
+    patch_size: int = 14,
+    kernel_size: int = 7,
+    key_dim: int = 32,
+    pre_upsample: str = "bilinear",
+    fixup: bool = False,
+    border: str = "mask",
+    factor_order: str = "descending",
 ) -> FeatUpUpsampler:
+    """FeatUp's JBU stack; ``pre_upsample``/``fixup``/``border``/``factor_order`` restore the reference
+    codes' choices (module docstring): FeatUp = bicubic, true, reflect; NVlabs FeatSharp = reflect, ascending."""
     if key_dim < 1:
         raise ValueError(f"featup: key_dim must be >= 1, got {key_dim}")
-    return FeatUpUpsampler(factor, dim, patch_size, kernel_size, key_dim)
+    check_choice("pre_upsample", pre_upsample, PRE_UPSAMPLE)
+    check_choice("border", border, BORDERS)
+    check_choice("factor_order", factor_order, FACTOR_ORDERS)
+    if not isinstance(fixup, bool):
+        raise ValueError(f"featup: fixup must be true or false; got {fixup!r}")
+    return FeatUpUpsampler(factor, dim, patch_size, kernel_size, key_dim, pre_upsample, fixup, border, factor_order)

@@ -5,6 +5,12 @@
   excluded), their ratios to the hi-res teacher, the factor where featsharp gets
   cheaper (paper eq. 6 / fig. 14), and images/s of a multi-view training step
   (:mod:`radiosharp.bench.upsample`).
+- ``upsample --table naf --teacher CFG``: the NAF paper's benchmark table for EVERY
+  registered upsampler alone (teacher excluded) at 2, 4, 8, 16x: parameters, forward and
+  forward+backward time and peak memory, and their ratios to bilinear measured in the
+  same round-robin run; a method that fails at a size gets a failed row with the reason
+  (:mod:`radiosharp.bench.upsampler_cost`; ``--grid`` sets the low-res grid, 8 patches
+  by default for a CPU).
 - ``train RECIPE [k=v ...]``: images/s of a distillation step per partition and the
   share of step time in teachers, upsamplers, student forward and backward
   (:mod:`radiosharp.bench.train`).
@@ -17,5 +23,15 @@ from radiosharp.bench.crossover import crossover
 from radiosharp.bench.measure import Cost, measure
 from radiosharp.bench.train import bench_train
 from radiosharp.bench.upsample import ReplayFeaturize, bench_upsample
+from radiosharp.bench.upsampler_cost import bench_upsampler_cost, upsampler_cost_markdown
 
-__all__ = ["Cost", "ReplayFeaturize", "bench_train", "bench_upsample", "crossover", "measure"]
+__all__ = [
+    "Cost",
+    "ReplayFeaturize",
+    "bench_train",
+    "bench_upsample",
+    "bench_upsampler_cost",
+    "crossover",
+    "measure",
+    "upsampler_cost_markdown",
+]

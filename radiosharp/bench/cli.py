@@ -1,4 +1,5 @@
-"""``python -m radiosharp.bench {upsample,train}``: argument parsing and the printed tables."""
+"""``python -m radiosharp.bench {upsample,train}``: argument parsing and the printed tables (``upsample --table
+naf``: the NAF-style upsampler cost table of :mod:`radiosharp.bench.upsampler_cost`)."""
 
 from __future__ import annotations
 
@@ -87,6 +88,53 @@ def upsample_tables(report: dict[str, Any]) -> str:
     return "\n\n".join(parts)
 
 
+def upsampler_cost_tables(report: dict[str, Any]) -> str:
+    """The NAF-style table of ``upsample --table naf`` (:mod:`radiosharp.bench.upsampler_cost`)."""
+    t = report["teacher"]
+    head = (
+        f"upsamplers alone (teacher excluded): {t['name']} features ({t['embed_dim']} channels) on a "
+        f"{t['grid']}x{t['grid']} grid (teacher input {t['input_size']}px, patch {t['patch_size']}; image u x that) "
+        f"on {report['device']}, batch {report['batch']}, {report['precision']}, median of {report['repeats']} after "
+        f"{report['warmup']} warm-up, timed round-robin; {report['weights']}\n"
+        f"fwd: no-grad forward; fwd+bwd: forward + {report['backward']}; x bil = cost / cost of bilinear at the "
+        f"same u; peak memory: {report['memory']}"
+    )
+    rows = [
+        [
+            r["factor"],
+            r["method"],
+            r["params"],
+            r["grad_wrt"] or "",
+            _ms(r["fwd_s"]),
+            r["fwd_ratio"],
+            _ms(r["fwd_bwd_s"]),
+            r["fwd_bwd_ratio"],
+            r["fwd_peak_mb"],
+            r["fwd_mem_ratio"],
+            r["fwd_bwd_peak_mb"],
+            r["fwd_bwd_mem_ratio"],
+            "ok" if r["status"] == "ok" else f"failed ({r['error']})",
+        ]
+        for r in report["rows"]
+    ]
+    headers = [
+        "u",
+        "method",
+        "params",
+        "grad wrt",
+        "fwd ms",
+        "x bil",
+        "fwd+bwd ms",
+        "x bil",
+        f"fwd {MB}",
+        "x bil",
+        f"fwd+bwd {MB}",
+        "x bil",
+        "status",
+    ]
+    return f"{head}\n\n{format_table(headers, rows)}"
+
+
 def train_tables(report: dict[str, Any]) -> str:
     head = (
         f"recipe {report['recipe']} on {report['device']} ({report['mixed_precision']}), "
@@ -151,7 +199,18 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    up = sub.add_parser("upsample", help="cost of upsamplers vs the teacher at u x input")
+    up = sub.add_parser(
+        "upsample",
+        help="cost of upsamplers vs the teacher at u x input (--table naf: every upsampler alone, vs bilinear)",
+    )
+    up.add_argument(
+        "--table",
+        choices=("teacher", "naf"),
+        default="teacher",
+        help="teacher: upsamplers vs the teacher at u x input, incl./excl. teacher calls, training step; "
+        "naf: NAF-style table of every registered upsampler alone (params, fwd and fwd+bwd time and peak "
+        "memory, and their ratios to bilinear; default factors 2 4 8 16, see radiosharp.bench.upsampler_cost)",
+    )
     up.add_argument(
         "--teacher", required=True, help="family name, '{family: dinov2, size: tiny}', or an upsampler run folder"
     )
@@ -161,15 +220,39 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="teacher size for a family name (random: real architecture, random weights)",
     )
-    up.add_argument("--factors", type=int, nargs="+", default=[2, 3, 4])
-    up.add_argument("--methods", nargs="+", default=None, help="upsamplers (default: bilinear featup featsharp)")
+    up.add_argument(
+        "--factors",
+        type=int,
+        nargs="+",
+        default=None,
+        help="upsampling factors (default: 2 3 4; --table naf: 2 4 8 16)",
+    )
+    up.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        help="upsamplers (default: bilinear featup featsharp; --table naf: every registered one, bilinear always)",
+    )
     up.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     up.add_argument("--batch", type=int, default=1)
-    up.add_argument("--repeats", type=int, default=5)
+    up.add_argument("--repeats", type=int, default=None, help="timed calls (default: 5; --table naf: 3)")
     up.add_argument("--warmup", type=int, default=1)
     up.add_argument("--views", type=int, default=5, help="jittered views per image in the training step")
     up.add_argument("--no-train", action="store_true", help="skip the training-step measurement")
     up.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    up.add_argument(
+        "--grid",
+        type=int,
+        default=None,
+        help="--table naf: low-res grid side in patches; teacher input = grid * patch px "
+        "(default 8: 112px for DINOv2, a CPU size; NAF's table: 28)",
+    )
+    up.add_argument(
+        "--query-chunk",
+        type=int,
+        default=None,
+        help="--table naf: queries per attention call of the global-attention upsamplers (default: theirs)",
+    )
     up.add_argument(
         "--json",
         nargs="?",
@@ -192,18 +275,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_upsample(args: argparse.Namespace) -> int:
     from radiosharp.bench.upsample import DEFAULT_METHODS, bench_upsample
+    from radiosharp.bench.upsampler_cost import DEFAULT_FACTORS, DEFAULT_GRID, DEFAULT_REPEATS, bench_upsampler_cost
     from radiosharp.builders import build_teacher
     from radiosharp.registry import UPSAMPLERS
     from radiosharp.viz import VizError, parse_teacher_spec
 
-    methods = args.methods or list(DEFAULT_METHODS)
+    naf = args.table == "naf"
+    factors = args.factors or list(DEFAULT_FACTORS if naf else (2, 3, 4))
+    repeats = args.repeats if args.repeats is not None else (DEFAULT_REPEATS if naf else 5)
+    methods = args.methods or (None if naf else list(DEFAULT_METHODS))
+    grid = args.grid if args.grid is not None else DEFAULT_GRID
     try:
-        bad = [u for u in args.factors if u < 1]
-        if bad or args.batch < 1 or args.repeats < 1 or args.warmup < 0 or args.views < 1:
+        bad = [u for u in factors if u < 1]
+        if bad or args.batch < 1 or repeats < 1 or args.warmup < 0 or args.views < 1:
             raise ValueError(
-                f"need factors >= 1 (got {args.factors}), --batch >= 1, --repeats >= 1, --warmup >= 0, --views >= 1"
+                f"need factors >= 1 (got {factors}), --batch >= 1, --repeats >= 1, --warmup >= 0, --views >= 1"
             )
-        for method in methods:
+        if not naf and (args.grid is not None or args.query_chunk is not None):
+            raise ValueError("--grid and --query-chunk apply to --table naf only")
+        if grid < 1 or (args.query_chunk is not None and args.query_chunk < 1):
+            raise ValueError(f"need --grid >= 1 and --query-chunk >= 1, got {grid}, {args.query_chunk}")
+        for method in methods or ():
             UPSAMPLERS.get(method, "--methods")
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
         teacher = build_teacher(parse_teacher_spec(args.teacher, args.size), "--teacher")
@@ -213,13 +305,28 @@ def run_upsample(args: argparse.Namespace) -> int:
     teacher.to(device)
     quiet = args.json == "-"
     progress = None if quiet else (lambda msg: print(f"... {msg}", file=sys.stderr, flush=True))
+    if naf:
+        report = bench_upsampler_cost(
+            teacher,
+            factors,
+            methods,
+            args.batch,
+            args.warmup,
+            repeats,
+            args.precision,
+            grid=grid,
+            query_chunk=args.query_chunk,
+            progress=progress,
+        )
+        _emit(report, args.json, upsampler_cost_tables(report))
+        return 0
     report = bench_upsample(
         teacher,
-        args.factors,
+        factors,
         methods,
         args.batch,
         args.warmup,
-        args.repeats,
+        repeats,
         args.views,
         not args.no_train,
         args.precision,

@@ -16,14 +16,9 @@ import torch.nn.functional as F
 
 from radiosharp.images import resize
 from radiosharp.multiview.views import ViewConfig, base_crops, covered_mask, view_jitters, warp, warp_views
+from radiosharp.objectives.losses import masked_mse, regression_loss
 
 __all__ = ["Downsample", "consistency_step", "masked_mse", "multiview_loss", "multiview_views"]
-
-
-def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over channels and valid cells of (pred - target)^2."""
-    err = (pred - target).pow(2).mean(1, keepdim=True)
-    return (err * mask).sum() / mask.sum().clamp_min(1.0)
 
 
 def multiview_views(
@@ -62,11 +57,14 @@ def multiview_loss(
     view_targets: torch.Tensor,
     downsample: Callable[[torch.Tensor], torch.Tensor],
     reach: int = 7,
+    mse: float = 1.0,
+    cosine: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The consistency loss of hi-res features [B,C,U,U] against teacher views [B*V,C,h,w].
 
     Also returns the warped-down predictions and targets (for fidelity) and the mask
     of cells the loss counts (:func:`covered_mask`; ``reach`` = the downsampler's kernel).
+    ``mse`` / ``cosine`` weigh the two regression terms (:func:`~radiosharp.objectives.losses.regression_loss`).
     """
     size_hi, size_lo = tuple(hires.shape[-2:]), tuple(view_targets.shape[-2:])
     warped = warp_views(hires, jitters, size_hi)
@@ -74,7 +72,7 @@ def multiview_loss(
     if tuple(pred.shape[-2:]) != size_lo:
         pred = F.interpolate(pred, size=size_lo, mode="bilinear", align_corners=False)
     mask = covered_mask(jitters, size_hi, size_lo, reach)
-    loss = masked_mse(pred, view_targets, mask)
+    loss = regression_loss(pred, view_targets, mask, mse, cosine)
     return loss, {"pred": pred, "target": view_targets, "mask": mask}
 
 
@@ -82,7 +80,13 @@ Downsample = Callable[[torch.Tensor, tuple[int, int]], torch.Tensor]
 
 
 def consistency_step(
-    up: Any, images: torch.Tensor, cfg: ViewConfig, downsample: Downsample, generator: torch.Generator | None = None
+    up: Any,
+    images: torch.Tensor,
+    cfg: ViewConfig,
+    downsample: Downsample,
+    generator: torch.Generator | None = None,
+    mse: float = 1.0,
+    cosine: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One multi-view pass of an upsampled teacher (``radiosharp.upsampled.UpsampledTeacher``).
 
@@ -101,6 +105,6 @@ def consistency_step(
     hires = up.upsample(base, lowres, tiles)
     grid = tuple(lowres.shape[-2:])
     reach = int(getattr(downsample, "kernel_size", 1))
-    loss, extra = multiview_loss(hires, jitters, targets, lambda f: downsample(f, grid), reach)
+    loss, extra = multiview_loss(hires, jitters, targets, lambda f: downsample(f, grid), reach, mse, cosine)
     extra.update(hires=hires, lowres=lowres, base=base)
     return loss, extra

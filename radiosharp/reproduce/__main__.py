@@ -24,6 +24,7 @@ PAGE = Path("docs/results.md")
 
 
 def _sections() -> dict[str, Callable[[Plan], dict[str, Any]]]:
+    from radiosharp.reproduce import comparison_section as comparison
     from radiosharp.reproduce import probe_sections as probes
     from radiosharp.reproduce import student_section as student
     from radiosharp.reproduce import upsampler_sections as ups
@@ -33,7 +34,9 @@ def _sections() -> dict[str, Callable[[Plan], dict[str, Any]]]:
         "debias": ups.debias_section,
         "agreement": ups.agreement_section,
         "semseg": probes.semseg_section,
+        "comparison": comparison.comparison_section,
         "cost": probes.cost_section,
+        "upsampler_cost": probes.upsampler_cost_section,
         "student": student.student_section,
     }
 
@@ -117,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     plan.out.mkdir(parents=True, exist_ok=True)
     sections = _sections()
     # cost first: it times on an otherwise idle machine, before any training has warmed it
-    order = ("cost", *[s for s in SECTIONS if s != "cost"])
+    timed = ("cost", "upsampler_cost")
+    order = (*timed, *[s for s in SECTIONS if s not in timed])
     wanted = [s for s in order if s in args.sections and (plan.student or s != "student")]
     for name in [] if args.report_only else wanted:
         print(f"\n=== {name}", flush=True)

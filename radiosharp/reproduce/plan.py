@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes" / "reproduce"
-SECTIONS = ("fidelity", "debias", "agreement", "semseg", "cost", "student")
+SECTIONS = ("fidelity", "debias", "agreement", "semseg", "comparison", "cost", "upsampler_cost", "student")
 METHODS = ("bilinear", "featup", "tiles", "s2", "featsharp")
 LABELS = {
     "bilinear": "bilinear",
@@ -15,7 +15,15 @@ LABELS = {
     "tiles": "tiles",
     "s2": "bilinear+tiles (S2)",
     "featsharp": "FeatSharp (JBU+tiles)",
+    "featsharp_jafar": "FeatSharp (JAFAR+tiles)",
+    "jafar": "JAFAR",
+    "loftup": "LoftUp",
+    "naf": "NAF",
+    "anyup": "AnyUp",
 }
+# the objective each method's own paper trains with (the others: multi-view consistency)
+OWN_OBJECTIVE = {"jafar": "low_to_high", "naf": "low_to_high", "anyup": "crop_hires", "loftup": "hires_teacher"}
+COMPARISON_METHODS = ("bilinear", "featup", "featsharp", "featsharp_jafar", "jafar", "loftup", "naf", "anyup")
 
 
 class Plan(BaseModel):
@@ -43,6 +51,13 @@ class Plan(BaseModel):
     cost_factors: tuple[int, ...] = (2, 3, 4)
     cost_native_size: int = 448  # the paper's 1x for DINOv2 (32x32 patches)
     cost_repeats: int = 2
+    comparison_methods: tuple[str, ...] = COMPARISON_METHODS
+    comparison_objectives: tuple[str, ...] = ("multiview", "low_to_high", "crop_hires", "hires_teacher")
+    comparison_grid_factors: tuple[int, ...] = (2,)  # every trainable method x every objective
+    comparison_factors: tuple[int, ...] = (2, 4)  # elsewhere: multiview and the method's own objective
+    comparison_semseg: bool = True  # probe the seed-0 run of multiview and the own objective
+    upsampler_cost_factors: tuple[int, ...] = (2, 4, 8, 16)
+    upsampler_cost_grid: int = 8  # low-res side in patches: 112 px, 16x = a 128x128 output
     student: bool = True
     overrides: tuple[str, ...] = ()  # extra dotted overrides for every upsampler run
 
@@ -85,5 +100,10 @@ def quick_plan() -> Plan:
         cost_factors=(2,),
         cost_native_size=56,
         cost_repeats=1,
+        comparison_methods=("bilinear", "jafar"),
+        comparison_objectives=("multiview", "crop_hires"),
+        comparison_factors=(2,),
+        upsampler_cost_factors=(2,),
+        upsampler_cost_grid=2,
         student=False,
     )

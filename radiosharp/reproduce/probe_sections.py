@@ -12,7 +12,7 @@ from radiosharp.reproduce.runs import plan_teacher, upsampler_run
 from radiosharp.reproduce.stats_text import fmt
 
 
-def _semseg(featurizer: nn.Module, image_size: int, plan: Plan) -> dict[str, list[float]]:
+def semseg_scores(featurizer: nn.Module, image_size: int, plan: Plan) -> dict[str, list[float]]:
     """Per-seed mIoU and small-object mIoU of a linear probe on ``featurizer``'s dense maps."""
     from radiosharp.eval.features import FeatureStore
     from radiosharp.eval.task import EvalContext
@@ -45,13 +45,13 @@ def semseg_section(plan: Plan) -> dict[str, Any]:
                 "features": f"teacher at {k}x input ({grid}x{grid})",
                 "kind": "teacher",
                 "factor": k,
-                **_semseg(teacher, k * plan.native_size, plan),
+                **semseg_scores(teacher, k * plan.native_size, plan),
             }
         )
     for factor in plan.semseg_factors:
         for method in plan.methods:
             up = load_upsampled_teacher(upsampler_run(plan, method, factor, plan.seeds[0]), teacher=teacher)
-            values = _semseg(up, factor * plan.native_size, plan)
+            values = semseg_scores(up, factor * plan.native_size, plan)
             grid = factor * plan.native_size // up.patch_size
             rows.append(
                 {
@@ -108,3 +108,28 @@ def cost_markdown(data: dict[str, Any]) -> str:
         lines.append("")
         lines.append(f"Crossover: {cross['note']}.")
     return "\n".join(lines)
+
+
+def upsampler_cost_section(plan: Plan) -> dict[str, Any]:
+    """Every registered upsampler alone (teacher excluded), NAF's table: parameters, forward and
+    forward+backward time and peak memory per factor, as ratios to bilinear; the real
+    DINOv2-S/14's width (384) on a ``upsampler_cost_grid`` patch grid, batch 1, float32."""
+    from radiosharp.bench.upsampler_cost import bench_upsampler_cost
+
+    report = bench_upsampler_cost(
+        plan_teacher(plan),
+        plan.upsampler_cost_factors,
+        None,
+        batch=1,
+        warmup=1,
+        repeats=plan.cost_repeats,
+        grid=plan.upsampler_cost_grid,
+        progress=lambda message: print(f"  {message}", flush=True),
+    )
+    return {"report": report, "threads": torch.get_num_threads()}
+
+
+def upsampler_cost_markdown(data: dict[str, Any]) -> str:
+    from radiosharp.bench.upsampler_cost import upsampler_cost_markdown as table
+
+    return table(data["report"])

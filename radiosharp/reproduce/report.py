@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from radiosharp.reproduce import comparison_section as comparison
 from radiosharp.reproduce import probe_sections as probes
 from radiosharp.reproduce import student_section as student
 from radiosharp.reproduce import upsampler_sections as ups
@@ -19,7 +20,9 @@ TITLES = {
     "debias": "The de-bias buffer (paper table 7)",
     "agreement": "Agreement with the real hi-res teacher (paper figure 2)",
     "semseg": "Linear-probe semantic segmentation (paper figure 7, in miniature)",
+    "comparison": "Every upsampler x objective: one teacher, one budget, the same scores",
     "cost": "Cost against the teacher at u x input (paper eq. 6)",
+    "upsampler_cost": "What each upsampler costs on its own (NAF's benchmark table)",
     "student": "The distilled student: bilinear vs FeatSharp hi-res targets (MTL)",
 }
 
@@ -47,10 +50,29 @@ ABOUT = {
         "of many sizes), logits upsampled to the mask; mIoU over all classes and over pixels of small "
         "segments. Each upsampler's seed-0 run; mean ± std over probe seeds."
     ),
+    "comparison": (
+        "The upsamplers of the 2025-26 generation next to FeatUp and FeatSharp, each trained with each "
+        "objective (`upsampler_training.objective`) where the grid asks for it, else with multi-view "
+        "consistency and its own paper's objective (JAFAR, NAF: low→high; AnyUp: crop hi-res; LoftUp: "
+        "hi-res teacher, the nearest radiosharp has to its mask-refined pseudo-labels). Same photos, "
+        "{steps} steps, MSE in PHI-S space for every objective (crop hi-res: 2 crops per image and AnyUp's "
+        "downsampling term at 0.1). Quality is scored on the held-out crops and views of the fidelity "
+        "section but brought down by the fixed antialiased resize for every run (the fidelity section uses "
+        "each multi-view run's trained downsampler, so its numbers differ); cos: agreement with the teacher "
+        "at u x input on the held-out photos. Mean ± std over training seeds; the probe (seed-0 run; "
+        "spread over probe seeds) only for multi-view and the own objective."
+    ),
     "cost": (
         "`python -m radiosharp.bench upsample` on the real DINOv2-S/14 at {native} px native: one image, "
         "float32, this machine's CPU, the median of the repeats. FeatSharp's time includes its 1 + u² "
         "teacher calls. Ratios < 1: cheaper than running the teacher on the u x input."
+    ),
+    "upsampler_cost": (
+        "`python -m radiosharp.bench upsample --table naf`: each upsampler alone (the teacher's outputs "
+        "recorded once and replayed), with the real DINOv2-S/14's 384 channels on an {grid}x{grid} low-res "
+        "grid, batch 1, float32, this machine's CPU; forward+backward differentiates the output's sum with "
+        "respect to the upsampler's weights (the inputs for weight-free ones). In brackets: the ratio to "
+        "bilinear measured in the same interleaved run."
     ),
     "student": (
         "The RADIO student (tiny ViT) is distilled in three stages from the real DINOv2-S/14 and VGG16-HED; "
@@ -65,7 +87,9 @@ MARKDOWN: dict[str, Callable[[dict[str, Any]], str]] = {
     "debias": ups.debias_markdown,
     "agreement": ups.agreement_markdown,
     "semseg": probes.semseg_markdown,
+    "comparison": comparison.comparison_markdown,
     "cost": probes.cost_markdown,
+    "upsampler_cost": probes.upsampler_cost_markdown,
     "student": student.student_markdown,
 }
 
@@ -124,6 +148,9 @@ def paper_checks(section: str, data: dict[str, Any]) -> list[str]:
             cross.get("measured") is not None or cross.get("extrapolated") is not None,
             cross.get("note", ""),
         )
+    elif section == "comparison":
+        for claim, holds, detail in comparison.comparison_checks(data):
+            say(claim + " (its paper's claim)", holds, detail)
     elif section == "student":
         gain = data.get("delta_m")
         claim = "FeatSharp hi-res targets give the student a positive MTL gain over bilinear"
@@ -156,7 +183,10 @@ def within_spread(metrics: dict[str, Any]) -> bool:
 
 def section_markdown(section: str, record: dict[str, Any], figures: Path | None = None) -> str:
     data = record["data"]
-    about = ABOUT[section].format(native=record["plan"].get("cost_native_size"))
+    plan = record["plan"]
+    about = ABOUT[section].format(
+        native=plan.get("cost_native_size"), steps=plan.get("steps"), grid=plan.get("upsampler_cost_grid")
+    )
     parts = [
         f"## {TITLES[section]}",
         "",

@@ -83,25 +83,43 @@ def plan_teacher(plan: Plan, native_size: int | None = None) -> nn.Module:
     return _teacher(native_size or plan.native_size)
 
 
-def upsampler_run_name(method: str, factor: int, seed: int, debias: bool = True) -> str:
-    return f"{method}_{factor}x_seed{seed}{'' if debias else '_nodebias'}"
+# methods of a comparison that are a registered upsampler with options
+METHOD_OVERRIDES = {
+    "featsharp_jafar": ["teachers.dinov2.upsampler.name=featsharp", "teachers.dinov2.upsampler.base={name: jafar}"]
+}
+# the objectives' settings in a comparison: MSE in PHI-S space for all (as multiview), AnyUp's
+# downsampling term for crop_hires, two crops per image (AnyUp takes 4; the CPU budget)
+OBJECTIVE_OVERRIDES = {
+    "multiview": [],
+    "low_to_high": ["upsampler_training.objective=low_to_high"],
+    "crop_hires": ["upsampler_training.objective={name: crop_hires, consistency: 0.1, crops: 2}"],
+    "hires_teacher": ["upsampler_training.objective=hires_teacher"],
+}
 
 
-def upsampler_run(plan: Plan, method: str, factor: int, seed: int, debias: bool = True) -> Path:
+def upsampler_run_name(method: str, factor: int, seed: int, debias: bool = True, objective: str = "multiview") -> str:
+    trained_by = "" if objective == "multiview" else f"_{objective}"
+    return f"{method}{trained_by}_{factor}x_seed{seed}{'' if debias else '_nodebias'}"
+
+
+def upsampler_run(
+    plan: Plan, method: str, factor: int, seed: int, debias: bool = True, objective: str = "multiview"
+) -> Path:
     """The finished upsampler run of ``method`` at ``factor`` with ``seed`` (trained if needed)."""
     phi_s = stats_file(plan)
     size = factor * plan.native_size
-    out = plan.out / "upsamplers" / upsampler_run_name(method, factor, seed, debias)
+    out = plan.out / "upsamplers" / upsampler_run_name(method, factor, seed, debias, objective)
     overrides = [
         f"output_dir={out}",
         f"name={out.name}",
         f"seed={seed}",
-        f"teachers.dinov2.upsampler.name={method}",
+        *METHOD_OVERRIDES.get(method, [f"teachers.dinov2.upsampler.name={method}"]),
         f"teachers.dinov2.upsampler.factor={factor}",
         f"teachers.dinov2.phi_s={phi_s}",
         f"data.size={size}",
         f"eval_data.size={size}",
         f"upsampler_training.debias={str(debias).lower()}",
+        *OBJECTIVE_OVERRIDES[objective],
         *plan.upsampler_overrides(),
     ]
     run_dir, seconds = run_once("upsampler.yaml", overrides, marker="heldout.json")

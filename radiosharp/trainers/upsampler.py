@@ -1,8 +1,10 @@
-"""``kind: upsampler``: train a feature upsampler by multi-view consistency.
+"""``kind: upsampler``: train a feature upsampler with one of the objectives.
 
 The recipe names one teacher whose ``upsampler`` section says what to train
-(``{name: featsharp, factor: 2, ...}``); ``upsampler_training`` holds the views and
-the downsampler. Features are compared in the teacher's PHI-S space: the statistics
+(``{name: featsharp, factor: 2, ...}``); ``upsampler_training`` holds the objective
+(``multiview`` by default: FeatUp's consistency; ``low_to_high``, ``crop_hires``,
+``hires_teacher``: see :mod:`radiosharp.objectives.config`), the views and the
+downsampler. Features are compared in the teacher's PHI-S space: the statistics
 file named by ``teachers.<key>.phi_s``, or, when none is given, statistics computed
 at the start of the run over ``stats.num_images`` images and kept in the run folder.
 
@@ -10,9 +12,13 @@ Every ``train.log_every`` steps the loss and the batch's fidelity, TV, CRF and M
 are logged (``metrics.jsonl``, progress bar). The run exports the upsampled teacher
 (``model.safetensors`` + ``model.json``, loadable with
 ``radiosharp.load_upsampled_teacher``) and the attention downsampler
-(``downsampler.safetensors``), then scores the result on ``heldout_images`` images of
+(``downsampler.safetensors``; multi-view runs only: the other objectives train none),
+then scores the result on ``heldout_images`` images of
 ``eval_data`` with views seeded by ``heldout_seed`` (``heldout.json``): runs that
-differ only in the upsampler are scored on the same images and views.
+differ only in the upsampler are scored on the same images and views. The held-out
+views are brought down twice: by the run's downsampler (``fidelity``, ...; a fixed
+antialiased resize when the run trained none) and always by the fixed resize
+(``fixed_fidelity``, ...), the scale on which runs of different objectives compare.
 
 Training-free upsamplers (``bilinear``, ...) can be "trained" too: only the de-bias
 buffer and the downsampler learn, which makes them the fair baseline of a comparison.
@@ -33,8 +39,9 @@ from radiosharp.builders import build_dataset, build_teacher, build_upsampler
 from radiosharp.data.first import NoImagesError, first_images
 from radiosharp.engine.trainer import Trainer
 from radiosharp.multiview.fidelity import fidelity_eval, quality_metrics
-from radiosharp.multiview.loss import consistency_step
 from radiosharp.multiview.views import ViewConfig
+from radiosharp.objectives.config import ObjectiveConfig, ObjectiveError, check_objective
+from radiosharp.objectives.step import objective_step
 from radiosharp.recipe import Recipe, RecipeError, validate_section
 from radiosharp.trainers.common import teacher_phis
 
@@ -44,6 +51,7 @@ log = logging.getLogger(__name__)
 class UpsamplerTrainingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     teacher: str | None = None  # key in `teachers`; default: the only teacher
+    objective: ObjectiveConfig = ObjectiveConfig()
     views: ViewConfig = ViewConfig()
     downsampler_kernel: int = Field(default=7, ge=1)
     debias: bool = True
@@ -83,21 +91,24 @@ def parse_section(recipe: Recipe) -> UpsamplerTrainingConfig:
 
 
 class MultiViewModel(nn.Module):
-    """What trains: the upsampler, the de-bias buffer and the attention downsampler.
+    """What trains: the upsampler, the de-bias buffer and (multi-view only) the attention downsampler.
 
     The frozen teacher lives inside ``upsampled`` but outside the module tree, so it is
     neither checkpointed, optimized nor wrapped by DDP.
     """
 
-    def __init__(self, upsampled: nn.Module, downsampler: nn.Module) -> None:
+    def __init__(
+        self, upsampled: nn.Module, downsampler: nn.Module | None, objective: ObjectiveConfig | None = None
+    ) -> None:
         super().__init__()
         self.upsampled = upsampled  # an UpsampledTeacher whose inner teacher is not a submodule
         self.downsampler = downsampler
+        self.objective = objective or ObjectiveConfig()
 
     def forward(
         self, images: torch.Tensor, views: ViewConfig, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return consistency_step(self.upsampled, images, views, self.downsampler, generator)
+        return objective_step(self.upsampled, images, self.objective, views, self.downsampler, generator)
 
 
 class UpsamplerTrainer(Trainer):
@@ -116,14 +127,20 @@ class UpsamplerTrainer(Trainer):
         factor = up_cfg.factor or 2
         self.dataset = build_dataset(recipe.data)
         teacher = build_teacher(cfg, f"teachers.{key}")
+        objective = self.section.objective
+        try:  # before the statistics: nothing is written for a recipe that cannot work
+            check_objective(objective, teacher.native_size, teacher.patch_size, factor)
+        except ObjectiveError as err:
+            raise RecipeError(f"upsampler_training.{err}") from None
         phi_s = teacher_phis(key, cfg, teacher, recipe, self.dataset, self.run_dir, self.accelerator)
         upsampler = build_upsampler(
             up_cfg, f"teachers.{key}.upsampler", factor=factor, dim=teacher.embed_dim, patch_size=teacher.patch_size
         )
         debias = Debias(teacher.embed_dim, teacher.feature_grid) if self.section.debias else None
         upsampled = UpsampledTeacher(teacher, upsampler, debias, phi_s)
-        downsampler = AttentionDownsampler(teacher.embed_dim, self.section.downsampler_kernel)
-        self.model = MultiViewModel(upsampled, downsampler)
+        multiview = objective.name == "multiview"
+        downsampler = AttentionDownsampler(teacher.embed_dim, self.section.downsampler_kernel) if multiview else None
+        self.model = MultiViewModel(upsampled, downsampler, objective)
         # the upsampler's own build_config (every option, defaults included) goes into the export
         self.export_config = {"teacher": cfg.build_config()}
 
@@ -141,11 +158,12 @@ class UpsamplerTrainer(Trainer):
 
         model = self.exported_model()
         save_upsampler(self.run_dir, model.upsampled, self.export_config)
-        save_state_dict(
-            self.run_dir / "downsampler.safetensors",
-            model.downsampler.state_dict(),
-            {"kernel_size": str(self.section.downsampler_kernel)},
-        )
+        if model.downsampler is not None:
+            save_state_dict(
+                self.run_dir / "downsampler.safetensors",
+                model.downsampler.state_dict(),
+                {"kernel_size": str(self.section.downsampler_kernel)},
+            )
         if self.section.heldout_images:
             result = heldout_fidelity(model, self.recipe, self.section)
             (self.run_dir / "heldout.json").write_text(json.dumps(result, indent=2))
@@ -175,8 +193,14 @@ def heldout_fidelity(
         images = first_images(dataset, section.heldout_images).to(device)
     except NoImagesError:
         raise RecipeError("eval_data: the held-out data source gave no images") from None
-    generator = torch.Generator().manual_seed(section.heldout_seed)
-    return fidelity_eval(model.upsampled, images, generator, section.views, model.downsampler, batch_size)
+
+    def scores(downsampler: nn.Module | None) -> dict[str, float]:
+        generator = torch.Generator().manual_seed(section.heldout_seed)  # the same views every time
+        return fidelity_eval(model.upsampled, images, generator, section.views, downsampler, batch_size)
+
+    fixed = scores(None)
+    own = fixed if model.downsampler is None else scores(model.downsampler)
+    return {**own, **{f"fixed_{k}": v for k, v in fixed.items()}}
 
 
 def run(recipe: Recipe) -> Path:
