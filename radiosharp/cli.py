@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("radiosharp.bench.cli", "speed and memory, measured side by side"),
     "reproduce": ("radiosharp.reproduce.__main__", "train and measure what docs/results.md reports"),
     "weights": ("radiosharp.weights.__main__", "convert the packaged real teachers' weights"),
+    "convert": ("radiosharp.convert.__main__", "import FeatUp / NVlabs FeatSharp upsampler checkpoints"),
     "demo": ("radiosharp.demo", "the whole loop at CPU scale"),
 }
 

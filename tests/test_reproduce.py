@@ -69,3 +69,67 @@ def test_student_gain_within_the_probe_spread_is_not_called_a_result():
     assert "**not shown**" in paper_checks("student", close)[0]
     clear = {"delta_m": 8.0, "metrics": {"featsharp": run(0.20, 0.01), "bilinear": run(0.12, 0.01)}}
     assert paper_checks("student", clear)[0].endswith("agrees (Δm +8.00 %)")
+
+
+def test_comparison_cells_cover_the_grid_and_each_methods_own_objective():
+    from radiosharp.reproduce.comparison_section import comparison_cells
+    from radiosharp.reproduce.plan import full_plan
+
+    plan = full_plan()
+    cells = comparison_cells(plan)
+    at = lambda u: {(m, o) for m, o, f in cells if f == u}  # noqa: E731
+    assert ("bilinear", "multiview") in at(2) and ("bilinear", "crop_hires") not in at(2)  # nothing to train
+    for method in ("featup", "featsharp", "featsharp_jafar", "jafar", "loftup", "naf", "anyup"):
+        assert {(method, o) for o in plan.comparison_objectives} <= at(2)  # the full grid at 2x
+    assert {o for m, o in at(4) if m == "anyup"} == {"multiview", "crop_hires"}
+    assert {o for m, o in at(4) if m == "jafar"} == {"multiview", "low_to_high"}
+    assert {o for m, o in at(4) if m == "featsharp"} == {"multiview"}
+    narrow = plan.model_copy(update={"native_size": 84})  # 84 / 4 = 21 px: not whole 14-px patches
+    assert ("jafar", "low_to_high", 4) not in comparison_cells(narrow)
+
+
+def test_comparison_table_and_checks_come_from_the_rows():
+    from radiosharp.reproduce.comparison_section import comparison_checks, comparison_markdown
+
+    def row(method, objective, fidelity, cos, miou=None):
+        out = {"method": method, "objective": objective, "factor": 2, "cos": cos}
+        out.update({"fidelity": fidelity, "tv": [0.1], "crf": [0.01], "mmd": [0.02]})
+        return out if miou is None else {**out, "miou": miou, "miou_small": [0.0]}
+
+    data = {
+        "rows": [
+            row("featup", "multiview", [2.0, 2.2], [0.8, 0.82], [0.30]),
+            row("featsharp", "multiview", [2.4], [0.85], [0.40]),
+            row("anyup", "crop_hires", [1.5], [0.9], [0.35]),
+            row("anyup", "low_to_high", [1.1], [0.7]),
+        ]
+    }
+    text = comparison_markdown(data)
+    assert "| AnyUp | crop hi-res | 1.5 | 0.1 | 0.01 | 0.02 | 0.9 | 0.35 | 0 |" in text
+    assert "| AnyUp | low→high | 1.1 | 0.1 | 0.01 | 0.02 | 0.7 |  |  |" in text
+    checks = {claim: holds for claim, holds, _ in comparison_checks(data)}
+    assert checks["AnyUp (crop hi-res) beats FeatUp (JBU) in probe mIoU at 2x"] is True
+    assert checks["AnyUp (crop hi-res) beats FeatSharp (JBU+tiles) in probe mIoU at 2x"] is False
+    assert checks["AnyUp (crop hi-res) beats FeatSharp (JBU+tiles) in agreement with the hi-res teacher at 2x"]
+    assert not any("low→high" in claim for claim in checks)  # only a method's own objective is checked
+
+
+def test_quick_comparison_scores_every_cell_on_the_fixed_scale(tmp_path):
+    from radiosharp.reproduce.comparison_section import comparison_section
+    from radiosharp.reproduce.plan import quick_plan
+
+    plan = quick_plan().model_copy(update={"out": tmp_path, "comparison_semseg": False})
+    data = comparison_section(plan)
+    cells = {(r["method"], r["objective"]) for r in data["rows"]}
+    assert cells == {("bilinear", "multiview"), ("jafar", "multiview"), ("jafar", "crop_hires")}
+    for r in data["rows"]:
+        heldout = json.loads((tmp_path / "upsamplers" / _name(r) / "heldout.json").read_text())
+        assert r["fidelity"] == [heldout["fixed_fidelity"]]  # the fixed resize, for every objective
+        assert all(-1 <= c <= 1 for c in r["cos"])
+    assert not (tmp_path / "upsamplers" / "jafar_crop_hires_2x_seed0" / "downsampler.safetensors").exists()
+
+
+def _name(row):
+    from radiosharp.reproduce.runs import upsampler_run_name
+
+    return upsampler_run_name(row["method"], row["factor"], 0, objective=row["objective"])

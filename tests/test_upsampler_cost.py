@@ -38,6 +38,16 @@ def build_fails(factor: int = 2, dim: int = 0, patch_size: int = 14) -> Upsample
     raise ValueError("cannot build at this size")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a CPU shared with other jobs, two OpenMP threads that spin-wait for each other
+    make these calls 20-50x slower, and the tests check structure, not speed."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def teacher():
     return radiosharp.build_teacher(TINY)
@@ -69,6 +79,7 @@ def test_every_registered_upsampler_gets_a_row_per_factor(report):
     assert report["methods"][0] == "bilinear" and sorted(report["methods"]) == sorted(names)
     assert [(r["factor"], r["method"]) for r in report["rows"]] == [(u, m) for u in FACTORS for m in report["methods"]]
     assert report["teacher"]["grid"] == 8 and report["teacher"]["input_size"] == 112  # grid=None: the teacher's own
+    assert report["threads"] == 1
     for r in report["rows"]:
         assert r["image_size"] == r["factor"] * 112
         assert r["lowres"] == [8, 8] and r["output"] == [8 * r["factor"]] * 2

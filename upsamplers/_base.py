@@ -14,23 +14,9 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from radiosharp.factors import prime_factors  # noqa: F401 (the upsamplers import it from here)
 from radiosharp.images import resize  # noqa: F401 (the upsamplers and their users import it from here)
 from upsamplers._mosaic import Featurize, cut_tiles, tile_mosaic
-
-
-def prime_factors(n: int) -> list[int]:
-    """Prime factors of ``n`` in descending order (14 -> [7, 2], 4 -> [2, 2], 1 -> [])."""
-    if n < 1:
-        raise ValueError(f"upsampling factor must be an integer >= 1, got {n}")
-    out, p = [], 2
-    while p * p <= n:
-        while n % p == 0:
-            out.append(p)
-            n //= p
-        p += 1
-    if n > 1:
-        out.append(n)
-    return sorted(out, reverse=True)
 
 
 class Upsampler(nn.Module):

@@ -29,7 +29,10 @@ the recipe says otherwise); a 2-D ALiBi-style relative position bias
 reference (head pairs share slope 1/2, 1/4, ...; even heads look along rows, odd
 heads along columns); a learned per-tile position embedding (zeros at init) added
 to the mosaic; keys outside the map are masked (see ``upsamplers._kernels``); the
-SwiGLU hidden width is ~8C/3 (``mlp_hidden`` sets it).
+SwiGLU hidden width is ~8C/3 (``mlp_hidden`` sets it). NVlabs' block ends up about twice
+as wide: its ``Block`` rebuilds the SwiGLU from ``mlp_ratio`` times the block width 2C
+(overriding the ``4C`` the level passes), so ~16C/3 (5464 for C = 1024);
+``python -m radiosharp.convert featsharp`` reads the width from the checkpoint.
 """
 
 from __future__ import annotations

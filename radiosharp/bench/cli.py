@@ -90,12 +90,14 @@ def upsample_tables(report: dict[str, Any]) -> str:
 
 def upsampler_cost_tables(report: dict[str, Any]) -> str:
     """The NAF-style table of ``upsample --table naf`` (:mod:`radiosharp.bench.upsampler_cost`)."""
+    from radiosharp.bench.upsampler_cost import where
+
     t = report["teacher"]
     head = (
         f"upsamplers alone (teacher excluded): {t['name']} features ({t['embed_dim']} channels) on a "
         f"{t['grid']}x{t['grid']} grid (teacher input {t['input_size']}px, patch {t['patch_size']}; image u x that) "
-        f"on {report['device']}, batch {report['batch']}, {report['precision']}, median of {report['repeats']} after "
-        f"{report['warmup']} warm-up, timed round-robin; {report['weights']}\n"
+        f"on {where(report)}, batch {report['batch']}, {report['precision']}, median of {report['repeats']} "
+        f"after {report['warmup']} warm-up, timed round-robin; {report['weights']}\n"
         f"fwd: no-grad forward; fwd+bwd: forward + {report['backward']}; x bil = cost / cost of bilinear at the "
         f"same u; peak memory: {report['memory']}"
     )

@@ -12,6 +12,9 @@ Inputs, per factor ``u`` and for a batch of random images:
 - the guidance image at ``u * grid * patch`` pixels (what the teacher at ``u x`` would see);
 - the output is ``[B,C,u*h,u*w]``.
 
+(NAF's table keeps its image at 448 px at every ratio; here the guidance grows with
+``u``, as it does when the upsampler stands in for the teacher at ``u x``.)
+
 The upsampler is measured ALONE: the low-res features are computed once per factor, and
 the teacher calls of tile-based upsamplers (tiles, s2, featsharp) are recorded once and
 replayed (:class:`radiosharp.bench.upsample.ReplayFeaturize`; the same tiles are
@@ -53,7 +56,9 @@ from a 1792 px image. With the tiny DINOv2 (32 channels) the whole table (nine m
 that at 16x. The channel width matters as much: featsharp runs a transformer block over
 ``2C`` channels at every output pixel, and at ``C = 1024`` its 16x forward+backward alone
 takes about a minute and a half per call at ``grid = 8``, so wide teachers at 16x belong
-on a GPU. There, ``--grid 28`` is the low-res grid of NAF's table (448 / 16).
+on a GPU. There, ``--grid 28`` is the low-res grid of NAF's table (448 / 16). On a CPU
+shared with other jobs, ``OMP_NUM_THREADS=1`` keeps spin-waiting OpenMP threads from
+slowing every call many times over (the report records the thread count).
 """
 
 from __future__ import annotations
@@ -133,6 +138,10 @@ class _Guard:
 
     def fail(self, key: str, err: BaseException) -> None:
         self.errors.setdefault(key, reason(err))
+
+    def release(self) -> None:
+        """Hand a failed call's memory back (call it outside the ``except``: the traceback holds its tensors)."""
+        gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -144,7 +153,8 @@ class _Guard:
                 return fn()
             except Exception as err:  # noqa: BLE001 - one method's failure is recorded, not fatal
                 self.fail(key, err)
-                return None
+            self.release()
+            return None
 
         return call
 
@@ -275,17 +285,19 @@ def bench_factor(
         say(f"factor {factor}: {name} (build, teacher features)")
         try:
             module = _build(name, factor, teacher, query_chunk, options).to(device)
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:  # noqa: BLE001 - recorded in the row
             guard.fail(f"{name}/build", err)
-            continue
-        built[name] = module
-        method = _Method(name, module, images, lowres)
-        try:
-            method.record(shared, precision)
-        except Exception as err:  # noqa: BLE001
-            guard.fail(f"{name}/prepare", err)
-            continue
-        prepared[name] = method
+        else:
+            built[name] = module
+            method = _Method(name, module, images, lowres)
+            try:
+                method.record(shared, precision)
+            except Exception as err:  # noqa: BLE001 - recorded in the row
+                guard.fail(f"{name}/prepare", err)
+            else:
+                prepared[name] = method
+        if guard.error(name):
+            guard.release()
     calls: dict[str, Callable[[], Any]] = {}
     for name, method in prepared.items():
         calls[f"{name}/fwd"] = guard.wrap(f"{name}/fwd", method.forward(precision))
@@ -323,7 +335,7 @@ def bench_factor(
             row[f"{phase}_ratio"] = None if got is None or ref is None else ratio(got.seconds, ref.seconds)
             row[f"{phase}_mem_ratio"] = None if got is None or ref is None else ratio(got.peak_bytes, ref.peak_bytes)
         rows.append(row)
-    say(f"factor {factor}: teacher ran on {shared.calls} distinct tile batch(es), replayed for the timed calls")
+    say(f"factor {factor}: done (the teacher featurized {shared.calls} tile batch(es) once, replayed since)")
     return rows
 
 
@@ -399,6 +411,7 @@ def bench_upsampler_cost(
             "embed_dim": teacher.embed_dim,
         },
         "device": str(device),
+        "threads": torch.get_num_threads(),
         "batch": batch,
         "repeats": repeats,
         "warmup": warmup,
@@ -416,6 +429,15 @@ def bench_upsampler_cost(
 
 
 # ----------------------------------------------------------------------------- markdown
+
+
+def where(report: dict[str, Any]) -> str:
+    """The device, with the intra-op thread count on the CPU (what CPU times depend on)."""
+    device = report["device"]
+    n = report.get("threads")
+    if not device.startswith("cpu") or not n:
+        return device
+    return f"{device} ({n} thread{'' if n == 1 else 's'})"
 
 
 def _num(value: float | None, digits: int = 3) -> str:
@@ -474,7 +496,8 @@ def upsampler_cost_markdown(report: dict[str, Any]) -> str:
     caption = (
         f"Upsampler alone (teacher excluded), {t['name']} features ({t['embed_dim']} channels) on a "
         f"{t['grid']}x{t['grid']} grid (teacher input {t['input_size']} px, guidance image u x that), "
-        f"batch {report['batch']}, {report['precision']}, on {report['device']}; median of {report['repeats']} "
+        f"batch {report['batch']}, {report['precision']}, on {where(report)}; "
+        f"median of {report['repeats']} "
         f"after {report['warmup']} warm-up, timed round-robin with bilinear. fwd: no-grad forward; fwd+bwd: "
         f"forward + gradient of the output's sum w.r.t. the parameters (parameter-free methods: w.r.t. the "
         f"input features); peak MiB: extra memory during fwd+bwd. (Nx): ratio to bilinear at the same factor."

@@ -50,7 +50,7 @@ from radiosharp.convert._common import (
     scalar,
     tensors_of,
 )
-from upsamplers._base import prime_factors
+from radiosharp.factors import prime_factors
 
 NUM_HEADS = 16  # AttentionLevel builds its Block with 16 heads
 DEFAULT_WINDOW = 7  # _AF_DEFAULT_WND_SIZE
