@@ -3,6 +3,14 @@
 Loads and validates the recipe, then runs the trainer for its ``kind``:
 ``featurize`` (teacher features + PCA images), ``upsampler`` (multi-view training of
 a feature upsampler) or ``distill`` (the RADIO student).
+
+Bad input is reported as ``error: <one line>`` on stderr with exit status 2 (no
+traceback; ``RADIOSHARP_DEBUG=1`` shows it): a recipe or settings error, a data error
+(:class:`~radiosharp.data.errors.DataError`: a folder that cannot be opened, a file
+that cannot be used as configured, also when it is only read mid-run), a missing file,
+and any ``ValueError`` raised while the run is set up (a value a builder or a data
+source refuses). A plain ``ValueError`` raised inside the training loop is a bug, not
+bad input: it keeps its traceback.
 """
 
 from __future__ import annotations
@@ -14,7 +22,12 @@ import sys
 from pathlib import Path
 
 from radiosharp.cli_logging import show_library_log
+from radiosharp.data.errors import DataError, one_line
 from radiosharp.recipe import KINDS, Recipe, RecipeError, load_recipe
+from radiosharp.registry import BadOptionError, UnknownNameError
+
+# Bad input wherever it is raised (a bad mask is only seen when the loop reads it).
+INPUT_ERRORS = (RecipeError, DataError, UnknownNameError, BadOptionError, FileNotFoundError)
 
 TRAINERS = {
     "featurize": "radiosharp.trainers.featurize",
@@ -37,6 +50,27 @@ def run_recipe(recipe: Recipe) -> Path:
     return module.run(recipe)
 
 
+def raised_in_training_loop(err: BaseException) -> bool:
+    """Whether ``err`` was raised inside :meth:`radiosharp.engine.trainer.Trainer.loop` (the training steps)."""
+    trainer = sys.modules.get("radiosharp.engine.trainer")
+    if trainer is None:
+        return False
+    loop = trainer.Trainer.loop.__code__
+    tb = err.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code is loop:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def is_input_error(err: BaseException) -> bool:
+    """Bad input to report as one line: see the module doc."""
+    if isinstance(err, INPUT_ERRORS):
+        return True
+    return isinstance(err, ValueError) and not raised_in_training_loop(err)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m radiosharp.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -50,12 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         recipe = load_recipe(args.recipe, args.overrides)
         run_dir = run_recipe(recipe)
-    except (RecipeError, FileNotFoundError, ValueError) as err:
-        # Bad input (a recipe value a builder rejects, an unreadable file): one line, exit 2.
-        # RADIOSHARP_DEBUG=1 shows the traceback.
-        if os.environ.get("RADIOSHARP_DEBUG"):
+    except (ValueError, FileNotFoundError) as err:
+        # Bad input (see the module doc): one line, exit 2. RADIOSHARP_DEBUG=1 shows the traceback.
+        if not is_input_error(err) or os.environ.get("RADIOSHARP_DEBUG"):
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return 2
     print(f"run folder: {run_dir}")
     return 0

@@ -65,6 +65,19 @@ UNSUPPORTED_FLAGS = {
 }
 
 
+def nvlabs_jbu_options(key_dim: int) -> dict[str, Any]:
+    """The ``featup`` options that reproduce NVlabs' ``JBULevel`` stack (bilinear, reflect, ascending)."""
+    return {
+        "name": "featup",
+        "kernel_size": JBU_KERNEL_SIZE,
+        "key_dim": key_dim,
+        "pre_upsample": "bilinear",
+        "fixup": False,
+        "border": "reflect",
+        "factor_order": "ascending",
+    }
+
+
 def nvlabs_alibi_slopes(num_heads: int) -> Tensor:
     """NVlabs' fixed slopes in radiosharp's ``[heads, (row, column)]`` layout."""
     slopes = torch.zeros(num_heads, 2)
@@ -255,15 +268,7 @@ def convert_featsharp(
     if "jbu" in spec["inputs"]:
         jbu, key_dim = _jbu_levels(keys, "jbu.ups.", "base.jbu.stages.", factor, guidance_mean, guidance_std)
         out.update(jbu)
-        base = {
-            "name": "featup",
-            "kernel_size": JBU_KERNEL_SIZE,
-            "key_dim": key_dim,
-            "pre_upsample": "bilinear",
-            "fixup": False,
-            "border": "reflect",
-            "factor_order": "ascending",
-        }
+        base = nvlabs_jbu_options(key_dim)
         notes.append(
             "NVlabs resizes the guidance bilinearly to the output grid before its JBU pools it; radiosharp "
             "area-pools the image (the same when the image is given at the output grid)"
@@ -325,15 +330,7 @@ def _convert_jbu_stack(
         notes.append(f"factor {factor} assumed from the level count (pass --factor if it was not a power of 2)")
     out, key_dim = _jbu_levels(keys, "ups.", "jbu.stages.", int(factor), mean, std)
     keys.finish()
-    options = {
-        "name": "featup",
-        "kernel_size": JBU_KERNEL_SIZE,
-        "key_dim": key_dim,
-        "pre_upsample": "bilinear",
-        "fixup": False,
-        "border": "reflect",
-        "factor_order": "ascending",
-    }
+    options = nvlabs_jbu_options(key_dim)
     if dim is None:
         notes.append("feature width not in the JBU weights: dim 0 (unchecked); pass --dim")
     where = f"NVlabs jbu_stack at '{prefix}'"

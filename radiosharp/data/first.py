@@ -9,12 +9,13 @@ from typing import Any
 
 import torch
 
+from radiosharp.data.errors import DataError
 from radiosharp.data.loader import make_loader
 
 __all__ = ["NoImagesError", "first_images"]
 
 
-class NoImagesError(ValueError):
+class NoImagesError(DataError):
     """A data source gave no readable image to score on."""
 
 

@@ -6,8 +6,12 @@ Layouts::
     root/001.jpg, root/002.png             -> flat: no labels
 
 Classes are the sorted names of the first-level sub-folders that hold images (like
-torchvision's ImageFolder). Two folders that must agree on class indices (a train and a
-val split where val lacks a class) can pin the list with ``classes: [...]``.
+torchvision's ImageFolder), so two folders whose class lists differ number their
+classes differently. The eval takes the class ids of the train split and maps the val
+labels onto them by class name (a val folder that lacks a class keeps the train ids,
+with a warning; val images of a class the train folder lacks are refused), see
+:func:`radiosharp.eval.features.align_classes`. Outside the eval, ``classes: [...]``
+pins the list and its order.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from radiosharp.data.decode import IMAGE_EXTENSIONS, UnreadableFileError, is_image_file, normalize_extensions, read_rgb
+from radiosharp.data.errors import DataError, DataNotFoundError
 from radiosharp.data.skipping import SkippedSample
 from radiosharp.data.transforms import LabelledSource, check_size, image_to_square
 from radiosharp.registry import DATASETS
@@ -38,10 +43,10 @@ def list_images(folder: Path, extensions: tuple[str, ...], recursive: bool = Tru
 
 def existing_folder(path: str | os.PathLike | None, what: str) -> Path:
     if path is None or str(path) == "":
-        raise ValueError(f"{what} is required: set it to a folder path")
+        raise DataError(f"{what} is required: set it to a folder path")
     folder = Path(path).expanduser()
     if not folder.is_dir():
-        raise FileNotFoundError(f"{what}: folder not found: {folder}")
+        raise DataNotFoundError(f"{what}: folder not found: {folder}")
     return folder
 
 
@@ -69,7 +74,7 @@ class ImageFolder(LabelledSource, Dataset):
             self.classes = list(classes) if classes else sorted(per_class)
             unknown = sorted(set(per_class) - set(self.classes))
             if unknown:
-                raise ValueError(
+                raise DataError(
                     f"image_folder {self.root}: sub-folders {unknown} are not in the given classes {self.classes}"
                 )
             if top_level:
@@ -86,7 +91,7 @@ class ImageFolder(LabelledSource, Dataset):
         else:
             self.classes, self.files, self.labels = [], top_level, None
         if not self.files:
-            raise ValueError(f"image_folder {self.root}: no images with extensions {list(self.extensions)}")
+            raise DataError(f"image_folder {self.root}: no images with extensions {list(self.extensions)}")
 
     def __len__(self) -> int:
         return len(self.files)

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from radiosharp.data.decode import UnreadableFileError, read_rgb
+from radiosharp.data.errors import DataError, DataNotFoundError
 from radiosharp.data.photos import CATALOGUE, load_photo
 from radiosharp.data.samples import load_sample
 from radiosharp.data.transforms import image_to_square
@@ -24,14 +25,14 @@ def load_image(spec: str, size: int | None = None) -> torch.Tensor:
     if spec.startswith("photo:"):
         name = spec.split(":", 1)[1]
         if name not in CATALOGUE:
-            raise FileNotFoundError(f"no packaged photo '{name}'; valid: {', '.join(CATALOGUE)}")
+            raise DataNotFoundError(f"no packaged photo '{name}'; valid: {', '.join(CATALOGUE)}")
         pixels = load_photo(name)
     elif spec.startswith("skimage:"):
         import skimage.data
 
         name = spec.split(":", 1)[1]
         if name.startswith("_") or not callable(getattr(skimage.data, name, None)):
-            raise FileNotFoundError(
+            raise DataNotFoundError(
                 f"scikit-image has no sample image '{name}' (try skimage:astronaut, "
                 "skimage:coffee, skimage:chelsea, skimage:rocket)"
             )
@@ -39,11 +40,11 @@ def load_image(spec: str, size: int | None = None) -> torch.Tensor:
     else:
         path = Path(spec)
         if not path.is_file():
-            raise FileNotFoundError(f"image not found: {path}")
+            raise DataNotFoundError(f"image not found: {path}")
         try:
             pixels = read_rgb(path)
         except UnreadableFileError as err:
-            raise ValueError(f"cannot read {path} as an image: {err}") from None
+            raise DataError(f"cannot read {path} as an image: {err}") from None
     if size is None:
         return pixels.float().div_(255.0)[None]
     return image_to_square(pixels, size)[None]

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from radiosharp.data.errors import DataError
 from radiosharp.data.skipping import SKIP_LOG, SkipLog
 
 Batch = dict[str, Any]
@@ -52,7 +53,7 @@ def collate_skip_bad(samples: Sequence[dict | None], log: SkipLog | None = None)
         elif isinstance(first, torch.Tensor):
             shapes = {tuple(v.shape) for v in values}
             if len(shapes) > 1:
-                raise ValueError(
+                raise DataError(
                     f"cannot batch '{key}': samples have different shapes {sorted(shapes)}; "
                     "every sample of a source must have the same size"
                 )
@@ -103,7 +104,7 @@ def make_loader(
         )
     if not iterable:
         if len(dataset) <= 0:
-            raise ValueError("the data source is empty: no samples to load")
+            raise DataError("the data source is empty: no samples to load")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     log = SkipLog()

@@ -15,11 +15,23 @@ with 255 on object borders (ignored). Images without a target are left out (with
 warning that counts them), which is how VOC's few segmented images are picked from
 JPEGImages without a list file.
 
+With ``num_classes`` (or ``class_names``) every mask is checked when it is read: a
+class id outside ``0..num_classes-1`` that is not the ignore index 255 raises
+:class:`~radiosharp.data.errors.DataError` naming the mask file, the id, num_classes
+and the option that fixes it (``reduce_zero_label`` for ADE20K-style masks), instead of
+a cross-entropy traceback or pixels silently left out of the mIoU.
+
 Masks are resized with nearest neighbour; depth with ``depth_resize`` (``nearest`` by
 default, see ``radiosharp.data.transforms``). Depth in metres = stored value *
-``depth_scale``; by default 1/1000 for integer files (NYU's 16-bit PNGs hold
-millimetres) and 1 for float files (``.npy``, float TIFF). A stored 0 stays 0, which
-in NYU-style data means "no measurement".
+``depth_scale``; by default 1/1000 for 16-bit integer files (NYU's 16-bit PNGs hold
+millimetres) and 1 for float files (``.npy``, float TIFF). 8-bit depth files (grey or
+palette PNGs, uint8 arrays) have no such convention: they are refused with a
+``DataError`` naming the file unless ``depth_scale`` says their unit (metres per
+stored step). A stored 0 stays 0, which in NYU-style data means "no measurement".
+
+EXIF: an image is read upright (its orientation tag applied) and its mask or depth map
+gets the same transposition, so the pair stays aligned; a tag on the target file itself
+is ignored (see :mod:`radiosharp.data.decode`).
 """
 
 from __future__ import annotations
@@ -36,10 +48,12 @@ from radiosharp.data.decode import (
     IMAGE_EXTENSIONS,
     UnreadableFileError,
     depth_in_units,
+    orient,
     read_depth_array,
     read_mask,
-    read_rgb,
+    read_rgb_oriented,
 )
+from radiosharp.data.errors import DataError, DataNotFoundError
 from radiosharp.data.folders import existing_folder, list_images
 from radiosharp.data.skipping import SkippedSample
 from radiosharp.data.transforms import DEPTH_RESIZE_MODES, check_size, depth_to_square, image_to_square, mask_to_square
@@ -53,7 +67,7 @@ DEPTH_EXTENSIONS = (".png", ".npy", ".npz", ".tif", ".tiff")
 def read_list_file(path: Path) -> set[str]:
     """Stems (relative paths without extension) listed one per line, e.g. VOC's ``val.txt``."""
     if not path.is_file():
-        raise FileNotFoundError(f"list_file not found: {path}")
+        raise DataNotFoundError(f"list_file not found: {path}")
     stems = set()
     for line in path.read_text().splitlines():
         if line.strip():
@@ -61,6 +75,33 @@ def read_list_file(path: Path) -> set[str]:
             known = token.suffix.lower() in IMAGE_EXTENSIONS + MASK_EXTENSIONS + DEPTH_EXTENSIONS
             stems.add((token.with_suffix("") if known else token).as_posix())
     return stems
+
+
+def out_of_range_id(mask: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX) -> int | None:
+    """The largest class id of ``mask`` outside ``0..num_classes-1`` that is not ``ignore_index`` (None: all valid)."""
+    bad = (mask < 0) | (mask >= num_classes)
+    bad &= mask != ignore_index
+    if not bool(bad.any()):
+        return None
+    return int(mask[bad].max())
+
+
+def mask_id_fix(
+    bad: int,
+    num_classes: int,
+    reduce_zero_label: bool = False,
+    num_classes_option: str = "num_classes",
+    reduce_option: str = "reduce_zero_label",
+) -> str:
+    """What fixes masks holding class id ``bad`` outside ``0..num_classes-1``, naming the options to set."""
+    if bad < 0:
+        return f"class ids must be >= 0 (or {IGNORE_INDEX} = ignore)"
+    if bad == num_classes and not reduce_zero_label:
+        return (
+            f"if 0 means 'void' and the classes are 1..{num_classes} (ADE20K), set {reduce_option}: true; "
+            f"else set {num_classes_option}: {bad + 1}"
+        )
+    return f"set {num_classes_option} to at least {bad + 1}, or map those pixels to {IGNORE_INDEX} (ignored)"
 
 
 class PairedFolder(Dataset):
@@ -89,7 +130,7 @@ class PairedFolder(Dataset):
             else:
                 self.pairs.append((image, target))
         if not self.pairs:
-            raise ValueError(
+            raise DataError(
                 f"{self.kind} {base}: no image in '{self.image_root}' has a target of the same "
                 f"stem in '{self.target_root}' (target extensions {list(self.target_extensions)})"
             )
@@ -120,11 +161,11 @@ class PairedFolder(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any] | SkippedSample:
         image_path, target_path = self.pairs[index]
         try:
-            pixels = read_rgb(image_path)  # full resolution: the target is aligned to it
+            pixels, orientation = read_rgb_oriented(image_path)  # full resolution: the target is aligned to it
         except UnreadableFileError as err:
             return SkippedSample(str(image_path), str(err))
         try:
-            target = self.read_target(target_path)
+            target = orient(self.read_target(target_path), orientation)  # the image's EXIF turn (module doc)
         except UnreadableFileError as err:
             return SkippedSample(str(target_path), str(err))
         if tuple(pixels.shape[-2:]) != tuple(target.shape[-2:]):
@@ -161,7 +202,7 @@ class SegFolder(PairedFolder):
         super().__init__(root, size, images, masks, list_file)
         self.reduce_zero_label = reduce_zero_label
         if class_names is not None and num_classes is not None and len(class_names) != num_classes:
-            raise ValueError(f"seg_folder: {len(class_names)} class_names but num_classes={num_classes}")
+            raise DataError(f"seg_folder: {len(class_names)} class_names but num_classes={num_classes}")
         self.class_names = list(class_names) if class_names is not None else None
         self.num_classes = num_classes or (len(class_names) if class_names else None)
 
@@ -170,6 +211,15 @@ class SegFolder(PairedFolder):
         if self.reduce_zero_label:
             ignore = (mask == 0) | (mask == IGNORE_INDEX)
             mask = (mask - 1).masked_fill_(ignore, IGNORE_INDEX)
+        if self.num_classes is not None:
+            bad = out_of_range_id(mask, self.num_classes, IGNORE_INDEX)
+            if bad is not None:
+                raise DataError(
+                    f"seg_folder: mask {path} holds class id {bad}"
+                    + (" (after reduce_zero_label)" if self.reduce_zero_label else "")
+                    + f", but num_classes is {self.num_classes} (valid ids 0..{self.num_classes - 1}, "
+                    f"{IGNORE_INDEX} = ignore); {mask_id_fix(bad, self.num_classes, self.reduce_zero_label)}"
+                )
         return mask
 
     def target_to_square(self, target: torch.Tensor) -> torch.Tensor:
@@ -187,14 +237,14 @@ class DepthFolder(PairedFolder):
         self, root, size=224, images="images", depth="depth", depth_scale=None, depth_resize="nearest", list_file=None
     ) -> None:
         if depth_resize not in DEPTH_RESIZE_MODES:
-            raise ValueError(
+            raise DataError(
                 f"depth_folder: depth_resize '{depth_resize}' is not valid; valid: {', '.join(DEPTH_RESIZE_MODES)}"
             )
         super().__init__(root, size, images, depth, list_file)
         self.depth_scale, self.depth_resize = depth_scale, depth_resize
 
     def read_target(self, path: Path) -> torch.Tensor:
-        return depth_in_units(read_depth_array(path), self.depth_scale)
+        return depth_in_units(read_depth_array(path), self.depth_scale, path)
 
     def target_to_square(self, target: torch.Tensor) -> torch.Tensor:
         return depth_to_square(target, self.size, self.depth_resize)

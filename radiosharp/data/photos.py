@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from radiosharp.data.errors import DataError
 from radiosharp.data.transforms import check_size, image_to_square
 from radiosharp.registry import DATASETS
 
@@ -121,19 +122,19 @@ TRAIN = tuple(name for name in CATALOGUE if name not in HELDOUT)
 
 def split_names(split: str) -> tuple[str, ...]:
     if split not in SPLITS:
-        raise ValueError(f"photos: split={split!r} is not valid; choose one of: {', '.join(SPLITS)}")
+        raise DataError(f"photos: split={split!r} is not valid; choose one of: {', '.join(SPLITS)}")
     return {"train": TRAIN, "heldout": HELDOUT, "all": TRAIN + HELDOUT}[split]
 
 
 def load_photo(name: str) -> torch.Tensor:
     """uint8 ``[3,H,W]`` RGB of the photo ``name``."""
     if name not in CATALOGUE:
-        raise ValueError(f"photos: no photo named {name!r}; valid names: {', '.join(CATALOGUE)}")
+        raise DataError(f"photos: no photo named {name!r}; valid names: {', '.join(CATALOGUE)}")
     array = CATALOGUE[name].load()
     if array.ndim == 2:
         array = np.repeat(array[..., None], 3, axis=-1)
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[-1] != 3:
-        raise ValueError(f"photos: {name} decoded as {array.dtype} {array.shape}, not an RGB image")
+        raise DataError(f"photos: {name} decoded as {array.dtype} {array.shape}, not an RGB image")
     return torch.from_numpy(np.array(array, copy=True)).permute(2, 0, 1)  # writable: some loaders share
 
 
@@ -164,14 +165,14 @@ class Photos(Dataset):
         self.names = list(names) if names is not None else list(split_names(split))
         for name in self.names:
             if name not in CATALOGUE:
-                raise ValueError(f"photos: no photo named {name!r}; valid names: {', '.join(CATALOGUE)}")
+                raise DataError(f"photos: no photo named {name!r}; valid names: {', '.join(CATALOGUE)}")
         if not self.names:
-            raise ValueError("photos: `names` is empty; leave it out for the whole split")
+            raise DataError("photos: `names` is empty; leave it out for the whole split")
         if isinstance(crops, bool) or not isinstance(crops, int) or crops < 1:
-            raise ValueError(f"photos: crops={crops!r} must be a positive integer (samples per photo)")
+            raise DataError(f"photos: crops={crops!r} must be a positive integer (samples per photo)")
         low, high = (float(v) for v in scale)
         if not 0.0 < low <= high <= 1.0:
-            raise ValueError(
+            raise DataError(
                 f"photos: scale={list(scale)} must be [low, high] with 0 < low <= high <= 1 "
                 "(the crop side as a share of the photo's shorter side)"
             )
@@ -215,7 +216,7 @@ def build_photos(
     - ``names``: a subset of photos, in that order (overrides ``split``)
     """
     if len(scale) != 2:
-        raise ValueError(f"photos: scale={list(scale)} must be two numbers [low, high]")
+        raise DataError(f"photos: scale={list(scale)} must be two numbers [low, high]")
     return Photos(size, split, crops, (scale[0], scale[1]), seed, names)
 
 

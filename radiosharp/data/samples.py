@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from radiosharp.data.errors import DataError
 from radiosharp.data.transforms import check_size, image_to_square
 from radiosharp.registry import DATASETS
 
@@ -38,13 +39,13 @@ def load_sample(name: str) -> torch.Tensor:
 
     loader = getattr(skimage.data, name, None) if not name.startswith("_") else None
     if loader is None or not callable(loader):
-        raise ValueError(
+        raise DataError(
             f"samples: scikit-image has no sample image '{name}'; valid names: {', '.join(DEFAULT_SAMPLES)}"
         )
     try:
         array = np.asarray(loader())
     except (ImportError, OSError) as err:  # an image that needs pooch / a download
-        raise ValueError(
+        raise DataError(
             f"samples: '{name}' is not bundled with scikit-image ({err}); bundled names: {', '.join(DEFAULT_SAMPLES)}"
         ) from None
     if array.dtype == bool:
@@ -54,7 +55,7 @@ def load_sample(name: str) -> torch.Tensor:
     if array.ndim == 2:
         array = np.repeat(array[..., None], 3, axis=-1)
     if array.ndim != 3 or array.shape[-1] not in (3, 4):
-        raise ValueError(f"samples: '{name}' is not a 2-D image (shape {array.shape})")
+        raise DataError(f"samples: '{name}' is not a 2-D image (shape {array.shape})")
     if array.shape[-1] == 4:  # composite over white: transparent pixels hold arbitrary colours
         alpha = array[..., 3:].astype(np.float32) / 255.0
         array = (array[..., :3] * alpha + 255.0 * (1.0 - alpha)).round().astype(np.uint8)
@@ -71,7 +72,7 @@ class SampleImages(Dataset):
         self.names = list(names) if names else list(DEFAULT_SAMPLES)
         for name in self.names:  # fail at build time, not in the middle of a run
             if name.startswith("_") or not callable(getattr(skimage.data, name, None)):
-                raise ValueError(
+                raise DataError(
                     f"samples: scikit-image has no sample image '{name}'; valid names: {', '.join(DEFAULT_SAMPLES)}"
                 )
         self._cache: dict[int, torch.Tensor] = {}

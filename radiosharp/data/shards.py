@@ -23,6 +23,7 @@ from typing import Any
 from torch.utils.data import IterableDataset
 
 from radiosharp.data.decode import UnreadableFileError, read_rgb
+from radiosharp.data.errors import DataError, DataNotFoundError
 from radiosharp.data.skipping import SkippedSample
 from radiosharp.data.transforms import check_size, image_to_square
 from radiosharp.registry import DATASETS
@@ -35,14 +36,14 @@ def expand_shards(shards: str | list[str]) -> list[str]:
     patterns = [shards] if isinstance(shards, str) else list(shards or [])
     urls = [url for pattern in patterns for url in expand_urls(str(pattern))]
     if not urls:
-        raise ValueError(
+        raise DataError(
             "webdataset: 'shards' is required: a brace pattern like "
             "'/data/train-{000000..000099}.tar' or a list of shard paths/URLs"
         )
     local = [u for u in urls if "://" not in u and not u.startswith("pipe:") and u != "-"]
     missing = [u for u in local if not Path(u).expanduser().is_file()]
     if missing:
-        raise FileNotFoundError(f"webdataset: {len(missing)} of {len(urls)} shards not found (first: {missing[:3]})")
+        raise DataNotFoundError(f"webdataset: {len(missing)} of {len(urls)} shards not found (first: {missing[:3]})")
     return [str(Path(u).expanduser()) if u in local else u for u in urls]
 
 
@@ -87,7 +88,7 @@ class ShardStream(IterableDataset):
         self.size = check_size(size)
         self.image_keys = [k.strip().lower().lstrip(".") for k in image_key.split(";") if k.strip()]
         if not self.image_keys:
-            raise ValueError(f"webdataset: image_key {image_key!r} names no extension; e.g. 'jpg;png'")
+            raise DataError(f"webdataset: image_key {image_key!r} names no extension; e.g. 'jpg;png'")
         self.label_key = label_key.lstrip(".") if label_key else None
         self.shuffle_buffer, self.shard_shuffle = shuffle_buffer, shard_shuffle
         self.seed, self.resampled, self.num_samples = seed, resampled, num_samples

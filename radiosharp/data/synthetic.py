@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from radiosharp.data.errors import DataError
 from radiosharp.data.synthetic_catalogue import COLOURS, MAX_CLASSES, SHAPES, class_name, class_parts, paint_fill
 from radiosharp.data.transforms import check_size
 from radiosharp.registry import DATASETS
@@ -96,20 +97,20 @@ class SyntheticScenes(Dataset):
         haze: float = 0.03,
     ) -> None:
         if num_images < 1:
-            raise ValueError(f"synthetic: num_images must be >= 1, got {num_images}")
+            raise DataError(f"synthetic: num_images must be >= 1, got {num_images}")
         if seed < 0:
-            raise ValueError(f"synthetic: seed must be >= 0, got {seed}")
+            raise DataError(f"synthetic: seed must be >= 0, got {seed}")
         if not 2 <= num_classes <= MAX_CLASSES:
-            raise ValueError(
+            raise DataError(
                 f"synthetic: num_classes must be in [2, {MAX_CLASSES}] (background included), got {num_classes}"
             )
         if not 0 < min_object <= max_object <= 1:
-            raise ValueError(
+            raise DataError(
                 "synthetic: need 0 < min_object <= max_object <= 1 (object diameters as a "
                 f"fraction of the image side), got {min_object}, {max_object}"
             )
         if not 1 <= min_objects <= max_objects:
-            raise ValueError(f"synthetic: need 1 <= min_objects <= max_objects, got {min_objects}, {max_objects}")
+            raise DataError(f"synthetic: need 1 <= min_objects <= max_objects, got {min_objects}, {max_objects}")
         self.num_images, self.size, self.seed = num_images, check_size(size), seed
         self.num_classes = num_classes
         self.class_names = [class_name(c) for c in range(num_classes)]

@@ -17,6 +17,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from radiosharp.data.errors import DataError
 from radiosharp.images import resize
 
 DepthResize = Literal["nearest", "bilinear"]
@@ -33,7 +34,7 @@ def center_square(t: torch.Tensor) -> torch.Tensor:
 
 def check_size(size: int) -> int:
     if not isinstance(size, int) or isinstance(size, bool) or size < 1:
-        raise ValueError(f"data size must be a positive integer (the output side in pixels), got {size!r}")
+        raise DataError(f"data size must be a positive integer (the output side in pixels), got {size!r}")
     return size
 
 
@@ -56,7 +57,7 @@ def mask_to_square(mask: torch.Tensor, size: int) -> torch.Tensor:
 def depth_to_square(depth: torch.Tensor, size: int, mode: str = "nearest") -> torch.Tensor:
     """``[H,W]`` depth -> float ``[size,size]``; ``mode`` is ``nearest`` or ``bilinear``."""
     if mode not in DEPTH_RESIZE_MODES:
-        raise ValueError(f"depth_resize '{mode}' is not valid; valid: {', '.join(DEPTH_RESIZE_MODES)}")
+        raise DataError(f"depth_resize '{mode}' is not valid; valid: {', '.join(DEPTH_RESIZE_MODES)}")
     square = center_square(depth.float())
     if square.shape[-1] != size:
         if mode == "nearest":

@@ -8,23 +8,34 @@
 ``RUN/eval/metrics.json`` results, prints one row per run (a column per task metric,
 then delta per task and Delta_m), and writes a Markdown report (default
 ``<first run>/eval/mtl_report.md``). A missing run, or one without an export, is a
-one-line error and exit status 2, before anything is evaluated or written.
+one-line error and exit status 2, before anything is evaluated or written. So is every
+settings error (an unknown key, named by its dotted path, is found before any model
+loads) and every data error (a folder that cannot be opened, a mask id outside
+``num_classes``, an 8-bit depth map, val classes the train data lacks), printed as
+``error: <one line>`` on stderr. ``RADIOSHARP_DEBUG=1`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
+from radiosharp.data.errors import DataError, one_line
 from radiosharp.eval.mtl import mtl_gain
 from radiosharp.eval.report import markdown_report, text_table
 from radiosharp.eval.runs import check_run, evaluate_run
 from radiosharp.eval.settings import EvalError, EvalSettings, read_run_settings, select_tasks
+from radiosharp.recipe import RecipeError
+from radiosharp.registry import BadOptionError, UnknownNameError
+
+# Bad input, reported as one line and exit status 2: the run folder, its settings, the data.
+INPUT_ERRORS = (EvalError, DataError, RecipeError, UnknownNameError, BadOptionError, FileNotFoundError)
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -58,7 +69,7 @@ def _evaluate(
 ) -> dict[str, dict[str, Any]]:
     out = {}
     progress = not args.no_progress
-    tasks = select_tasks(settings.task_options(kinds[runs[0]]), args.tasks)
+    tasks = select_tasks(settings.task_options(kinds[runs[0]]), args.tasks, settings)  # before any model loads
     for run in tqdm(runs, desc="runs", disable=None if progress else True):
         out[run] = evaluate_run(run, settings, tasks, force=args.force, device=args.device, progress=progress)
     return out
@@ -124,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return cmd_mtl(args) if args.command == "mtl" else cmd_run(args)
-    except (EvalError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except INPUT_ERRORS as err:
+        if os.environ.get("RADIOSHARP_DEBUG"):
+            raise
+        print(f"error: {one_line(err)}", file=sys.stderr)
         return 2

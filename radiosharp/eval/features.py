@@ -12,11 +12,17 @@
 progress) and keeps the result in memory, every global vector included, so kNN,
 segmentation, depth and zero-shot (which reads the CLIP adaptor's summary) on the same
 data share one pass. Probes then train on the cached tensors.
+
+Labels of two data configs (train and val) are made to share the train split's class
+ids by :func:`align_classes` (two image folders number their sub-folders apart as soon
+as one lacks a class). A data source that cannot be opened raises
+:class:`~radiosharp.data.errors.DataError` (the CLI's one-line error, exit 2).
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from functools import cached_property
@@ -27,8 +33,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from radiosharp.contracts import StudentOutput, TeacherOutput
+from radiosharp.data.errors import DataError
 from radiosharp.data.loader import make_loader
 from radiosharp.eval.probes import channel_stats
+from radiosharp.eval.settings import EvalError
 from radiosharp.images import resize
 
 AUTO = "auto"
@@ -44,24 +52,24 @@ def output_vectors(output: Any, dense: str = AUTO) -> tuple[dict[str, torch.Tens
     """
     if isinstance(output, TeacherOutput):
         if dense not in (AUTO, BACKBONE):
-            raise ValueError(
-                f"dense='{dense}' selects a student adaptor head, but this featurizer is a teacher; use 'auto'"
+            raise EvalError(
+                f"eval.dense='{dense}' selects a student adaptor head, but this featurizer is a teacher; use 'auto'"
             )
         feats = output.features
         return {AUTO: output.summary if output.summary is not None else feats.mean((2, 3))}, feats
     if isinstance(output, StudentOutput):
         if dense in (AUTO, BACKBONE):
             if output.backbone is None:
-                raise ValueError(
-                    "student output has no backbone features; choose dense=<teacher name> "
+                raise EvalError(
+                    "student output has no backbone features; choose eval.dense=<teacher name> "
                     f"among {sorted(output.features)}"
                 )
             feats = output.backbone
         elif dense in output.features:
             feats = output.features[dense]
         else:
-            raise ValueError(
-                f"dense='{dense}': the student has no feature head of that name; valid: "
+            raise EvalError(
+                f"eval.dense='{dense}': the student has no feature head of that name; valid: "
                 f"{', '.join([BACKBONE, *sorted(output.features)])}"
             )
         base = output.backbone if output.backbone is not None else feats
@@ -75,13 +83,13 @@ def choose_summary(vectors: Mapping[str, torch.Tensor], summary: str, teacher: b
     if summary in (AUTO, BACKBONE):
         return vectors[AUTO]
     if teacher:
-        raise ValueError(
-            f"summary='{summary}' selects a student adaptor head, but this featurizer is a teacher; use 'auto'"
+        raise EvalError(
+            f"eval.summary='{summary}' selects a student adaptor head, but this featurizer is a teacher; use 'auto'"
         )
     if summary in vectors:
         return vectors[summary]
-    raise ValueError(
-        f"summary='{summary}': the student has no summary head of that name; valid: "
+    raise EvalError(
+        f"eval.summary='{summary}': the student has no summary head of that name; valid: "
         f"{', '.join([BACKBONE, *sorted(k for k in vectors if k != AUTO)])}"
     )
 
@@ -107,6 +115,7 @@ class FeatureSet:
     depth: torch.Tensor | None = None  # [N,S,S] float
     class_names: list[str] | None = None
     num_classes: int | None = None
+    keys: list[str] | None = None  # the sample keys (file names), to name an image in an error
 
     def __len__(self) -> int:
         return len(self.vectors)
@@ -119,7 +128,9 @@ class FeatureSet:
 
     def subset(self, index: torch.Tensor) -> FeatureSet:
         def take(t):
-            return t[index] if isinstance(t, torch.Tensor) else t
+            if isinstance(t, torch.Tensor):
+                return t[index]
+            return [t[i] for i in index.tolist()] if isinstance(t, list) and len(t) == len(self) else t
 
         return replace(self, **{f.name: take(getattr(self, f.name)) for f in fields(self)})
 
@@ -135,7 +146,7 @@ class FeatureSet:
 def seeded_split(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(train indices, val indices) of a seeded random split of ``n`` items."""
     if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        raise EvalError(f"val_fraction must be in (0, 1), got {val_fraction}")
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     n_val = max(1, min(n - 1, round(n * val_fraction)))
     return perm[n_val:].sort().values, perm[:n_val].sort().values
@@ -205,11 +216,17 @@ class FeatureStore:
         return json.dumps(dict(data), sort_keys=True, default=str)
 
     def dataset(self, data: Mapping[str, Any]) -> Any:
+        """The data source built from ``data`` (once); DataError when it cannot be opened."""
         key = self._key(data)
         if key not in self._datasets:
             from radiosharp.builders import build_dataset
 
-            self._datasets[key] = build_dataset(dict(data), where="eval data")
+            try:
+                self._datasets[key] = build_dataset(dict(data), where="eval data")
+            except DataError:
+                raise
+            except (ValueError, FileNotFoundError) as err:  # a source's own check, or a library's
+                raise DataError(f"eval data {describe_data(data)}: {err}") from None
         return self._datasets[key]
 
     def get(self, data: Mapping[str, Any], dense: bool = True, summary: str | None = None) -> FeatureSet:
@@ -229,6 +246,7 @@ class FeatureStore:
         self.featurizer.eval()
         parts: dict[str, list[torch.Tensor]] = {}  # summary source -> global vectors per batch
         denses, targets = [], {"label": [], "mask": [], "depth": []}
+        keys: list[Any] = []
         teacher = False
         loader = make_loader(dataset, self.batch_size, shuffle=False)
         desc = f"features {data.get('source', '?')}"
@@ -260,11 +278,15 @@ class FeatureStore:
                             value = None
                     if value is not None:
                         targets[name].append(value)
+                batch_keys = batch.get("key")
+                keys.extend(batch_keys if isinstance(batch_keys, list) else [None] * len(images))
         finally:
             self.featurizer.train(was_training)
         self.passes += 1
         if not parts:
-            raise ValueError(f"eval data {dict(data)} yielded no images")
+            raise DataError(
+                f"eval data {describe_data(data)} yielded no readable image (see the skipped-sample warnings)"
+            )
         vectors = {name: torch.cat(batches) for name, batches in parts.items()}
         n = len(vectors[AUTO])
         cat = {k: torch.cat(v) if v and sum(len(t) for t in v) == n else None for k, v in targets.items()}
@@ -279,8 +301,72 @@ class FeatureStore:
             depth=cat["depth"].float() if cat["depth"] is not None else None,
             class_names=list(names) if names is not None else None,
             num_classes=getattr(dataset, "num_classes", None) or (len(names) if names is not None else None),
+            keys=[str(k) for k in keys] if len(keys) == n and all(k is not None for k in keys) else None,
         )
         return _Extracted(features, vectors, teacher)
+
+
+def describe_data(data: Mapping[str, Any] | None) -> str:
+    """A data config in an error message: its folder (or dataset), else the whole mapping."""
+    if not data:
+        return "(default)"
+    for key in ("root", "name_or_path", "shards"):
+        if data.get(key):
+            return f"'{data[key]}'"
+    return str(dict(data))
+
+
+def align_classes(
+    train: FeatureSet, val: FeatureSet, train_data: Mapping[str, Any] | None, val_data: Mapping[str, Any] | None
+) -> FeatureSet:
+    """``val`` with its labels renumbered to the train split's class ids, matched by class name.
+
+    Two data configs number their classes on their own (an image folder by its sorted
+    sub-folders), so a val folder that lacks one class would shift every later id and
+    score a perfect model near 0. Here the train split's class list is the one map:
+
+    - val images of a class the train split lacks: :class:`DataError` naming the class
+      and the val data (a classifier cannot be right about a class it never saw);
+    - train classes the val split lacks: the train ids are kept, with a warning naming them.
+
+    Without class names on both sides the labels are taken to share one id space already.
+    """
+    if train.labels is None or val.labels is None or not train.class_names or not val.class_names:
+        return val
+    index = {name: i for i, name in enumerate(train.class_names)}
+    used = sorted(set(val.labels.tolist()))
+    if used and (used[0] < 0 or used[-1] >= len(val.class_names)):
+        raise DataError(
+            f"val data {describe_data(val_data)}: label {used[-1] if used[0] >= 0 else used[0]} is outside its "
+            f"{len(val.class_names)} class names"
+        )
+    val_names = [val.class_names[i] for i in used]
+    unknown = [name for name in val_names if name not in index]
+    if unknown:
+        shown = ", ".join(f"'{n}'" for n in unknown[:5]) + (f" (+{len(unknown) - 5} more)" if len(unknown) > 5 else "")
+        raise DataError(
+            f"val data {describe_data(val_data)} has images of class {shown}, which the train data "
+            f"{describe_data(train_data)} lacks (train classes: {', '.join(train.class_names[:20])}"
+            f"{' ...' if len(train.class_names) > 20 else ''}); add the class to the train data or "
+            "remove its images from the val data"
+        )
+    missing = [name for name in train.class_names if name not in set(val_names)]
+    if missing:
+        warnings.warn(
+            f"val data {describe_data(val_data)} has no images of train classes "
+            f"{', '.join(missing[:20])}{' ...' if len(missing) > 20 else ''}; the val labels keep the train "
+            "class ids (matched by name)",
+            stacklevel=2,
+        )
+    if list(val.class_names) == list(train.class_names):
+        return val
+    lookup = torch.tensor([index.get(name, -1) for name in val.class_names], dtype=torch.long)
+    return replace(
+        val,
+        labels=lookup[val.labels.long()],
+        class_names=list(train.class_names),
+        num_classes=train.num_classes or len(train.class_names),
+    )
 
 
 def train_val_features(
@@ -291,17 +377,21 @@ def train_val_features(
     split_seed: int = 0,
     dense: bool = True,
     summary: str | None = None,
+    labels: bool = False,
 ) -> tuple[FeatureSet, FeatureSet]:
     """Train and val features for a task.
 
     Two data configs give the two sets; one (``data`` without ``val_data``) is split
     with a seeded random split; neither falls back to the context's default pair
-    (the default suite: synthetic seed 0 / seed 1).
+    (the default suite: synthetic seed 0 / seed 1). ``labels``: the task scores class
+    labels, so two configs' labels are put on the train split's class ids
+    (:func:`align_classes`).
     """
     if data is None:
         data, val_data = ctx.default_data, (ctx.default_val_data if val_data is None else val_data)
     train = ctx.features.get(data, dense=dense, summary=summary)
     if val_data is not None:
-        return train, ctx.features.get(val_data, dense=dense, summary=summary)
+        val = ctx.features.get(val_data, dense=dense, summary=summary)
+        return train, (align_classes(train, val, data, val_data) if labels else val)
     tr, va = seeded_split(len(train), val_fraction, split_seed)
     return train.subset(tr), train.subset(va)

@@ -17,6 +17,12 @@ Keys (all optional)::
 
 Without ``tasks`` the default suite runs: knn, semseg and depth on the synthetic
 benchmark (train seed 0 / val seed 1, small counts), plus fidelity for upsampler runs.
+
+Every key is checked before a model loads, and an unknown one is named by its full
+dotted path: settings keys (``eval.nonsense``) when the section is read, task names and
+options (``eval.tasks.knn.kk``), option values a task builder refuses, and every data
+config's source and options (``eval.data.colour``, ``eval.tasks.knn.val_data.colour``)
+by :func:`select_tasks`. Errors are :class:`EvalError` (the CLI's one line, exit 2).
 """
 
 from __future__ import annotations
@@ -93,15 +99,51 @@ def parse_settings(section: Any, where: str = "eval") -> EvalSettings:
         raise EvalError(f"{where}: {err}") from None
 
 
-def select_tasks(options: dict[str, dict[str, Any]], only: list[str] | None) -> dict[str, dict[str, Any]]:
+def select_tasks(
+    options: dict[str, dict[str, Any]], only: list[str] | None, settings: EvalSettings | None = None
+) -> dict[str, dict[str, Any]]:
     """Restrict to ``only`` (names outside the configured set run with default options),
-    and check every name and option against the task registry."""
+    and check every name, option and option value against the task registry; with
+    ``settings``, also every data config the tasks will open (:func:`check_data_configs`)."""
     if only:
         options = {name: options.get(name, {}) for name in only}
     for name, opts in options.items():
+        where = f"eval.tasks.{name}"
         try:
             TASKS.get(name, "eval.tasks")
-            TASKS.check_options(name, opts, f"eval.tasks.{name}")
+            TASKS.check_options(name, opts, where)
         except (UnknownNameError, BadOptionError) as err:
             raise EvalError(str(err)) from None
+        try:
+            TASKS.build(name, where, **opts)  # builders only store their options: values fail here, not mid-run
+        except (ValueError, TypeError) as err:
+            raise EvalError(f"{where}: {err}") from None
+    if settings is not None:
+        check_data_configs(settings, options)
     return options
+
+
+def check_data_configs(settings: EvalSettings, tasks: dict[str, dict[str, Any]]) -> None:
+    """Check the source name and option keys of every data config: ``eval.data``, ``eval.val_data``
+    and each task's ``data`` / ``val_data``; EvalError with the key's dotted path."""
+    from radiosharp.registry import DATASETS
+
+    configs: list[tuple[str, Any]] = [("eval.data", settings.data), ("eval.val_data", settings.val_data)]
+    for name, opts in tasks.items():
+        configs += [
+            (f"eval.tasks.{name}.{key}", opts[key]) for key in ("data", "val_data") if opts.get(key) is not None
+        ]
+    for where, cfg in configs:
+        if cfg is None:
+            continue
+        if isinstance(cfg, str):  # a bare source name, as build_dataset takes it
+            cfg = {"source": cfg}
+        if not isinstance(cfg, dict) or "source" not in cfg:
+            raise EvalError(
+                f"{where}: expected a mapping with a 'source' (e.g. {{source: image_folder, root: ...}}), got {cfg!r}"
+            )
+        try:
+            DATASETS.get(cfg["source"], f"{where}.source")
+            DATASETS.check_options(cfg["source"], [k for k in cfg if k != "source"], where)
+        except (UnknownNameError, BadOptionError) as err:
+            raise EvalError(str(err)) from None

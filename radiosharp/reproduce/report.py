@@ -60,7 +60,10 @@ ABOUT = {
         "section but brought down by the fixed antialiased resize for every run (the fidelity section uses "
         "each multi-view run's trained downsampler, so its numbers differ); cos: agreement with the teacher "
         "at u x input on the held-out photos. Mean ± std over training seeds; the probe (seed-0 run; "
-        "spread over probe seeds) only for multi-view and the own objective."
+        "spread over probe seeds) only for multi-view and the own objective. Read fidelity with care: "
+        "bilinear's output, brought down by the same fixed resize, nearly returns its own input, so on "
+        "this scale it leads by construction; compare the learned methods with each other. The learning "
+        "rate (3e-3) and the 64-step budget were set for the JBU upsamplers and are the same for all."
     ),
     "cost": (
         "`python -m radiosharp.bench upsample` on the real DINOv2-S/14 at {native} px native: one image, "

@@ -15,6 +15,9 @@ class KnnTask(EvalTask):
     """Top-1 accuracy of cosine-similarity k-NN (k=20, votes weighted by exp(sim / 0.07)).
 
     Deterministic given the features, so one value (std 0). Needs ``label`` in the data.
+    Train and val labels share the train split's class ids, matched by class name (a val
+    folder without one class keeps the train ids; val images of a class the train data
+    lacks are refused), see ``radiosharp.eval.features.align_classes``.
     """
 
     name = "knn"
@@ -35,10 +38,13 @@ class KnnTask(EvalTask):
         self.val_fraction, self.split_seed = val_fraction, split_seed
 
     def evaluate(self, ctx: EvalContext) -> dict[str, list[float]]:
-        train, val = train_val_features(ctx, self.data, self.val_data, self.val_fraction, self.split_seed, dense=False)
+        train, val = train_val_features(
+            ctx, self.data, self.val_data, self.val_fraction, self.split_seed, dense=False, labels=True
+        )
         train_labels = train.require("labels", self.name, self.data or ctx.default_data)
         val_labels = val.require("labels", self.name, self.val_data or self.data or ctx.default_data)
-        num_classes = max(int(train_labels.max()), int(val_labels.max())) + 1
+        # val labels are on the train split's class ids (train_val_features aligns them by class name)
+        num_classes = max(len(train.class_names or ()), int(train_labels.max()) + 1, int(val_labels.max()) + 1)
         pred = knn_predict(train.vectors, train_labels, val.vectors, self.k, self.temperature, num_classes)
         return {"top1": [top1_accuracy(pred, val_labels)]}
 

@@ -6,7 +6,9 @@ from typing import Any
 
 import torch
 
-from radiosharp.eval.features import train_val_features
+from radiosharp.data.errors import DataError
+from radiosharp.data.paired_folders import mask_id_fix, out_of_range_id
+from radiosharp.eval.features import FeatureSet, describe_data, train_val_features
 from radiosharp.eval.metrics import confusion_matrix, mean_iou, small_segment_pixels
 from radiosharp.eval.probes import fit_segmentation_probe, predict_segmentation
 from radiosharp.eval.task import EvalContext, over_seeds
@@ -19,6 +21,8 @@ class SemsegTask(DenseProbeTask):
     cross-entropy (255 ignored). ``miou`` over all classes; ``miou_small`` is the per-class
     IoU over the pixels of small ground-truth segments only (connected components of one
     class with area < ``small_area`` of the image; see ``metrics.small_segment_pixels``).
+    Every train and val mask id must be below ``num_classes`` or the ignore index, else a
+    DataError names the image, the id and the option that fixes it.
     """
 
     name = "semseg"
@@ -28,11 +32,18 @@ class SemsegTask(DenseProbeTask):
         train, val = train_val_features(ctx, self.data, self.val_data, self.val_fraction, self.split_seed)
         where = self.data or ctx.default_data
         train_masks, val_masks = train.require("masks", self.name, where), val.require("masks", self.name, where)
-        num_classes = (
-            self.num_classes
-            or train.num_classes
-            or _max_class(train_masks, val_masks, ignore_index=self.ignore_index) + 1
-        )
+        if self.num_classes:
+            num_classes, source = self.num_classes, "eval.tasks.semseg.num_classes"
+        elif train.num_classes:
+            num_classes, source = train.num_classes, "the train data's num_classes"
+        else:
+            num_classes = _max_class(train_masks, val_masks, ignore_index=self.ignore_index) + 1
+            source = "the largest class id seen + 1"
+        for split, feats, masks, cfg in (
+            ("train", train, train_masks, where),
+            ("val", val, val_masks, self.val_data or (ctx.default_val_data if self.data is None else None) or where),
+        ):
+            self._check_ids(split, feats, masks, cfg, num_classes, source)
         small = small_segment_pixels(val_masks, self.small_area, self.ignore_index)
         size = tuple(val_masks.shape[-2:])
 
@@ -54,6 +65,28 @@ class SemsegTask(DenseProbeTask):
             return {"miou": miou, "miou_small": miou_small}
 
         return over_seeds(self.seeds, one_seed)
+
+    def _check_ids(
+        self, split: str, feats: FeatureSet, masks: torch.Tensor, data: Any, num_classes: int, source: str
+    ) -> None:
+        """DataError naming the first image whose mask holds an id outside 0..num_classes-1 and not the ignore index
+        (cross-entropy would stop with "Target out of bounds" on train masks; val pixels would silently drop out)."""
+        bad_pixels = ((masks < 0) | (masks >= num_classes)) & (masks != self.ignore_index)
+        if not bool(bad_pixels.any()):
+            return
+        i = int(bad_pixels.flatten(1).any(1).nonzero()[0, 0])
+        bad = out_of_range_id(masks[i], num_classes, self.ignore_index)
+        name = feats.keys[i] if feats.keys else f"image {i}"
+        fix = mask_id_fix(
+            bad,
+            num_classes,
+            num_classes_option="eval.tasks.semseg.num_classes (or the data's num_classes)",
+            reduce_option="the data's reduce_zero_label",
+        )
+        raise DataError(
+            f"semseg: the {split} mask of '{name}' in {describe_data(data)} holds class id {bad}, but num_classes is "
+            f"{num_classes} ({source}; ignore index {self.ignore_index}); {fix}"
+        )
 
 
 def _max_class(*masks: torch.Tensor, ignore_index: int = 255) -> int:
