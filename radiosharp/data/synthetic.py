@@ -13,7 +13,10 @@ looks in photographs.
 
 Targets: ``mask`` (class per pixel, background 0), ``depth`` (scene units: objects 1..6,
 background 6.2..11.8) and ``label`` = class of the object with the most visible pixels,
-for classification probes.
+for classification probes. With ``normals=True`` also ``normals`` ([3,S,S] camera-space
+unit normals derived from ``depth`` by :func:`normals_from_depth`) and ``normals_valid``
+([S,S] bool). Objects are fronto-parallel (one depth each), so their normals all face the
+camera; only the tilted background varies (up to ~20 degrees from the optical axis).
 
 Sample ``i`` of seed ``s`` comes from its own generator seeded with ``(s, i)``, so it is
 the same in every process, worker and access order. Geometry is in image-relative
@@ -39,6 +42,56 @@ OBJECT_DEPTH = (1.0, 6.0)
 FAR_PLANE = (8.0, 10.0)
 FAR_TILT = 2.5  # the background plane's depth changes by up to this across the image
 HAZE = (0.75, 0.80, 0.85)
+
+
+def normals_from_depth(
+    depth: torch.Tensor, focal: float | None = None, min_depth: float = 1e-3, max_jump: float = 0.01
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Camera-space unit surface normals ``[...,3,H,W]`` and a validity mask ``[...,H,W]`` from depth ``[...,H,W]``.
+
+    Pinhole assumption: pixel (row i, col j) looks through its centre ``u = j + 0.5``, ``v = i + 0.5``;
+    the focal length is ``focal`` pixels (default: the image width ``W``, a ~53 degree horizontal
+    field of view) and the principal point the image centre ``(W/2, H/2)``. A depth ``Z`` (along
+    the optical axis) back-projects to ``P = (Z (u - W/2) / f, Z (v - H/2) / f, Z)``: x right,
+    y down, z forward (OpenCV). The normal is the cross product of the central differences of
+    ``P`` along rows and columns, oriented toward the camera (``n . P < 0``; a fronto-parallel
+    plane gives ``(0, 0, -1)``).
+
+    A pixel is invalid when its depth or a 4-neighbour's is non-finite or ``<= min_depth``, when
+    it lies on the image border (no central difference), or next to a depth discontinuity: the
+    second difference of depth along a row or a column, ``|Z[+1] - 2 Z + Z[-1]|``, exceeds
+    ``max_jump`` of ``Z`` (a plane, however tilted, steps alike on both sides of a pixel; an
+    edge steps on one side only, so both pixels at an edge are invalid; so are grazing ones
+    where the surface bends sharply, e.g. at a sphere's outline). Invalid pixels get the normal 0.
+    """
+    if depth.ndim < 2:
+        raise ValueError(f"normals_from_depth: expected depth [...,H,W], got {tuple(depth.shape)}")
+    H, W = depth.shape[-2:]
+    f = float(focal or W)
+    z = depth.double()
+    ok = torch.isfinite(z) & (z > min_depth)
+    z = torch.where(ok, z, torch.ones_like(z))
+    u = (torch.arange(W, dtype=z.dtype, device=z.device) + 0.5 - W / 2) / f
+    v = (torch.arange(H, dtype=z.dtype, device=z.device) + 0.5 - H / 2) / f
+    points = torch.stack([z * u, z * v[:, None], z], -3)  # [...,3,H,W]
+    d_col = torch.zeros_like(points)
+    d_row = torch.zeros_like(points)
+    d_col[..., 1:-1] = points[..., 2:] - points[..., :-2]
+    d_row[..., 1:-1, :] = points[..., 2:, :] - points[..., :-2, :]
+    normal = torch.linalg.cross(d_col, d_row, dim=-3)
+    facing = (normal * points).sum(-3, keepdim=True)
+    normal = torch.where(facing > 0, -normal, normal)
+    valid = torch.zeros_like(ok)
+    inner = ok[..., 1:-1, 1:-1] & ok[..., :-2, 1:-1] & ok[..., 2:, 1:-1] & ok[..., 1:-1, :-2] & ok[..., 1:-1, 2:]
+    centre = z[..., 1:-1, 1:-1]
+    for before, after in ((z[..., :-2, 1:-1], z[..., 2:, 1:-1]), (z[..., 1:-1, :-2], z[..., 1:-1, 2:])):
+        # a smooth surface steps alike on both sides; a depth edge steps on one side only
+        inner = inner & ((after - 2 * centre + before).abs() <= max_jump * centre)
+    valid[..., 1:-1, 1:-1] = inner
+    length = normal.norm(dim=-3, keepdim=True)
+    valid = valid & (length[..., 0, :, :] > 0)
+    normal = torch.where(valid[..., None, :, :], normal / length.clamp_min(1e-12), torch.zeros_like(normal))
+    return normal.to(depth.dtype if depth.is_floating_point() else torch.float32), valid
 
 
 def _smooth_noise(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -76,7 +129,8 @@ def render_background(rng: np.random.Generator, x: np.ndarray, y: np.ndarray) ->
 class SyntheticScenes(Dataset):
     """``num_images`` seeded scenes (see module doc); ``.num_classes`` counts the background.
 
-    Seeded scenes of objects of many classes and sizes, with ``mask``, ``depth`` and ``label``.
+    Seeded scenes of objects of many classes and sizes, with ``mask``, ``depth`` and ``label``
+    (and ``normals`` / ``normals_valid`` from the depth when ``normals`` is true).
 
     ``num_classes`` counts the background (class 0); ``min_object`` / ``max_object`` are
     object diameters as a fraction of the image side; ``pixel_noise`` is the std of
@@ -95,6 +149,7 @@ class SyntheticScenes(Dataset):
         max_objects: int = 8,
         pixel_noise: float = 0.02,
         haze: float = 0.03,
+        normals: bool = False,
     ) -> None:
         if num_images < 1:
             raise DataError(f"synthetic: num_images must be >= 1, got {num_images}")
@@ -117,6 +172,7 @@ class SyntheticScenes(Dataset):
         self.min_object, self.max_object = min_object, max_object
         self.min_objects, self.max_objects = min_objects, max_objects
         self.pixel_noise, self.haze = pixel_noise, haze
+        self.normals = normals
         self._colours = {c: np.array(COLOURS[class_parts(c)[1]], np.float32) for c in range(1, num_classes)}
         centres = (np.arange(self.size, dtype=np.float32) + 0.5) / self.size
         self._y, self._x = np.meshgrid(centres, centres, indexing="ij")
@@ -176,13 +232,16 @@ class SyntheticScenes(Dataset):
             image += np.float32(self.pixel_noise) * rng.standard_normal(image.shape, dtype=np.float32)
         visible = np.bincount(instance[instance >= 0], minlength=count)
         label = int(classes[int(np.argmax(visible))]) if visible.any() else int(classes[int(np.argmax(diameters))])
-        return {
+        sample = {
             "image": torch.from_numpy(np.ascontiguousarray(np.clip(image, 0, 1).transpose(2, 0, 1), np.float32)),
             "mask": torch.from_numpy(mask),
             "depth": torch.from_numpy(depth.astype(np.float32)),
             "label": label,
             "key": f"synthetic/{self.seed}/{index}",
         }
+        if self.normals:
+            sample["normals"], sample["normals_valid"] = normals_from_depth(sample["depth"])
+        return sample
 
 
 DATASETS.register("synthetic")(SyntheticScenes)  # the class is the builder: one signature

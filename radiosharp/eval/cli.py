@@ -6,8 +6,11 @@
 ``mtl`` evaluates the baseline and every run with the baseline's eval settings (its
 ``recipe.yaml`` ``eval:`` section, else the default suite), reusing cached
 ``RUN/eval/metrics.json`` results, prints one row per run (a column per task metric,
-then delta per task and Delta_m), and writes a Markdown report (default
-``<first run>/eval/mtl_report.md``). A missing run, or one without an export, is a
+then delta per task and Delta_m, each with its significance against the seed spread),
+and writes a Markdown report (default ``<first run>/eval/mtl_report.md``) with two
+pictures beside it that it links: ``<report stem>_deltas.png`` (a bar of delta per task
+per run, seed-spread error bars, Delta_m in the title) and ``<report stem>_table.png``
+(the report's table). A missing run, or one without an export, is a
 one-line error and exit status 2, before anything is evaluated or written. So is every
 settings error (an unknown key, named by its dotted path, is found before any model
 loads) and every data error (a folder that cannot be opened, a mask id outside
@@ -99,7 +102,11 @@ def cmd_mtl(args: argparse.Namespace) -> int:
     rows += [{"run": r, "kind": kinds[r], "tasks": results[r], "mtl": mtl_gain(results[r], base)} for r in runs[1:]]
     report = args.report or Path(args.runs[0]) / "eval" / "mtl_report.md"
     report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(markdown_report(rows, args.baseline, settings.model_dump(mode="json")))
+    from radiosharp.eval.plots import mtl_pictures  # matplotlib only when a report is written
+
+    pictures = mtl_pictures(rows, report)
+    links = {alt: path.name for alt, path in pictures.items()}  # beside the report
+    report.write_text(markdown_report(rows, args.baseline, settings.model_dump(mode="json"), pictures=links))
     if args.json:
         print(
             json.dumps(
@@ -108,6 +115,7 @@ def cmd_mtl(args: argparse.Namespace) -> int:
                     "settings": settings.model_dump(mode="json"),
                     "runs": rows,
                     "report": str(report),
+                    "pictures": [str(p) for p in pictures.values()],
                 },
                 indent=2,
             )
@@ -115,6 +123,7 @@ def cmd_mtl(args: argparse.Namespace) -> int:
     else:
         print(text_table(rows))
         print(f"\nreport: {report}")
+        print("pictures: " + ", ".join(str(p) for p in pictures.values()))
     return 0
 
 

@@ -16,7 +16,8 @@ Upsampler quality (FeatSharp appendix B, all on NCHW feature tensors):
   differ). ~0 when both are samples of one distribution.
 
 Probe metrics: ``top1_accuracy``, ``confusion_matrix`` / ``mean_iou``,
-``small_segment_pixels`` (what "small objects" means, see there) and ``depth_errors``.
+``small_segment_pixels`` (what "small objects" means, see there), ``depth_errors`` and
+``normal_errors`` (angular error of surface normals, Probe3D's metrics).
 """
 
 from __future__ import annotations
@@ -227,3 +228,40 @@ def depth_errors(pred: torch.Tensor, target: torch.Tensor, min_depth: float = 1e
     rmse = float((p - g).pow(2).mean().sqrt())
     ratio = torch.maximum(p / g, g / p)
     return {"rmse": rmse, "delta1": float((ratio < 1.25).double().mean())}
+
+
+NORMAL_THRESHOLDS = (11.25, 22.5, 30.0)
+
+
+def angular_errors(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Angle in degrees between ``pred`` and ``target`` normals ``[N,3,H,W]`` at the valid pixels (a flat vector).
+
+    Both are normalised to unit length first (a zero prediction is 90 degrees from everything);
+    ``valid`` ([N,H,W] bool) keeps pixels whose target is a finite, non-zero vector as well.
+    """
+    if pred.shape != target.shape or pred.ndim < 2 or pred.shape[1] != 3:
+        raise ValueError(
+            f"angular_errors: expected two [N,3,...] normal maps, got {tuple(pred.shape)} and {tuple(target.shape)}"
+        )
+    p, t = pred.double(), target.double()
+    ok = torch.isfinite(t).all(1) & (t.norm(dim=1) > 0) & torch.isfinite(p).all(1)
+    if valid is not None:
+        ok &= valid.to(ok.device).bool()
+    cos = (F.normalize(p, dim=1) * F.normalize(t, dim=1)).sum(1)[ok]
+    return torch.rad2deg(torch.acos(cos.clamp(-1, 1)))
+
+
+def normal_errors(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None) -> dict[str, float]:
+    """Surface-normal metrics over the valid pixels (see ``angular_errors``), as Probe3D reports them.
+
+    ``angular_rmse`` = sqrt(mean of squared angles) and ``angular_mean`` (degrees, lower is
+    better); ``within_11_25`` / ``within_22_5`` / ``within_30`` = percent (0..100) of pixels whose
+    angle is below 11.25 / 22.5 / 30 degrees (higher is better).
+    """
+    angles = angular_errors(pred, target, valid)
+    if angles.numel() == 0:
+        raise ValueError("normal_errors: no valid ground-truth normal pixels")
+    out = {"angular_rmse": float(angles.pow(2).mean().sqrt()), "angular_mean": float(angles.mean())}
+    for limit in NORMAL_THRESHOLDS:
+        out[f"within_{limit:g}".replace(".", "_")] = float(100 * (angles < limit).double().mean())
+    return out

@@ -7,6 +7,13 @@ object mIoU) gets the mean of its metrics' deltas, so every task weighs the same
 either run, and metrics whose baseline value is 0 or not finite are left out and
 listed in ``excluded`` with the reason.
 
+Significance: the seed spread of a metric is the larger std of the two runs, in % of the
+baseline value (``100 * max(std, std_B) / |M_B|``, the scale of its delta); a task's spread
+is the mean of its metrics' spreads and Delta_m's the mean of the tasks' (the same averaging
+as the deltas). A delta is significant when ``|delta| > spread`` (a real gain, or a real loss
+when negative). The spread is unknown (``None``, significance ``None``) when either run has
+no std, a non-finite one, or fewer than two seed values.
+
 Inputs are plain dicts, task name -> task result as stored in ``metrics.json``::
 
     {"semseg": {"status": "ok", "metrics": {"miou": {"mean": 0.4, "higher_is_better": true}}},
@@ -40,6 +47,38 @@ def _value(entry: Any) -> float:
     return float(entry["mean"] if isinstance(entry, Mapping) else entry)
 
 
+def _std(entry: Any) -> float | None:
+    """The seed std of a metric entry, or None when it cannot be judged (see module doc)."""
+    if not isinstance(entry, Mapping) or entry.get("std") is None:
+        return None
+    std = float(entry["std"])
+    values = entry.get("values")
+    if not math.isfinite(std) or (values is not None and len(values) < 2):
+        return None
+    return std
+
+
+def metric_spread(run_entry: Any, base_entry: Any) -> float | None:
+    """``100 * max(std_run, std_baseline) / |baseline mean|``, or None (see module doc)."""
+    stds = [_std(run_entry), _std(base_entry)]
+    ref = _value(base_entry)
+    if None in stds or not math.isfinite(ref) or ref == 0:
+        return None
+    return 100.0 * max(stds) / abs(ref)
+
+
+def is_significant(delta: float | None, spread: float | None) -> bool | None:
+    """``|delta| > spread``; None when either is unknown."""
+    if delta is None or spread is None or not math.isfinite(spread):
+        return None
+    return abs(delta) > spread
+
+
+def _mean_or_none(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return statistics.fmean(known) if values and len(known) == len(values) else None
+
+
 def _status(result: Mapping[str, Any] | None) -> str:
     if result is None:
         return "missing"
@@ -50,10 +89,14 @@ def mtl_gain(run: Mapping[str, Mapping[str, Any]], baseline: Mapping[str, Mappin
     """Deltas of ``run`` against ``baseline`` (see module doc).
 
     Returns ``{"metric_deltas": {"task/metric": %}, "task_deltas": {task: %},
-    "delta_m": % or None (no comparable task), "excluded": {"task" or "task/metric": reason}}``.
+    "delta_m": % or None (no comparable task), "excluded": {"task" or "task/metric": reason},
+    "metric_spreads" / "task_spreads": {key: % or None}, "delta_m_spread": % or None,
+    "significant": {task: bool or None, ..., "delta_m": bool or None}}``.
     """
     metric_deltas: dict[str, float] = {}
     task_deltas: dict[str, float] = {}
+    metric_spreads: dict[str, float | None] = {}
+    task_spreads: dict[str, float | None] = {}
     excluded: dict[str, str] = {}
     for task in sorted(set(run) | set(baseline)):
         ours, base = run.get(task), baseline.get(task)
@@ -77,6 +120,7 @@ def mtl_gain(run: Mapping[str, Mapping[str, Any]], baseline: Mapping[str, Mappin
             excluded[task] = "; ".join(reasons)
             continue
         deltas = []
+        spreads: list[float | None] = []
         for name, base_entry in base.get("metrics", {}).items():
             key = f"{task}/{name}"
             run_entry = ours.get("metrics", {}).get(name)
@@ -99,10 +143,25 @@ def mtl_gain(run: Mapping[str, Mapping[str, Any]], baseline: Mapping[str, Mappin
                 continue
             metric_deltas[key] = delta
             deltas.append(delta)
+            metric_spreads[key] = metric_spread(run_entry, base_entry)
+            spreads.append(metric_spreads[key])
         for name in ours.get("metrics", {}):
             if name not in base.get("metrics", {}):
                 excluded[f"{task}/{name}"] = "missing in the baseline"
         if deltas:
             task_deltas[task] = statistics.fmean(deltas)
+            task_spreads[task] = _mean_or_none(spreads)
     delta_m = statistics.fmean(task_deltas.values()) if task_deltas else None
-    return {"metric_deltas": metric_deltas, "task_deltas": task_deltas, "delta_m": delta_m, "excluded": excluded}
+    delta_m_spread = _mean_or_none(list(task_spreads.values()))
+    significant = {task: is_significant(d, task_spreads[task]) for task, d in task_deltas.items()}
+    significant["delta_m"] = is_significant(delta_m, delta_m_spread)
+    return {
+        "metric_deltas": metric_deltas,
+        "task_deltas": task_deltas,
+        "delta_m": delta_m,
+        "excluded": excluded,
+        "metric_spreads": metric_spreads,
+        "task_spreads": task_spreads,
+        "delta_m_spread": delta_m_spread,
+        "significant": significant,
+    }

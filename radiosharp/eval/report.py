@@ -1,6 +1,7 @@
 """Tables of eval results: one row per run, one column per task metric, then the
-per-task deltas and Delta_m against the baseline (text for the terminal, Markdown for
-the report file)."""
+per-task deltas and Delta_m against the baseline, each followed by its significance
+column ("yes" when ``|delta|`` exceeds the seed spread, "no" when not, "n/a" when the
+spread is unknown; see ``mtl.py``) (text for the terminal, Markdown for the report file)."""
 
 from __future__ import annotations
 
@@ -42,6 +43,12 @@ def task_names(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return names
 
 
+def significance_label(mtl: Mapping[str, Any] | None, key: str) -> str:
+    """ "yes" / "no" / "n/a" for a task (or "delta_m") of an ``mtl_gain`` result."""
+    flag = ((mtl or {}).get("significant") or {}).get(key)
+    return "n/a" if flag is None else ("yes" if flag else "no")
+
+
 def table(rows: Sequence[Mapping[str, Any]], deltas: bool = True) -> tuple[list[str], list[list[str]]]:
     """Header and cells. ``rows``: ``{"run": name, "tasks": {...}, "mtl": mtl_gain dict or None}``
     (the baseline's ``mtl`` is None and shows as "baseline"); ``deltas=False`` drops the
@@ -51,7 +58,9 @@ def table(rows: Sequence[Mapping[str, Any]], deltas: bool = True) -> tuple[list[
     tasks = [t for t in task_names(rows) if t in with_metrics] if deltas else []
     header = ["run"] + [t if m is None else f"{t}/{m} {'↑' if hib else '↓'}" for t, m, hib in columns]
     if deltas:
-        header += [f"δ {t} %" for t in tasks] + ["Δm %"]
+        for t in tasks:
+            header += [f"δ {t} %", f"sig {t}"]
+        header += ["Δm %", "sig Δm"]
     cells = []
     for row in rows:
         line = [str(row["run"])]
@@ -69,17 +78,19 @@ def table(rows: Sequence[Mapping[str, Any]], deltas: bool = True) -> tuple[list[
         mtl = row.get("mtl")
         for task in tasks:
             if mtl is None:
-                line.append("baseline")
+                line += ["baseline", DASH]
             elif task in mtl["task_deltas"]:
-                line.append(f"{mtl['task_deltas'][task]:+.2f}")
+                line += [f"{mtl['task_deltas'][task]:+.2f}", significance_label(mtl, task)]
             else:
-                line.append("n/a")
+                line += ["n/a", "n/a"]
         if not deltas:
             pass
         elif mtl is None:
-            line.append("baseline")
+            line += ["baseline", DASH]
+        elif mtl["delta_m"] is None:
+            line += [DASH, "n/a"]
         else:
-            line.append(DASH if mtl["delta_m"] is None else f"{mtl['delta_m']:+.2f}")
+            line += [f"{mtl['delta_m']:+.2f}", significance_label(mtl, "delta_m")]
         cells.append(line)
     return header, cells
 
@@ -95,19 +106,31 @@ def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def markdown_report(rows: Sequence[Mapping[str, Any]], baseline: str, settings: Mapping[str, Any]) -> str:
-    """The MTL report: the table, what was left out of Delta_m and why, and the settings."""
+def markdown_report(
+    rows: Sequence[Mapping[str, Any]],
+    baseline: str,
+    settings: Mapping[str, Any],
+    pictures: Mapping[str, str] | None = None,
+) -> str:
+    """The MTL report: the table, the pictures (alt text -> path relative to the report,
+    linked as ``![alt](path)``), what was left out of Delta_m and why, and the settings."""
     import json
 
     out = [
         "# MTL gain report",
         "",
         f"Baseline: `{baseline}`. Per metric `delta = 100 * (-1)^lower_is_better * (M - M_B) / M_B`; "
-        "δ of a task = mean over its metrics; Δm = mean over tasks. Values are mean ± std over probe seeds.",
+        "δ of a task = mean over its metrics; Δm = mean over tasks. Values are mean ± std over probe seeds. "
+        "`sig`: `yes` when |δ| exceeds the seed spread (the larger std of the two runs, in % of the baseline; "
+        "averaged like δ), `no` when not, `n/a` without a spread (a single seed).",
         "",
         markdown_table(rows),
         "",
     ]
+    if pictures:
+        out += ["## Pictures", ""]
+        for alt, path in pictures.items():
+            out += [f"![{alt}]({path})", ""]
     notes = []
     for row in rows:
         for key, why in ((row.get("mtl") or {}).get("excluded") or {}).items():
