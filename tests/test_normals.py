@@ -188,3 +188,20 @@ def test_synthetic_normals_target_is_opt_in_and_derived_from_depth():
     assert sample["normals"].shape == (3, 32, 32) and valid.float().mean() > 0.5
     unit = sample["normals"][:, valid].norm(dim=0)
     assert torch.allclose(unit, torch.ones_like(unit), atol=1e-5) and (sample["normals"][2, valid] < 0).all()
+
+
+def test_the_feature_cache_keeps_the_samples_normals():
+    """A source that carries normals has them cached beside the features, so the task reads them
+    from the cache (no second pass over the samples)."""
+    from radiosharp.builders import build_teacher
+    from radiosharp.eval.features import FeatureStore
+
+    teacher = build_teacher({"family": "dinov2", "size": "tiny"})
+    data = {"source": "synthetic", "num_images": 3, "size": 56, "seed": 0, "normals": True}
+    feats = FeatureStore(teacher, batch_size=2, progress=False).get(data)
+    scenes = SyntheticScenes(num_images=3, size=56, seed=0, normals=True)
+    assert feats.normals.shape == (3, 3, 56, 56) and feats.normals_valid.dtype == torch.bool
+    for i in range(3):
+        torch.testing.assert_close(feats.normals[i], scenes[i]["normals"].float())
+        assert torch.equal(feats.normals_valid[i], scenes[i]["normals_valid"].bool())
+    assert feats.subset(torch.tensor([2])).normals.shape == (1, 3, 56, 56)

@@ -113,6 +113,8 @@ class FeatureSet:
     labels: torch.Tensor | None = None  # [N] long
     masks: torch.Tensor | None = None  # [N,S,S] long, 255 = ignore
     depth: torch.Tensor | None = None  # [N,S,S] float
+    normals: torch.Tensor | None = None  # [N,3,S,S] unit vectors (the samples' own, when they carry them)
+    normals_valid: torch.Tensor | None = None  # [N,S,S] bool
     class_names: list[str] | None = None
     num_classes: int | None = None
     keys: list[str] | None = None  # the sample keys (file names), to name an image in an error
@@ -245,7 +247,7 @@ class FeatureStore:
         was_training = self.featurizer.training
         self.featurizer.eval()
         parts: dict[str, list[torch.Tensor]] = {}  # summary source -> global vectors per batch
-        denses, targets = [], {"label": [], "mask": [], "depth": []}
+        denses, targets = [], {"label": [], "mask": [], "depth": [], "normals": [], "normals_valid": []}
         keys: list[Any] = []
         teacher = False
         loader = make_loader(dataset, self.batch_size, shuffle=False)
@@ -267,7 +269,7 @@ class FeatureStore:
                     parts.setdefault(name, []).append(glob.float().cpu())
                 # data with dense targets keeps its maps even when the asking task needs none:
                 # the dense probes on the same data will ask next.
-                if keep_dense or "mask" in batch or "depth" in batch:
+                if keep_dense or any(key in batch for key in ("mask", "depth", "normals")):
                     denses.append(feats.float().cpu())
                 for name in targets:
                     value = batch.get(name)
@@ -299,6 +301,8 @@ class FeatureStore:
             labels=cat["label"].long() if cat["label"] is not None else None,
             masks=cat["mask"].long() if cat["mask"] is not None else None,
             depth=cat["depth"].float() if cat["depth"] is not None else None,
+            normals=cat["normals"].float() if cat["normals"] is not None else None,
+            normals_valid=cat["normals_valid"].bool() if cat["normals_valid"] is not None else None,
             class_names=list(names) if names is not None else None,
             num_classes=getattr(dataset, "num_classes", None) or (len(names) if names is not None else None),
             keys=[str(k) for k in keys] if len(keys) == n and all(k is not None for k in keys) else None,
