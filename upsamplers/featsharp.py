@@ -290,12 +290,8 @@ class FeatSharpUpsampler(Upsampler):
         self, images: Tensor, lowres: Tensor, featurize: Featurize, tile_features: Tensor | None = None
     ) -> Tensor:
         self.check_inputs(images, lowres)
-        buffers = []
-        for name in self.inputs:
-            if name == "base":
-                buffers.append(self.base_buffer(images, lowres, featurize, tile_features))
-            else:
-                buffers.append(self.tile_buffer(images, lowres, featurize, tile_features))
+        make = {"base": self.base_buffer, "tiles": self.tile_buffer}
+        buffers = [make[name](images, lowres, featurize, tile_features) for name in self.inputs]
         dtype = self.block.ls2.gamma.dtype  # PHI-S features are float32; a bf16 block takes its own dtype
         # concatenated straight into the block's [B,H,W,nC] layout (LayerNorm then reads it as is)
         x = torch.cat([b.to(dtype).permute(0, 2, 3, 1) for b in buffers], dim=-1)

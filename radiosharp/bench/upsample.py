@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from radiosharp.api import is_trainable
 from radiosharp.bench.crossover import crossover
 from radiosharp.bench.measure import Cost, measure, measure_interleaved, ratio
 from radiosharp.builders import build_upsampler
@@ -237,7 +238,7 @@ def bench_upsample(
         rows.extend(bench_inference(teacher, factor, methods, images, warmup, repeats, precision))
         if train:
             for method in methods:
-                if _trainable(method):
+                if is_trainable(method):
                     say(f"factor {factor}: {method} training step")
                     train_rows.append(
                         bench_training_step(teacher, factor, method, images, views, warmup, repeats, precision)
@@ -267,11 +268,6 @@ def bench_upsample(
         us = sorted(fs)
         report["crossover"] = crossover(us, [tt[u] for u in us], [fs[u] for u in us], native_cost.seconds)
     return report
-
-
-def _trainable(method: str) -> bool:
-    module = build_upsampler(method, factor=2, dim=8, patch_size=2)
-    return bool(getattr(module, "trainable", False))
 
 
 def _memory_method(device: torch.device) -> str:

@@ -74,6 +74,7 @@ from radiosharp.bench.measure import Cost, measure_interleaved, ratio
 from radiosharp.bench.upsample import ReplayFeaturize, _memory_method, precision_context
 from radiosharp.builders import build_upsampler
 from radiosharp.contracts import Teacher
+from radiosharp.data.errors import first_line
 from radiosharp.images import resize
 
 DEFAULT_FACTORS = (2, 4, 8, 16)
@@ -99,8 +100,8 @@ def count_parameters(module: torch.nn.Module) -> int:
 
 def reason(err: BaseException) -> str:
     """``Type: first line of the message`` (the exception itself is not kept: its frames hold tensors)."""
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+    text = first_line(err)
+    return text if text == type(err).__name__ else f"{type(err).__name__}: {text}"
 
 
 class SharedFeaturize:

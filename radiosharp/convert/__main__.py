@@ -19,7 +19,7 @@ from typing import NoReturn
 
 from radiosharp.contracts import IMAGENET_MEAN, IMAGENET_STD
 from radiosharp.convert import KINDS, ConversionError, Converted, load_checkpoint, save_converted
-from radiosharp.convert._common import one_line
+from radiosharp.data.errors import first_line
 
 OUT_FILE = "upsampler.safetensors"
 
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConversionError(f"--out: {path} exists and is not a file")
         save_converted(path, converted)
     except (ConversionError, ValueError, OSError) as err:
-        print(f"error: {one_line(err)}", file=sys.stderr)
+        print(f"error: {first_line(err)}", file=sys.stderr)
         return 2
     options = {k: v for k, v in converted.upsampler.items() if k != "name"}
     print(f"converted {converted.source}")

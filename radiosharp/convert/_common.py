@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from radiosharp.contracts import IMAGENET_MEAN, IMAGENET_STD
+from radiosharp.data.errors import first_line
 
 META_KEY = "radiosharp.convert"  # the safetensors header entry holding the build options (JSON)
 STATE_DICT_FIELDS = ("state_dict", "model_state", "model", "state")  # Lightning, NVlabs FeatSharp, others
@@ -23,11 +24,6 @@ STATE_DICT_FIELDS = ("state_dict", "model_state", "model", "state")  # Lightning
 
 class ConversionError(ValueError):
     """A checkpoint that cannot be read or does not fit a radiosharp upsampler; one line, naming why."""
-
-
-def one_line(err: BaseException | str) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 @dataclass
@@ -53,7 +49,7 @@ class Converted:
             module.load_state_dict(self.state, strict=True)
         except RuntimeError as err:  # a converter bug, not bad input: say what did not fit
             raise ConversionError(
-                f"converted weights do not load into {self.upsampler['name']}: {one_line(err)}"
+                f"converted weights do not load into {self.upsampler['name']}: {first_line(err)}"
             ) from None
         return module.eval()
 
@@ -69,16 +65,16 @@ def load_checkpoint(path: str | os.PathLike, trust_pickle: bool = False) -> Mapp
         try:
             return load_file(str(path))
         except Exception as err:  # noqa: BLE001 - any failure to parse is bad input
-            raise ConversionError(f"{path}: not a readable safetensors file ({one_line(err)})") from None
+            raise ConversionError(f"{path}: not a readable safetensors file ({first_line(err)})") from None
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except pickle.UnpicklingError as err:
         raise ConversionError(
-            f"{path}: holds objects weights_only loading refuses ({one_line(err)}); "
+            f"{path}: holds objects weights_only loading refuses ({first_line(err)}); "
             "if you trust the file, rerun with --trust-pickle"
         ) from None
     except Exception as err:  # noqa: BLE001
-        raise ConversionError(f"{path}: not a PyTorch or safetensors checkpoint ({one_line(err)})") from None
+        raise ConversionError(f"{path}: not a PyTorch or safetensors checkpoint ({first_line(err)})") from None
     if not isinstance(ckpt, Mapping):
         raise ConversionError(f"{path}: expected a state dict or a checkpoint mapping, got {type(ckpt).__name__}")
     return ckpt

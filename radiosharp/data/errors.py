@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["DataError", "DataNotFoundError", "one_line"]
+__all__ = ["DataError", "DataNotFoundError", "first_line", "one_line"]
 
 
 class DataError(ValueError):
@@ -27,6 +27,13 @@ class DataError(ValueError):
 
 class DataNotFoundError(DataError, FileNotFoundError):
     """A data folder or file that does not exist."""
+
+
+def first_line(err: BaseException | str) -> str:
+    """The first line of an error's message (its type's name when it has none): to quote an
+    inner error inside another one-line message."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def one_line(err: BaseException) -> str:
