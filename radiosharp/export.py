@@ -4,7 +4,9 @@
 config is whatever the kind's loader needs to rebuild the module before the weights
 are loaded with ``strict=True`` (a mismatch is an error, never silently ignored).
 Writes go to a temporary file first and are renamed into place, so a crash never
-leaves a half-written export.
+leaves a half-written export. Weights that are not finite (NaN or inf: a run that
+diverged) are never written by :func:`save_export` nor read by :func:`read_export`:
+both raise ValueError naming the file and the tensor.
 """
 
 from __future__ import annotations
@@ -55,15 +57,38 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
-    return load_file(str(path))
+    try:
+        return load_file(str(path))
+    except Exception as err:  # safetensors' own error type: a truncated or foreign file
+        raise ValueError(f"{path}: not a readable safetensors file ({err})") from None
+
+
+def nonfinite_tensor(state: dict[str, torch.Tensor]) -> str | None:
+    """The name of the first floating-point tensor of ``state`` holding NaN or inf, else None."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
+
+
+def check_finite(state: dict[str, torch.Tensor], where: str | os.PathLike) -> None:
+    """ValueError naming ``where`` (a file) and the tensor when ``state`` holds NaN or inf."""
+    name = nonfinite_tensor(state)
+    if name is not None:
+        raise ValueError(
+            f"{where}: tensor '{name}' holds non-finite values (NaN or inf); the run that wrote it "
+            "diverged and its weights cannot be used"
+        )
 
 
 def save_export(run_dir: str | os.PathLike, module: torch.nn.Module, kind: str, config: dict[str, Any]) -> Path:
-    """Write ``model.safetensors`` and ``model.json`` into ``run_dir``."""
+    """Write ``model.safetensors`` and ``model.json`` into ``run_dir`` (ValueError for non-finite weights)."""
     from radiosharp._version import __version__
 
     run_dir = Path(run_dir)
-    save_state_dict(run_dir / WEIGHTS, module.state_dict())
+    state = module.state_dict()
+    check_finite(state, run_dir / WEIGHTS)
+    save_state_dict(run_dir / WEIGHTS, state)
     meta = {"kind": kind, "config": config, "radiosharp": __version__}
     atomic_write_bytes(run_dir / CONFIG, json.dumps(meta, indent=2).encode())
     return run_dir
@@ -110,6 +135,11 @@ def read_export_meta(run_dir: str | os.PathLike, expect_kind: str | None = None)
 def read_export(
     run_dir: str | os.PathLike, expect_kind: str | None = None
 ) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]:
-    """Return ``(kind, config, state_dict)`` of an exported run; clear errors when absent."""
+    """Return ``(kind, config, state_dict)`` of an exported run; clear errors when absent.
+
+    Weights that are not finite are refused (ValueError naming the file and the tensor).
+    """
     meta = read_export_meta(run_dir, expect_kind)
-    return meta.kind, meta.config, load_state_dict(meta.run_dir / WEIGHTS)
+    state = load_state_dict(meta.run_dir / WEIGHTS)
+    check_finite(state, meta.run_dir / WEIGHTS)
+    return meta.kind, meta.config, state

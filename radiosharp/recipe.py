@@ -153,6 +153,9 @@ class TrainConfig(Strict):
     checkpoint_every: int = Field(default=0, ge=0)
     keep_checkpoints: int = Field(default=2, ge=1)
     num_workers: int = Field(default=0, ge=0)
+    # Steps whose loss or gradient norm is not finite that may be skipped (no update,
+    # logged) before the run stops; 0: the first one stops it.
+    skip_nonfinite: int = Field(default=0, ge=0)
     optim: OptimConfig = OptimConfig()
 
     @field_validator("mixed_precision", mode="before")
@@ -234,11 +237,54 @@ class Recipe(Strict):
 # ----------------------------------------------------------------------------- loading
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A YAML mapping that names one key twice (``key``, 1-based ``first`` and ``second`` lines)."""
+
+    def __init__(self, key: Any, first: int, second: int) -> None:
+        super().__init__(f"duplicate key '{key}' at lines {first} and {second}")
+        self.key, self.first, self.second = key, first, second
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping naming one key twice.
+
+    Plain PyYAML keeps the later value silently (a recipe's second ``train:`` block
+    would replace the first). Keys brought in by a merge (``<<: *base``) may be
+    overridden, as YAML intends; only keys written twice in one mapping are refused.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            line = key_node.start_mark.line + 1
+            if first is not None:
+                raise DuplicateKeyError(key, first, line)
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_load_unique(text: str) -> Any:
+    """``yaml.safe_load`` that raises :class:`DuplicateKeyError` on a key given twice in one mapping."""
+    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise RecipeError(f"recipe file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = safe_load_unique(path.read_text()) or {}
+    except DuplicateKeyError as err:
+        raise RecipeError(
+            f"{path}: duplicate key '{err.key}' at lines {err.first} and {err.second} "
+            "(YAML would silently keep the later one); keep one of them"
+        ) from None
     except yaml.YAMLError as err:
         raise RecipeError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(data, dict):
@@ -289,7 +335,9 @@ def apply_override(data: dict[str, Any], override: str) -> None:
     if not all(parts):
         raise RecipeError(f"override '{override}': empty part in the key '{key}'")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = safe_load_unique(raw) if raw.strip() else None
+    except DuplicateKeyError as err:
+        raise RecipeError(f"override '{override}': {err}") from None
     except yaml.YAMLError:
         value = raw
     node: Any = data

@@ -25,7 +25,7 @@ import functools
 import importlib
 import inspect
 import pkgutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 Builder = TypeVar("Builder", bound=Callable[..., Any])
@@ -117,7 +117,12 @@ class Registry:
         return {k: p for k, p in sig.parameters.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
 
     def check_options(self, name: str, keys: Iterable[str], where: str = "") -> None:
-        """Raise BadOptionError naming the first key the builder does not take."""
+        """Raise BadOptionError naming the first key the builder does not take.
+
+        Given a mapping of options, a value that is not a number for an option the
+        builder types as ``int`` / ``float`` (by its annotation, else its default) is
+        refused too, naming the key and the value (``data.num_images=abc``).
+        """
         valid = self.options(name)
         signature = inspect.signature(self.get(name))
         if any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
@@ -128,10 +133,50 @@ class Registry:
                 raise BadOptionError(
                     f"unknown key '{path}' for {self.kind} '{name}'; valid keys: {', '.join(sorted(valid)) or '(none)'}"
                 )
+        if isinstance(keys, Mapping):
+            numeric = _numeric_options(self.get(name), valid)
+            for key, value in keys.items():
+                wanted = numeric.get(key)
+                if wanted is None or value is None or _is_number(value, integer=wanted == "an integer"):
+                    continue
+                path = f"{where}.{key}" if where else key
+                raise BadOptionError(f"bad value at '{path}': {self.kind} '{name}' takes {wanted} there, got {value!r}")
 
     def build(self, name: str, where: str = "", **kwargs: Any) -> Any:
         self.check_options(name, kwargs, where)
         return self.get(name, where)(**kwargs)
+
+
+def _is_number(value: Any, integer: bool = False) -> bool:
+    return isinstance(value, int if integer else (int, float)) and not isinstance(value, bool)
+
+
+def _numeric_options(builder: Callable[..., Any], params: dict[str, inspect.Parameter]) -> dict[str, str]:
+    """``{option: "an integer" | "a number"}`` for the builder's options typed int or float.
+
+    The type is the annotation when it is ``int`` / ``float`` (or either or None), else
+    the type of a numeric default; options typed otherwise are not checked here. An
+    integer option takes only an integer (``3.5`` is refused), a number option either.
+    """
+    import types
+    import typing
+
+    try:
+        hints = typing.get_type_hints(builder)
+    except Exception:  # an annotation that does not resolve: fall back to the defaults
+        hints = {}
+    out: dict[str, str] = {}
+    for key, param in params.items():
+        hint = hints.get(key)
+        if hint is not None:
+            args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+            kinds = [a for a in args if a is not type(None)]
+            if kinds and all(a in (int, float) for a in kinds):
+                out[key] = "an integer" if kinds == [int] else "a number"
+            continue
+        if _is_number(param.default):
+            out[key] = "an integer" if isinstance(param.default, int) else "a number"
+    return out
 
 
 TEACHERS = Registry("teacher", "teachers")

@@ -111,6 +111,7 @@ def load_student(run_dir: str | os.PathLike, text_towers: bool | str | Sequence[
     ``text_towers``: ``True`` attaches the text towers of the stored teachers built with
     ``text: true`` (none when the export names none: zero-shot then skips); a teacher
     name or list of names attaches those (their family must have a text tower).
+    Weights that are not finite are refused (ValueError naming the file and the tensor).
     """
     from radiosharp.registry import STUDENTS
 

@@ -11,6 +11,14 @@ that cannot be used as configured, also when it is only read mid-run), a missing
 and any ``ValueError`` raised while the run is set up (a value a builder or a data
 source refuses). A plain ``ValueError`` raised inside the training loop is a bug, not
 bad input: it keeps its traceback.
+
+A run that cannot go on (:class:`~radiosharp.engine.errors.RunError`: a non-finite
+loss or gradient, a run folder another process writes, no intact checkpoint to resume
+from) is reported the same way, exit 2. SIGTERM or Ctrl-C stop the run after its
+current step with a checkpoint; the message gives the command that continues it, and
+the exit status is 143 (SIGTERM) or 130 (SIGINT), as for a process ended by that
+signal. Ctrl-C outside the training steps (while teachers are built, say) exits 130
+with one line.
 """
 
 from __future__ import annotations
@@ -18,16 +26,19 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import shlex
 import sys
 from pathlib import Path
 
 from radiosharp.cli_logging import show_library_log
 from radiosharp.data.errors import DataError, one_line
+from radiosharp.engine.errors import RunError, RunStopped
 from radiosharp.recipe import KINDS, Recipe, RecipeError, load_recipe
 from radiosharp.registry import BadOptionError, UnknownNameError
 
-# Bad input wherever it is raised (a bad mask is only seen when the loop reads it).
-INPUT_ERRORS = (RecipeError, DataError, UnknownNameError, BadOptionError, FileNotFoundError)
+# Bad input wherever it is raised (a bad mask is only seen when the loop reads it), and
+# runs that cannot go on (RunError), also from inside the loop.
+INPUT_ERRORS = (RecipeError, DataError, UnknownNameError, BadOptionError, FileNotFoundError, RunError)
 
 TRAINERS = {
     "featurize": "radiosharp.trainers.featurize",
@@ -71,6 +82,12 @@ def is_input_error(err: BaseException) -> bool:
     return isinstance(err, ValueError) and not raised_in_training_loop(err)
 
 
+def resume_command(recipe: str, overrides: list[str]) -> str:
+    """The command that continues a stopped run: the same recipe and overrides, plus ``resume=true``."""
+    kept = [o for o in overrides if o.split("=", 1)[0].strip() != "resume"]
+    return shlex.join(["python", "-m", "radiosharp.train", recipe, *kept, "resume=true"])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m radiosharp.train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -84,7 +101,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         recipe = load_recipe(args.recipe, args.overrides)
         run_dir = run_recipe(recipe)
-    except (ValueError, FileNotFoundError) as err:
+    except RunStopped as err:
+        print(f"{err}\nresume with: {resume_command(args.recipe, args.overrides)}", file=sys.stderr)
+        return err.exit_status
+    except KeyboardInterrupt:
+        if os.environ.get("RADIOSHARP_DEBUG"):
+            raise
+        print("error: interrupted outside the training steps (this launch wrote no checkpoint)", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, RunError) as err:
         # Bad input (see the module doc): one line, exit 2. RADIOSHARP_DEBUG=1 shows the traceback.
         if not is_input_error(err) or os.environ.get("RADIOSHARP_DEBUG"):
             raise

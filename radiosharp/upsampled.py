@@ -176,7 +176,8 @@ def load_upsampled_teacher(run_dir: str | os.PathLike, teacher: Teacher | None =
     """Rebuild an exported :class:`UpsampledTeacher` (strict weight loading), in eval mode.
 
     ``teacher``: the frozen teacher to wrap; by default it is rebuilt from the export's
-    teacher config with ``radiosharp.build_teacher``.
+    teacher config with ``radiosharp.build_teacher``. Weights that are not finite are
+    refused (ValueError naming the file and the tensor).
     """
     from radiosharp.builders import build_teacher, build_upsampler
     from radiosharp.debias import Debias

@@ -75,7 +75,7 @@ class ToyTrainer(Trainer):
     logged and checkpointed as the recipe says; ``unused_head`` adds parameters the loss
     never reaches (``find_unused``, by default the same, sets the DDP option); ``seen``
     records the sample indices of every micro-batch and ``lrs`` the learning rate the
-    optimizer used at each one.
+    optimizer used at each one; ``nan_at``: the (0-based) steps whose loss is made NaN.
     """
 
     kind = "toy"
@@ -88,8 +88,9 @@ class ToyTrainer(Trainer):
         dataset_size: int = 64,
         unused_head: bool = False,
         find_unused: bool | None = None,
+        nan_at: tuple[int, ...] = (),
     ) -> None:
-        self.noise, self.kill_at = noise, kill_at
+        self.noise, self.kill_at, self.nan_at = noise, kill_at, set(nan_at)
         self.dataset_size, self.unused_head = dataset_size, unused_head
         self.find_unused_parameters = unused_head if find_unused is None else find_unused
         self.seen: list[list[int]] = []
@@ -111,6 +112,8 @@ class ToyTrainer(Trainer):
         if self.noise:
             pred = pred + 0.05 * torch.randn_like(pred)
         loss = F.mse_loss(pred, target)
+        if step in self.nan_at:
+            loss = loss * float("nan")
         return loss, {"mse": loss.detach()}
 
     def export(self) -> None:
@@ -130,6 +133,7 @@ def toy_recipe(
     seed: int = 0,
     resume: bool = False,
     grad_clip: float | None = 1.0,
+    skip_nonfinite: int = 0,
 ) -> Recipe:
     """A CPU recipe for :class:`ToyTrainer` (kind ``distill`` only to satisfy the schema)."""
     optim = OptimConfig(lr=lr, warmup_steps=warmup_steps, min_lr_ratio=0.1, weight_decay=0.01, grad_clip=grad_clip)
@@ -141,6 +145,7 @@ def toy_recipe(
         log_every=log_every,
         checkpoint_every=checkpoint_every,
         keep_checkpoints=keep_checkpoints,
+        skip_nonfinite=skip_nonfinite,
         optim=optim,
     )
     return Recipe(kind="distill", name="toy", output_dir=str(output_dir), seed=seed, resume=resume, train=train)

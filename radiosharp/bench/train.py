@@ -191,6 +191,7 @@ def bench_train(recipe: Recipe, steps: int = 3, warmup: int = 1, stats_images: i
                     step_times.append(seconds)
         finally:
             timer.remove()
+            trainer.close()  # the temporary run folder's lock
         partitions = trainer.section.partitions
         sizes = dict(zip((p.name for p in partitions), trainer.local_sizes))
     per_step = {k: v / steps for k, v in clock.seconds.items()}

@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
+from radiosharp.engine.signals import ignore_stop_signals
+
 __all__ = ["StepBatchSampler", "next_readable", "step_loader", "stream_batches"]
 
 
@@ -108,6 +110,7 @@ def step_loader(
         generator=generator,
         collate_fn=collate_skip_bad,
         persistent_workers=num_workers > 0,
+        worker_init_fn=ignore_stop_signals,  # the main process ends the run (engine.signals)
     )
 
 
@@ -123,7 +126,12 @@ def stream_batches(
     from radiosharp.data.loader import collate_skip_bad
 
     loader = DataLoader(
-        dataset, batch_size=local_batch, num_workers=num_workers, collate_fn=collate_skip_bad, drop_last=True
+        dataset,
+        batch_size=local_batch,
+        num_workers=num_workers,
+        collate_fn=collate_skip_bad,
+        drop_last=True,
+        worker_init_fn=ignore_stop_signals,
     )
     epoch, produced = 0, 0
     while True:

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from radiosharp.engine.errors import RunError
 from radiosharp.recipe import Recipe, RecipeError
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ RESUMABLE_CHANGES = (
     "train.checkpoint_every",
     "train.keep_checkpoints",
     "train.num_workers",
+    "train.skip_nonfinite",
     "wandb.",
 )
 
@@ -113,6 +115,19 @@ def check_resumed_recipe(recipe: Recipe, run_dir: Path) -> None:
         log.warning("resuming with changes: %s", ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in allowed))
 
 
+def _check_is_folder(run_dir: Path) -> None:
+    """``run_dir`` and the nearest of its parents that exists must be folders (else one line)."""
+    for path in (run_dir, *run_dir.parents):
+        if path.exists():
+            if not path.is_dir():
+                what = "output_dir" if path == run_dir else f"output_dir {run_dir}: its parent"
+                raise RecipeError(
+                    f"{what} {path} is an existing file, not a folder; choose another output_dir "
+                    "(output_dir=runs/new_name)"
+                )
+            return
+
+
 def prepare_run_dir(recipe: Recipe) -> Path:
     """Check that the run folder may be used; never clobber an earlier run.
 
@@ -120,6 +135,7 @@ def prepare_run_dir(recipe: Recipe) -> Path:
     ``python -m radiosharp.stats`` wrote (``phi_s/``) is free for a fresh run.
     """
     run_dir = recipe.run_dir
+    _check_is_folder(run_dir)
     if recipe.resume:
         if not checkpoint_dirs(run_dir):
             raise RecipeError(
@@ -147,7 +163,14 @@ def prepare_run_dir(recipe: Recipe) -> Path:
 
 
 class MetricsLog:
-    """Appends one JSON object per line to ``metrics.jsonl``; mirrors to wandb if enabled."""
+    """Appends one JSON object per line to ``metrics.jsonl``; mirrors to wandb if enabled.
+
+    Each row goes to the file in one ``write`` on a descriptor opened for appending, so
+    rows are whole lines, never interleaved; the file is fsynced by :meth:`sync` (the
+    trainer calls it before every checkpoint, so the rows a checkpoint covers are on
+    disk when the checkpoint is). A torn last line (a full disk, a kill mid-write) is
+    what :func:`truncate_metrics` repairs on resume.
+    """
 
     def __init__(self, path: Path, enabled: bool, wandb_run: Any = None) -> None:
         self.path, self.enabled, self.wandb = path, enabled, wandb_run
@@ -156,10 +179,25 @@ class MetricsLog:
         if not self.enabled:
             return
         row = {"step": step, "time": round(time.time(), 3), **{k: _plain(v) for k, v in metrics.items()}}
-        with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        data = (json.dumps(row) + "\n").encode()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            view = memoryview(data)
+            while view:  # a regular file takes it in one write; a short write is continued
+                view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
         if self.wandb is not None:
             self.wandb.log(metrics, step=step)
+
+    def sync(self) -> None:
+        """Flush the log to disk (fsync)."""
+        if self.enabled and self.path.exists():
+            fd = os.open(self.path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
 def _plain(v: Any) -> Any:
@@ -168,24 +206,58 @@ def _plain(v: Any) -> Any:
     return v
 
 
+def _parse_rows(path: Path) -> tuple[list[tuple[str, dict[str, Any]]], bool]:
+    """``([(line, row), ...], torn)``: the rows of a metrics log, and whether its last line was torn.
+
+    A last line that is not terminated or not valid JSON is torn (what a kill or a full
+    disk mid-write leaves); an unreadable line before it is an error naming the line.
+    """
+    lines = path.read_bytes().decode(errors="replace").split("\n")
+    tail = lines.pop()  # "" when the file ends with a newline
+    rows: list[tuple[str, dict[str, Any]]] = []
+    torn = bool(tail.strip())
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if not isinstance(row, dict):
+            if number == len(lines) and not torn:
+                torn = True
+                continue
+            raise RunError(
+                f"{path}: line {number} is not a metrics row ({line[:60]!r}); remove that line "
+                "(every row is one JSON object) and resume again"
+            )
+        rows.append((line, row))
+    return rows, torn
+
+
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The rows of a run's ``metrics.jsonl`` (none when it has not logged yet)."""
+    """The rows of a run's ``metrics.jsonl`` (none when it has not logged yet; a torn last line is left out)."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [row for _, row in _parse_rows(path)[0]]
 
 
 def truncate_metrics(run_dir: Path, last_step: int) -> None:
-    """Drop the rows logged after ``last_step``: a resumed run logs those steps again."""
+    """Drop the rows logged after ``last_step``: a resumed run logs those steps again.
+
+    A torn last line is dropped too, with a warning.
+    """
     from radiosharp.export import atomic_write_bytes
 
     path = run_dir / "metrics.jsonl"
     if not path.exists():
         return
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    keep = [line for line in lines if json.loads(line).get("step", 0) <= last_step]
-    if len(keep) != len(lines):
+    rows, torn = _parse_rows(path)
+    if torn:
+        log.warning("%s: dropped its torn last line (left by a run killed mid-write or a full disk)", path)
+    keep = [line for line, row in rows if row.get("step", 0) <= last_step]
+    if len(keep) != len(rows) or torn:
         atomic_write_bytes(path, "".join(line + "\n" for line in keep).encode())
 
 

@@ -20,15 +20,18 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch.utils.data import Dataset
 
+from radiosharp.engine.errors import NonFiniteError, RunError, RunLockedError, RunStopped
+from radiosharp.engine.integrity import mark_done, newest_intact
 from radiosharp.engine.launch import make_accelerator, run_precision
 from radiosharp.engine.optim import lr_at, make_optimizer
 from radiosharp.engine.order import next_readable, step_loader
@@ -40,24 +43,33 @@ from radiosharp.engine.rundir import (
     start_wandb,
     truncate_metrics,
 )
+from radiosharp.engine.runlock import RunLock, lock_holder
+from radiosharp.engine.signals import GracefulStop
 from radiosharp.recipe import Recipe, RecipeError, recipe_to_yaml
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 __all__ = ["RunSession", "TrainState", "Trainer"]
 
 
 class TrainState:
-    """The counters Accelerate checkpoints beside model and optimizer."""
+    """The counters Accelerate checkpoints beside model and optimizer.
+
+    ``step``: steps done; ``skipped``: of those, how many were skipped as non-finite
+    (``train.skip_nonfinite``).
+    """
 
     def __init__(self) -> None:
         self.step = 0
+        self.skipped = 0
 
     def state_dict(self) -> dict[str, int]:
-        return {"step": self.step}
+        return {"step": self.step, "skipped": self.skipped}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.step = int(state["step"])
+        self.skipped = int(state.get("skipped", 0))
 
 
 @dataclass
@@ -91,12 +103,15 @@ class Trainer:
 
     def __init__(self, recipe: Recipe) -> None:
         self.recipe = recipe
-        self.run_dir = prepare_run_dir(recipe)
         self.accelerator = make_accelerator(recipe, self.find_unused_parameters)
         self.micro_batch = self._micro_batch()
+        self.run_dir = recipe.run_dir
+        self.lock: RunLock | None = None
+        self._on_main(self._check_run_dir)
         self.state = TrainState()
         self.model: torch.nn.Module
         self.dataset: Dataset
+        self.last_checkpoint: Path | None = None
 
     # -- to implement
     def build(self) -> None:
@@ -124,6 +139,11 @@ class Trainer:
             raise RecipeError(
                 f"train.batch_size {train.batch_size} is not divisible by train.grad_accum {train.grad_accum}"
             )
+        if train.skip_nonfinite and self.recipe.deepspeed:
+            raise RecipeError(
+                "train.skip_nonfinite cannot be used with a 'deepspeed:' block: DeepSpeed updates the "
+                "weights inside backward, before a step could be skipped; drop one of them"
+            )
         micro = train.batch_size // train.grad_accum
         if micro % world != 0:
             raise RecipeError(
@@ -133,13 +153,73 @@ class Trainer:
             )
         return micro
 
+    def _on_main(self, work: Callable[[], _T], share: bool = False) -> _T | None:
+        """``work()`` on the main process only; its error (a RunError or ValueError) is raised on all.
+
+        ``share``: the other processes get its result too (else None): one process
+        decides, the others follow, and none waits forever for a process that failed.
+        """
+        result: _T | None = None
+        error: BaseException | None = None
+        if self.is_main:
+            try:
+                result = work()
+            except (RunError, ValueError) as err:
+                error = err
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            error, shared = broadcast_object_list([error, result if share else None])
+            if share:
+                result = shared
+        if error is not None:
+            raise error
+        return result
+
+    def _check_run_dir(self) -> None:
+        """Whether the run folder may be used, before any work: nothing is written.
+
+        A folder that another process writes is refused naming that process, before
+        any other check (:func:`~radiosharp.engine.runlock.lock_holder`); then
+        :func:`prepare_run_dir`.
+        """
+        holder = lock_holder(self.run_dir)
+        if holder is not None:
+            raise RunLockedError(holder)
+        prepare_run_dir(self.recipe)
+
+    def _lock_run_dir(self) -> RunLock:
+        """Take the run folder's lock (the first thing :meth:`setup` writes), and check the folder again under it.
+
+        Between the check of ``__init__`` and now another writer may have started or
+        finished a run there: the lock refuses the first, the second check the other.
+        """
+        lock = RunLock.acquire(self.run_dir)
+        try:
+            if not self.recipe.resume:
+                prepare_run_dir(self.recipe)
+        except BaseException:
+            lock.release()
+            raise
+        return lock
+
+    def close(self) -> None:
+        """Release the run folder's lock (idempotent; :meth:`run` does it on any exit)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
     def _write_recipe(self) -> None:
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "recipe.yaml").write_text(recipe_to_yaml(self.recipe))
 
     def save_checkpoint(self) -> Path:
-        """Save to ``step_N.tmp``, mark it done, then rename: a crash leaves the last good one."""
+        """Save to ``step_N.tmp``, mark it done, then rename: a crash leaves the last good one.
+
+        ``DONE`` records the size and sha256 of every file, written after they are all
+        flushed to disk (:func:`~radiosharp.engine.integrity.mark_done`); resume checks them.
+        """
         acc = self.accelerator
         root = self.run_dir / CHECKPOINTS
         final = root / f"step_{self.state.step:08d}"
@@ -152,18 +232,27 @@ class Trainer:
         acc.save_state(str(tmp), safe_serialization=True)
         acc.wait_for_everyone()
         if self.is_main:
-            (tmp / "DONE").write_text(str(self.state.step))
+            mark_done(tmp, self.state.step)
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
+            _fsync_dir(root)
             for old in checkpoint_dirs(self.run_dir)[: -self.recipe.train.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
         acc.wait_for_everyone()
+        self.last_checkpoint = final
         return final
 
     def load_checkpoint(self) -> None:
-        """Model, optimizer, RNG states and step from the last complete checkpoint."""
-        last = checkpoint_dirs(self.run_dir)[-1]
+        """Model, optimizer, RNG states and step from the newest intact checkpoint.
+
+        Each checkpoint's files are checked against the sizes and sha256 its ``DONE``
+        records: a corrupt newest one is skipped with a warning naming it, and
+        :class:`~radiosharp.engine.errors.CheckpointError` says so when none is intact.
+        """
+        last = self._on_main(lambda: newest_intact(checkpoint_dirs(self.run_dir)), share=True)
+        assert last is not None
         self.accelerator.load_state(str(last))
+        self.last_checkpoint = last
         if self.is_main:
             truncate_metrics(self.run_dir, self.state.step)
         self.accelerator.wait_for_everyone()
@@ -197,11 +286,21 @@ class Trainer:
         the frozen modules to the device, seeds each process apart, restores the last
         checkpoint of a resumed run, writes the recipe, starts the metrics log (and
         wandb), and opens the data at the step the run starts at. Leaves the model in
-        training mode.
+        training mode. First of all it takes the run folder's lock (main process), held
+        until :meth:`close` (:meth:`run` closes on any exit; so does a failed ``setup``).
         """
+        try:
+            return self._setup()
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self) -> RunSession:
         from accelerate.utils import set_seed
 
         recipe, acc = self.recipe, self.accelerator
+        if self.lock is None:
+            self.lock = self._on_main(self._lock_run_dir)  # before anything is written there
         set_seed(recipe.seed)  # the same model on every process
         self.build()
         self.optimizer = make_optimizer(list(self.model.named_parameters()), recipe.train.optim)
@@ -229,7 +328,27 @@ class Trainer:
         return RunSession(batches, metrics, wandb_run)
 
     def loop(self, session: RunSession) -> Path:
-        """Train from ``self.state.step`` to ``train.steps``: log, checkpoint, then export."""
+        """Train from ``self.state.step`` to ``train.steps``: log, checkpoint, then export.
+
+        Guarantees beside the schedule and logging:
+
+        - non-finite guard: each step's loss terms (the loss and every metric
+          ``train_step`` returns) and gradient norm are checked before the optimizer
+          step; a bad step is skipped (no update, logged) while fewer than
+          ``train.skip_nonfinite`` were, else the run stops with
+          :class:`~radiosharp.engine.errors.NonFiniteError` naming the step, the terms
+          and the last good checkpoint, before anything of that step is saved. Under
+          fp16 the loss scaler handles non-finite gradients itself (only the loss terms
+          are checked); under DeepSpeed the update is already made when the check runs,
+          so a bad step always stops the run. The check reads one small tensor per step
+          from the device (with several processes, after summing it over them, so all
+          decide alike);
+        - graceful stop: the first SIGTERM / SIGINT ends the run after the current step
+          with a checkpoint and :class:`~radiosharp.engine.errors.RunStopped`
+          (:mod:`~radiosharp.engine.signals`);
+        - the metrics log is fsynced before every checkpoint, and nothing non-finite is
+          exported.
+        """
         from tqdm.auto import tqdm
 
         recipe, acc = self.recipe, self.accelerator
@@ -243,56 +362,165 @@ class Trainer:
         # Logged values are means over the steps since the last log (not the last step alone).
         window_sum: dict[str, torch.Tensor] = {}
         window_count: dict[str, int] = {}
-        while self.state.step < total:
-            step = self.state.step
-            lr = self.set_lr(step)
-            # Metrics stay on the device until a log step: reading them every micro-step
-            # would make the host wait for the device each time.
-            metrics_sum: dict[str, torch.Tensor] = {}
-            for _ in range(recipe.train.grad_accum):
-                batch = next_readable(batches)
-                window_n += len(batch["image"]) * acc.num_processes
-                with acc.accumulate(self.model):
-                    with self.step_autocast():
-                        loss, metrics = self.train_step(batch, step)
-                    acc.backward(loss)
-                    if acc.sync_gradients and recipe.train.optim.grad_clip and not recipe.deepspeed:
-                        acc.clip_grad_norm_(self.model.parameters(), recipe.train.optim.grad_clip)
-                    self.optimizer.step()
-                    self.optimizer.zero_grad(set_to_none=True)
-                for k, v in {"loss": loss, **metrics}.items():
-                    v = torch.as_tensor(v, device=acc.device).detach().float() / recipe.train.grad_accum
-                    metrics_sum[k] = metrics_sum[k] + v if k in metrics_sum else v
-            self.state.step += 1
-            done = self.state.step
-            for k, v in metrics_sum.items():
-                window_sum[k] = window_sum[k] + v if k in window_sum else v
-                window_count[k] = window_count.get(k, 0) + 1
-            if done % recipe.train.log_every == 0 or done == total:
-                reduced = {k: acc.reduce(v / window_count[k], "mean").item() for k, v in sorted(window_sum.items())}
-                window_sum, window_count = {}, {}
-                elapsed = time.perf_counter() - window_t
-                reduced.update(lr=lr, images_per_s=window_n / max(elapsed, 1e-9))
-                reduced.update(self.log_extra(done))
-                metrics_log.log(done, reduced)
-                bar.set_postfix(loss=f"{reduced['loss']:.4g}", img_s=f"{reduced['images_per_s']:.1f}")
-                window_t, window_n = time.perf_counter(), 0
-            bar.update(1)
-            every = recipe.train.checkpoint_every
-            if (every and done % every == 0) or done == total:
-                self.save_checkpoint()
-        bar.close()
+        with GracefulStop() as stop, contextlib.closing(bar):
+            while self.state.step < total:
+                step = self.state.step
+                lr = self.set_lr(step)
+                # Metrics stay on the device until a log step: reading them every micro-step
+                # would make the host wait for the device each time.
+                metrics_sum: dict[str, torch.Tensor] = {}
+                bad: list[str] = []
+                stop_now = False
+                for _ in range(recipe.train.grad_accum):
+                    batch = next_readable(batches)
+                    window_n += len(batch["image"]) * acc.num_processes
+                    with acc.accumulate(self.model):
+                        with self.step_autocast():
+                            loss, metrics = self.train_step(batch, step)
+                        acc.backward(loss)
+                        for k, v in {"loss": loss, **metrics}.items():
+                            v = torch.as_tensor(v, device=acc.device).detach().float() / recipe.train.grad_accum
+                            metrics_sum[k] = metrics_sum[k] + v if k in metrics_sum else v
+                        if acc.sync_gradients:
+                            bad, stop_now = self._check_step(metrics_sum, self._grad_norm(), stop.requested)
+                            if not bad:
+                                self.optimizer.step()
+                        self.optimizer.zero_grad(set_to_none=True)
+                done = step + 1
+                if bad:
+                    self._skip_or_stop(done, bad)
+                self.state.step = done
+                if not bad:
+                    for k, v in metrics_sum.items():
+                        window_sum[k] = window_sum[k] + v if k in window_sum else v
+                        window_count[k] = window_count.get(k, 0) + 1
+                if (done % recipe.train.log_every == 0 or done == total) and window_sum:
+                    reduced = {k: acc.reduce(v / window_count[k], "mean").item() for k, v in sorted(window_sum.items())}
+                    window_sum, window_count = {}, {}
+                    elapsed = time.perf_counter() - window_t
+                    reduced.update(lr=lr, images_per_s=window_n / max(elapsed, 1e-9))
+                    reduced.update(self.log_extra(done))
+                    metrics_log.log(done, reduced)
+                    bar.set_postfix(loss=f"{reduced['loss']:.4g}", img_s=f"{reduced['images_per_s']:.1f}")
+                    window_t, window_n = time.perf_counter(), 0
+                bar.update(1)
+                every = recipe.train.checkpoint_every
+                due = (every and done % every == 0) or done == total
+                if due or (stop_now and done < total):
+                    metrics_log.sync()
+                    self.save_checkpoint()
+                if stop_now and done < total:
+                    bar.close()
+                    self._stopped(stop.requested or signal.SIGTERM, done)
         acc.wait_for_everyone()
         if self.is_main:
+            self._check_finite_weights()
             self.export()
         acc.wait_for_everyone()
         if wandb_run is not None:
             wandb_run.finish()
         return self.run_dir
 
+    def _grad_norm(self) -> torch.Tensor | None:
+        """The step's gradient norm (clipping to ``grad_clip`` if set); None where it is not checked.
+
+        Under fp16 the gradients are scaled and an overflow is the loss scaler's to skip;
+        under DeepSpeed the engine clips and steps inside ``backward``.
+        """
+        recipe, acc = self.recipe, self.accelerator
+        if recipe.deepspeed:
+            return None
+        clip = recipe.train.optim.grad_clip
+        norm = acc.clip_grad_norm_(self.model.parameters(), clip) if clip else None
+        if acc.scaler is not None:
+            return None
+        if norm is None:
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            if not grads:
+                return None
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+        return torch.as_tensor(norm, device=acc.device)
+
+    def _check_step(
+        self, terms: dict[str, torch.Tensor], grad_norm: torch.Tensor | None, signum: int | None
+    ) -> tuple[list[str], bool]:
+        """``(names of the non-finite terms, whether to stop)``, agreed between all processes.
+
+        One small tensor is read from the device: per term 1 if not finite, then the
+        stop request; summed over processes, so each decides as every other.
+        """
+        acc = self.accelerator
+        checked = dict(terms)
+        if grad_norm is not None:
+            checked["grad_norm"] = grad_norm
+        flags = [(~torch.isfinite(v)).any() for v in checked.values()]
+        flags.append(torch.tensor(signum is not None, device=acc.device))
+        sums = torch.stack([f.float() for f in flags])
+        if acc.num_processes > 1:
+            sums = acc.reduce(sums, "sum")
+        values = sums.tolist()
+        bad = [name for name, value in zip(checked, values) if value > 0]
+        return bad, values[-1] > 0
+
+    def _skip_or_stop(self, step: int, bad: list[str]) -> None:
+        """Count a skipped non-finite step, or raise NonFiniteError when no more may be skipped."""
+        allowed = self.recipe.train.skip_nonfinite
+        terms = ", ".join(bad)
+        if self.recipe.deepspeed or self.state.skipped >= allowed:
+            last = self.last_checkpoint
+            where = f"{last}" if last is not None else "none (the run wrote no checkpoint yet)"
+            if self.recipe.deepspeed:
+                how = "under DeepSpeed the update was already made; resume=true from the last good checkpoint"
+            else:
+                how = (
+                    f"{self.state.skipped} of train.skip_nonfinite={allowed} bad steps were skipped before; "
+                    "resume=true with a higher train.skip_nonfinite to skip such steps"
+                )
+            raise NonFiniteError(
+                f"step {step}: non-finite {terms}; the run stopped with the weights of the step before "
+                f"(nothing was saved or exported from this step); last good checkpoint: {where}; {how}, "
+                "or start again with a lower train.optim.lr"
+            )
+        self.state.skipped += 1
+        log.warning(
+            "step %d: non-finite %s; its optimizer step was skipped (%d of train.skip_nonfinite=%d)",
+            step,
+            terms,
+            self.state.skipped,
+            allowed,
+        )
+
+    def _stopped(self, signum: int, step: int) -> None:
+        name = signal.Signals(signum).name
+        where = self.last_checkpoint
+        raise RunStopped(
+            f"stopped by {name} after step {step}; checkpoint {where}; continue with resume=true "
+            f"(the same command plus resume=true)",
+            int(signum),
+            step,
+            str(where),
+        )
+
+    def _check_finite_weights(self) -> None:
+        """Refuse to export weights that are not finite (NonFiniteError naming the tensor)."""
+        from radiosharp.export import nonfinite_tensor
+
+        name = nonfinite_tensor(self.unwrapped().state_dict())
+        if name is not None:
+            raise NonFiniteError(
+                f"the trained weights are not finite ({name}); nothing was exported; "
+                f"last checkpoint: {self.last_checkpoint}"
+            )
+
     def run(self) -> Path:
-        """The whole run: :meth:`setup`, then :meth:`loop`; returns the run folder."""
-        return self.loop(self.setup())
+        """The whole run: :meth:`setup`, then :meth:`loop`; returns the run folder.
+
+        The run folder's lock is released however the run ends.
+        """
+        try:
+            return self.loop(self.setup())
+        finally:
+            self.close()
 
     def unwrapped(self) -> torch.nn.Module:
         """The trained module without its DDP / DeepSpeed wrapper."""
@@ -319,3 +547,17 @@ class Trainer:
         full = copy.deepcopy(model).float()
         full.load_state_dict({k: v for k, v in master.items() if k in names}, strict=False)
         return full
+
+
+def _fsync_dir(path: Path) -> None:
+    """Flush a folder's entries (a rename into it) to disk, where the OS allows it."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -39,6 +39,12 @@ def run_once(recipe_file: str, overrides: list[str], marker: str = "model.json")
         log.info("reusing %s", run_dir)
         return run_dir, 0.0
     if run_dir.exists():
+        from radiosharp.engine.errors import RunLockedError
+        from radiosharp.engine.runlock import lock_holder
+
+        holder = lock_holder(run_dir)  # never resume or delete a folder another process writes
+        if holder is not None:
+            raise RunLockedError(holder)
         if any(run_dir.glob(CHECKPOINT_DONE)):
             recipe = load_recipe(RECIPES / recipe_file, [*overrides, "resume=true"])
         else:

@@ -23,8 +23,13 @@ log = logging.getLogger(__name__)
 
 def run(recipe: Recipe) -> Path:
     from radiosharp.data.loader import make_loader
+    from radiosharp.engine.errors import RunLockedError
     from radiosharp.engine.rundir import prepare_run_dir
+    from radiosharp.engine.runlock import RunLock, lock_holder
 
+    holder = lock_holder(recipe.run_dir)
+    if holder is not None:
+        raise RunLockedError(holder)
     run_dir = prepare_run_dir(recipe)  # never writes over an earlier run
     teachers = {key: build_teacher(cfg, f"teachers.{key}") for key, cfg in recipe.teachers.items()}
     dataset = build_dataset(recipe.data)
@@ -44,16 +49,17 @@ def run(recipe: Recipe) -> Path:
                 break
     if not images:
         raise RecipeError(f"data: no readable image in {dict(recipe.data)} (see the warnings above)")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "recipe.yaml").write_text(recipe_to_yaml(recipe))
-    feats = {key: torch.cat(m) for key, m in maps.items()}
-    bases = {key: PCABasis.fit([f]) for key, f in feats.items()}
-    for i, image in enumerate(images):
-        pic = image_to_uint8(image)
-        panels, titles = [pic], ["image"]
-        for key, f in feats.items():
-            panels.append(upscale_nearest(bases[key].to_rgb(f[i]), pic.shape[:2]))
-            titles.append(f"{key} {f.shape[-2]}x{f.shape[-1]}")
-        save_panels(panels, titles, run_dir / "viz" / f"{i:03d}.png")
+    with RunLock.acquire(run_dir):  # one writer per run folder
+        prepare_run_dir(recipe)  # checked again under the lock
+        (run_dir / "recipe.yaml").write_text(recipe_to_yaml(recipe))
+        feats = {key: torch.cat(m) for key, m in maps.items()}
+        bases = {key: PCABasis.fit([f]) for key, f in feats.items()}
+        for i, image in enumerate(images):
+            pic = image_to_uint8(image)
+            panels, titles = [pic], ["image"]
+            for key, f in feats.items():
+                panels.append(upscale_nearest(bases[key].to_rgb(f[i]), pic.shape[:2]))
+                titles.append(f"{key} {f.shape[-2]}x{f.shape[-1]}")
+            save_panels(panels, titles, run_dir / "viz" / f"{i:03d}.png")
     log.info("wrote %d PCA pictures to %s", len(images), run_dir / "viz")
     return run_dir
