@@ -29,6 +29,13 @@ palette PNGs, uint8 arrays) have no such convention: they are refused with a
 ``DataError`` naming the file unless ``depth_scale`` says their unit (metres per
 stored step). A stored 0 stays 0, which in NYU-style data means "no measurement".
 
+A ``depth_folder`` pointed at the BTS / NYU "sync" layout (``<scene>/rgb_<n>.jpg`` next to
+``<scene>/sync_depth_<n>.png``) is refused with a ``DataError`` that names the source which
+reads it, ``nyu_bts`` (:mod:`radiosharp.data.seg_layouts`), instead of "no image has a
+target". Layouts as datasets are distributed (Cityscapes, COCO-Stuff, Pascal-Context,
+BTS NYU) are sources of their own in that module, built on these classes
+(``SegFolder.map_mask`` turns stored ids into class ids).
+
 EXIF: an image is read upright (its orientation tag applied) and its mask or depth map
 gets the same transposition, so the pair stays aligned; a tag on the target file itself
 is ignored (see :mod:`radiosharp.data.decode`).
@@ -102,6 +109,36 @@ def mask_id_fix(
             f"else set {num_classes_option}: {bad + 1}"
         )
     return f"set {num_classes_option} to at least {bad + 1}, or map those pixels to {IGNORE_INDEX} (ignored)"
+
+
+BTS_IMAGE_PREFIX, BTS_DEPTH_PREFIX = "rgb_", "sync_depth_"
+
+
+def bts_layout_in(folder: Path, max_depth: int = 3) -> bool:
+    """Whether ``folder`` (or a sub-folder up to ``max_depth`` levels down) holds the BTS / NYU "sync"
+    layout: ``sync_depth_<n>.png`` next to its ``rgb_<n>.jpg`` in one folder (stops at the first)."""
+    if not folder.is_dir():
+        return False
+    for dirpath, dirnames, filenames in os.walk(folder):
+        names = set(filenames)
+        for name in filenames:
+            if name.startswith(BTS_DEPTH_PREFIX):
+                number = Path(name[len(BTS_DEPTH_PREFIX) :]).stem
+                if any(f"{BTS_IMAGE_PREFIX}{number}{ext}" in names for ext in IMAGE_EXTENSIONS):
+                    return True
+        if len(Path(dirpath).relative_to(folder).parts) >= max_depth:
+            dirnames[:] = []
+        else:
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+    return False
+
+
+def bts_layout_message(kind: str, folder: Path) -> str:
+    return (
+        f"{kind} {folder}: this is the BTS / NYU 'sync' layout (<scene>/{BTS_IMAGE_PREFIX}<n>.jpg next to "
+        f"<scene>/{BTS_DEPTH_PREFIX}<n>.png in one folder), not images/ + depth/ folders of the same stem; "
+        f"use source: nyu_bts with root: {folder}"
+    )
 
 
 class PairedFolder(Dataset):
@@ -206,16 +243,25 @@ class SegFolder(PairedFolder):
         self.class_names = list(class_names) if class_names is not None else None
         self.num_classes = num_classes or (len(class_names) if class_names else None)
 
-    def read_target(self, path: Path) -> torch.Tensor:
-        mask = read_mask(path)
+    def map_mask(self, mask: torch.Tensor, path: Path) -> torch.Tensor:
+        """The stored ids of mask file ``path`` -> class ids (255 = ignore): ``reduce_zero_label`` here.
+
+        A hook for sources whose files hold another id space (``cityscapes`` label ids,
+        ``coco_stuff27``'s fine ids; see :mod:`radiosharp.data.seg_layouts`); the
+        ``num_classes`` check runs on what it returns.
+        """
         if self.reduce_zero_label:
             ignore = (mask == 0) | (mask == IGNORE_INDEX)
             mask = (mask - 1).masked_fill_(ignore, IGNORE_INDEX)
+        return mask
+
+    def read_target(self, path: Path) -> torch.Tensor:
+        mask = self.map_mask(read_mask(path), path)
         if self.num_classes is not None:
             bad = out_of_range_id(mask, self.num_classes, IGNORE_INDEX)
             if bad is not None:
                 raise DataError(
-                    f"seg_folder: mask {path} holds class id {bad}"
+                    f"{self.kind}: mask {path} holds class id {bad}"
                     + (" (after reduce_zero_label)" if self.reduce_zero_label else "")
                     + f", but num_classes is {self.num_classes} (valid ids 0..{self.num_classes - 1}, "
                     f"{IGNORE_INDEX} = ignore); {mask_id_fix(bad, self.num_classes, self.reduce_zero_label)}"
@@ -240,7 +286,17 @@ class DepthFolder(PairedFolder):
             raise DataError(
                 f"depth_folder: depth_resize '{depth_resize}' is not valid; valid: {', '.join(DEPTH_RESIZE_MODES)}"
             )
-        super().__init__(root, size, images, depth, list_file)
+        try:
+            super().__init__(root, size, images, depth, list_file)
+        except DataError:
+            base = Path(root).expanduser() if root else None
+            if base is not None and base.is_dir():
+                folder = base / images if (base / images).is_dir() else base
+                if bts_layout_in(folder):
+                    raise DataError(bts_layout_message(self.kind, folder)) from None
+            raise
+        if any(image.name.startswith(BTS_DEPTH_PREFIX) for image, _ in self.pairs):
+            raise DataError(bts_layout_message(self.kind, self.image_root))  # depth maps read as images
         self.depth_scale, self.depth_resize = depth_scale, depth_resize
 
     def read_target(self, path: Path) -> torch.Tensor:

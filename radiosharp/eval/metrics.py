@@ -265,3 +265,42 @@ def normal_errors(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor 
     for limit in NORMAL_THRESHOLDS:
         out[f"within_{limit:g}".replace(".", "_")] = float(100 * (angles < limit).double().mean())
     return out
+
+
+PCK_ALPHAS = (0.05, 0.1, 0.15)
+
+
+def pck(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    scale: torch.Tensor | float,
+    alphas: tuple[float, ...] = PCK_ALPHAS,
+    groups: torch.Tensor | None = None,
+) -> dict[str, float]:
+    """Percentage of correct keypoints: ``pck@<alpha>`` = fraction (0..1) of keypoints whose predicted
+    point lies within ``alpha * scale`` of the ground truth (Euclidean, ``<=`` counts as correct).
+
+    ``pred`` / ``target`` are ``[K,2]`` points (any one pixel convention, the same for both);
+    ``scale`` the per-keypoint length ``[K]`` (or one number) that alpha multiplies: SPair's
+    ``max(h, w)`` of the target object's box, or the image side. Without ``groups`` every
+    keypoint counts once (SPair / DIFT "per point" PCK); with ``groups`` ([K] ids, e.g. the
+    pair of each keypoint) the PCK of each group is averaged ("per image" PCK).
+    """
+    if pred.shape != target.shape or pred.ndim != 2 or pred.shape[-1] != 2:
+        raise ValueError(f"pck: pred {tuple(pred.shape)} and target {tuple(target.shape)} must both be [K,2]")
+    if pred.shape[0] == 0:
+        raise ValueError("pck: no keypoints")
+    dist = (pred.double() - target.double()).norm(dim=1)
+    limit = torch.as_tensor(scale, dtype=torch.float64, device=dist.device).expand_as(dist)
+    out = {}
+    for alpha in alphas:
+        hit = (dist <= alpha * limit).double()
+        if groups is None:
+            value = hit.mean()
+        else:
+            _, inverse = torch.unique(groups.to(dist.device), return_inverse=True)
+            count = torch.zeros(int(inverse.max()) + 1, dtype=torch.float64, device=dist.device)
+            per = count.clone().index_add_(0, inverse, hit) / count.index_add_(0, inverse, torch.ones_like(hit))
+            value = per.mean()
+        out[f"pck@{alpha:g}"] = float(value)
+    return out
