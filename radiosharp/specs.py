@@ -1,10 +1,13 @@
-"""What the figure shows, from text: teacher specs, upsampler run folders and names, checked and built.
+"""Teachers and upsamplers from text: teacher specs, upsampler run folders and names, checked and built.
+
+Shared by the commands that take them on the command line (``radiosharp.viz``,
+``radiosharp.bench``, ``radiosharp.eval upsample``).
 
 A teacher spec is a family name, a YAML/JSON mapping or an exported upsampler run
 folder; an upsampler spec is a run folder (trained for that teacher) or a
 training-free name. A spec names a run folder by :mod:`radiosharp.run_ref`'s rule
 (``run:PATH`` or a path separator), never by looking at the disk. Every problem is a
-:class:`VizError` raised before any model is built.
+`SpecError` raised before any model is built.
 """
 
 from __future__ import annotations
@@ -21,10 +24,10 @@ from radiosharp.builders import build_upsampler
 from radiosharp.contracts import Teacher
 from radiosharp.export import read_export_meta
 from radiosharp.run_ref import run_folder_of, run_hint
-from radiosharp.viz.figure import DEFAULT_FACTOR
 
 __all__ = [
-    "VizError",
+    "DEFAULT_FACTOR",
+    "SpecError",
     "build_upsamplers",
     "check_upsampler_specs",
     "is_run_folder",
@@ -36,8 +39,11 @@ __all__ = [
 ]
 
 
-class VizError(ValueError):
-    """Bad command-line input (missing image or run, mismatched teacher or factor)."""
+DEFAULT_FACTOR = 2
+
+
+class SpecError(ValueError):
+    """A bad teacher or upsampler spec (missing run, mismatched teacher or factor)."""
 
 
 def training_free() -> list[str]:
@@ -60,7 +66,7 @@ def run_config(run: str | Path) -> dict[str, Any]:
     try:
         return read_export_meta(run, expect_kind="upsampler").config
     except (FileNotFoundError, ValueError) as err:
-        raise VizError(str(err)) from None
+        raise SpecError(str(err)) from None
 
 
 def parse_teacher_spec(spec: str, size: str | None = None) -> dict[str, Any]:
@@ -76,7 +82,7 @@ def parse_teacher_spec(spec: str, size: str | None = None) -> dict[str, Any]:
     if run is not None:
         cfg = run_config(run).get("teacher")
         if not cfg:
-            raise VizError(f"{spec}: the export records no teacher config; give --teacher as a family name")
+            raise SpecError(f"{spec}: the export records no teacher config; give --teacher as a family name")
         return dict(cfg) if isinstance(cfg, Mapping) else {"family": str(cfg)}
     if spec in families:
         return {"family": spec, "size": size or "real"}
@@ -87,11 +93,11 @@ def parse_teacher_spec(spec: str, size: str | None = None) -> dict[str, Any]:
     if isinstance(parsed, Mapping):
         cfg = dict(parsed)
         if cfg.get("family") not in families:
-            raise VizError(f"--teacher mapping needs 'family' (one of: {', '.join(families)}), got {spec!r}")
+            raise SpecError(f"--teacher mapping needs 'family' (one of: {', '.join(families)}), got {spec!r}")
         if size is not None:
             cfg.setdefault("size", size)
         return cfg
-    raise VizError(
+    raise SpecError(
         f"--teacher '{spec}' is neither a teacher family ({', '.join(families)}), "
         "a mapping like '{family: dinov2, size: tiny}', nor an upsampler run folder"
     )
@@ -122,31 +128,31 @@ def check_upsampler_specs(specs: list[str], teacher_cfg: Mapping[str, Any], fact
             cfg = run_config(run)
             trained_for = cfg.get("teacher")
             if trained_for and not same_teacher(trained_for, teacher_cfg):
-                raise VizError(
+                raise SpecError(
                     f"mismatched teacher: {spec} was trained for teacher {dict(trained_for)}, "
                     f"but --teacher is {dict(teacher_cfg)}"
                 )
             run_factors[spec] = int(cfg["factor"])
         elif spec in UPSAMPLERS and spec not in free:
-            raise VizError(
+            raise SpecError(
                 f"--upsampler {spec}: '{spec}' must be trained first; give its run folder "
                 f"(python -m radiosharp.train ...), or a training-free name: {', '.join(free)}"
             )
         elif spec not in free:
-            raise VizError(
+            raise SpecError(
                 f"--upsampler '{spec}' is neither a run folder nor a training-free upsampler "
                 f"({', '.join(free)}); {run_hint(spec)}"
             )
     if factor is not None:
         wrong = {r: f for r, f in run_factors.items() if f != factor}
         if wrong:
-            raise VizError(
+            raise SpecError(
                 f"factor mismatch: --factor {factor}, but "
                 + ", ".join(f"{r} was trained at {f}x" for r, f in wrong.items())
             )
         return factor
     if len(set(run_factors.values())) > 1:
-        raise VizError(
+        raise SpecError(
             "factor mismatch: the runs upsample by different factors ("
             + ", ".join(f"{r}: {f}x" for r, f in run_factors.items())
             + "); give runs of one factor"

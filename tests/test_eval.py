@@ -328,7 +328,7 @@ def test_settings_defaults_and_errors():
     assert parse_settings({"tasks": ["knn"]}).tasks == {"knn": {}}
     with pytest.raises(EvalError, match="unknown key 'eval.nonsense'"):
         parse_settings({"nonsense": 1})
-    with pytest.raises(EvalError, match="valid eval tasks: depth, fidelity, knn"):
+    with pytest.raises(EvalError, match="valid eval tasks: depth, fidelity, keypoints, knn"):
         select_tasks({"knm": {}}, None)
     with pytest.raises(EvalError, match="eval.tasks.knn.kk"):
         select_tasks({"knn": {"kk": 3}}, None)

@@ -105,7 +105,8 @@ def test_mtl_cli_writes_and_links_the_pictures(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(cli, "check_run", lambda run: "student")
     monkeypatch.setattr(cli, "read_run_settings", lambda run: Settings())
-    monkeypatch.setattr(cli, "_evaluate", lambda runs, *a: {r: results[r.split("/")[-1]] for r in runs})
+    monkeypatch.setattr(cli, "_tasks", lambda settings, kind, args: {task: {} for task in BASE})
+    monkeypatch.setattr(cli, "_evaluate", lambda plan, *a: {r: results[r.split("/")[-1]] for r in plan})
     base, new, other = (str(tmp_path / n) for n in ("base", "new", "other"))
     assert cli.main(["mtl", new, other, "--baseline", base, "--json", "--no-progress"]) == 0
     out = json.loads(capsys.readouterr().out)

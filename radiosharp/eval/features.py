@@ -118,6 +118,7 @@ class FeatureSet:
     class_names: list[str] | None = None
     num_classes: int | None = None
     keys: list[str] | None = None  # the sample keys (file names), to name an image in an error
+    thumbnails: torch.Tensor | None = None  # [N,3,T,T] uint8 images (data with dense targets), for example pictures
 
     def __len__(self) -> int:
         return len(self.vectors)
@@ -248,6 +249,7 @@ class FeatureStore:
         self.featurizer.eval()
         parts: dict[str, list[torch.Tensor]] = {}  # summary source -> global vectors per batch
         denses, targets = [], {"label": [], "mask": [], "depth": [], "normals": [], "normals_valid": []}
+        thumbs: list[torch.Tensor] = []
         keys: list[Any] = []
         teacher = False
         loader = make_loader(dataset, self.batch_size, shuffle=False)
@@ -271,6 +273,8 @@ class FeatureStore:
                 # the dense probes on the same data will ask next.
                 if keep_dense or any(key in batch for key in ("mask", "depth", "normals")):
                     denses.append(feats.float().cpu())
+                if any(key in batch for key in ("mask", "depth", "normals")):
+                    thumbs.append(thumbnail(batch["image"]))
                 for name in targets:
                     value = batch.get(name)
                     if value is not None and not isinstance(value, torch.Tensor):
@@ -306,8 +310,18 @@ class FeatureStore:
             class_names=list(names) if names is not None else None,
             num_classes=getattr(dataset, "num_classes", None) or (len(names) if names is not None else None),
             keys=[str(k) for k in keys] if len(keys) == n and all(k is not None for k in keys) else None,
+            thumbnails=torch.cat(thumbs) if thumbs and sum(len(t) for t in thumbs) == n else None,
         )
         return _Extracted(features, vectors, teacher)
+
+
+THUMBNAIL_SIDE = 96
+
+
+def thumbnail(images: torch.Tensor, side: int = THUMBNAIL_SIDE) -> torch.Tensor:
+    """``[B,3,side,side]`` uint8 copies of images in [0,1] (the example pictures' left column)."""
+    small = resize(images.float(), (side, side)) if tuple(images.shape[-2:]) != (side, side) else images.float()
+    return (small.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
 
 
 def describe_data(data: Mapping[str, Any] | None) -> str:

@@ -7,6 +7,8 @@
 - :func:`mtl_pictures`: both, written beside the ``eval mtl`` Markdown report.
 - :func:`metric_vs_factor_plot`: one line per method of a metric against the upsampling
   factor, mean ± std over seeds (the FeatSharp paper's figures 6-7).
+- :func:`metric_bars_figure` / :func:`compare_pictures`: ``eval compare``'s pictures, a bar
+  per run per task metric (± std), the table, and metric-vs-factor lines for upsampler runs.
 
 Each ``*_figure`` function returns the :class:`~matplotlib.figure.Figure` (so callers and
 tests can inspect it); :func:`save_figure` writes a PNG.
@@ -26,7 +28,9 @@ from matplotlib.figure import Figure
 from radiosharp.eval.report import table, task_names
 
 __all__ = [
+    "compare_pictures",
     "delta_bar_figure",
+    "metric_bars_figure",
     "metric_vs_factor_figure",
     "metric_vs_factor_plot",
     "mtl_pictures",
@@ -195,3 +199,69 @@ def metric_vs_factor_plot(
     fig = metric_vs_factor_figure(rows, metric, title=title, ylabel=ylabel)
     save_figure(fig, out_path)
     return fig
+
+
+def metric_bars_figure(rows: Sequence[Mapping[str, Any]]) -> Figure:
+    """One panel per task metric, a bar per run (mean over probe seeds, ± std error bars),
+    the metric's direction in the panel title; skipped or missing cells are left empty."""
+    from radiosharp.eval.report import metric_columns
+
+    columns = [(t, m, hib) for t, m, hib in metric_columns(rows) if m is not None]
+    if not columns:
+        raise ValueError("metric bars: no run has a metric")
+    labels = _labels([str(r["run"]) for r in rows])
+    ncols = min(3, len(columns))
+    nrows = math.ceil(len(columns) / ncols)
+    fig = _figure(3.2 * ncols, 2.6 * nrows + 0.3)
+    for i, (task, metric, hib) in enumerate(columns):
+        ax = fig.add_subplot(nrows, ncols, i + 1)
+        means, stds = [], []
+        for row in rows:
+            entry = ((row["tasks"].get(task) or {}).get("metrics") or {}).get(metric)
+            means.append(float("nan") if entry is None else float(entry["mean"]))
+            std = None if entry is None else entry.get("std")
+            stds.append(_finite_or_nan(std) if std is not None else 0.0)
+        xs = list(range(len(rows)))
+        ax.bar(xs, means, yerr=[0.0 if math.isnan(s) else s for s in stds], capsize=3, color=f"C{i % 10}")
+        ax.set_xticks(xs, labels, rotation=30, ha="right", fontsize=7)
+        ax.set_title(f"{task}/{metric} {'↑' if hib else '↓'}", fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def compare_pictures(
+    rows: Sequence[Mapping[str, Any]], report: str | Path, factors: Mapping[str, tuple[str, int]] | None = None
+) -> dict[str, Path]:
+    """Beside the ``eval compare`` report: ``<stem>_metrics.png`` (:func:`metric_bars_figure`),
+    ``<stem>_table.png`` and, given ``factors`` (run -> (method, factor), e.g. an upsampler run's
+    name and factor) with more than one factor, ``<stem>_<task>_<metric>_vs_factor.png`` per metric."""
+    from radiosharp.eval.report import metric_columns
+
+    report = Path(report)
+    out = {
+        "metrics per run": save_figure(metric_bars_figure(rows), report.with_name(f"{report.stem}_metrics.png")),
+        "comparison table": save_figure(
+            table_figure(*table(rows, deltas=False)), report.with_name(f"{report.stem}_table.png")
+        ),
+    }
+    if factors and len({f for _, f in factors.values()}) > 1:
+        for task, metric, _ in metric_columns(rows):
+            if metric is None:
+                continue
+            points = []
+            for row in rows:
+                entry = ((row["tasks"].get(task) or {}).get("metrics") or {}).get(metric)
+                if entry is None or str(row["run"]) not in factors:
+                    continue
+                method, factor = factors[str(row["run"])]
+                points.append({"method": method, "factor": factor, metric: entry.get("values") or [entry["mean"]]})
+            try:
+                fig = metric_vs_factor_figure(points, metric, title=f"{task} {metric} vs upsampling factor")
+            except ValueError:  # two runs of one method at one factor: no line to draw
+                continue
+            safe = metric.replace("@", "_at_").replace("/", "_")
+            out[f"{task} {metric} vs factor"] = save_figure(
+                fig, report.with_name(f"{report.stem}_{task}_{safe}_vs_factor.png")
+            )
+    return out

@@ -20,6 +20,15 @@ def _fmt(x: float) -> str:
     return f"{x:.4g}" if abs(x) >= 1e-3 or x == 0 else f"{x:.2e}"
 
 
+def format_entry(entry: Mapping[str, Any] | None) -> str:
+    """A metric entry as ``mean ± std`` (``mean`` alone for one seed), ``-`` when absent."""
+    if entry is None:
+        return DASH
+    if entry.get("std", 0) and math.isfinite(entry["std"]):
+        return f"{_fmt(entry['mean'])} ± {_fmt(entry['std'])}"
+    return _fmt(entry["mean"])
+
+
 def metric_columns(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str | None, bool]]:
     """(task, metric, higher_is_better) in first-seen order over all rows; a task without
     metrics in any row (skipped everywhere) gets one column with metric None."""
@@ -67,14 +76,7 @@ def table(rows: Sequence[Mapping[str, Any]], deltas: bool = True) -> tuple[list[
         for task, metric, _ in columns:
             result = row["tasks"].get(task) or {}
             entry = (result.get("metrics") or {}).get(metric)
-            if result.get("status") == "skipped":
-                line.append("skipped")
-            elif entry is None:
-                line.append(DASH)
-            elif entry.get("std", 0) and math.isfinite(entry["std"]):
-                line.append(f"{_fmt(entry['mean'])} ± {_fmt(entry['std'])}")
-            else:
-                line.append(_fmt(entry["mean"]))
+            line.append("skipped" if result.get("status") == "skipped" else format_entry(entry))
         mtl = row.get("mtl")
         for task in tasks:
             if mtl is None:
@@ -99,11 +101,15 @@ def text_table(rows: Sequence[Mapping[str, Any]], deltas: bool = True) -> str:
     return format_table(*table(rows, deltas))
 
 
-def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    header, cells = table(rows)
+def markdown_lines(header: Sequence[str], cells: Sequence[Sequence[str]]) -> list[str]:
+    """A Markdown table's lines (``|`` inside a cell escaped)."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in cells]
-    return "\n".join(lines)
+    return lines
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], deltas: bool = True) -> str:
+    return "\n".join(markdown_lines(*table(rows, deltas)))
 
 
 def markdown_report(
@@ -140,5 +146,36 @@ def markdown_report(
                 notes.append(f"- baseline `{row['run']}`: `{task}` skipped: {result.get('reason', '')}")
     if notes:
         out += ["## Left out", "", *notes, ""]
+    out += ["## Settings", "", "```json", json.dumps(dict(settings), indent=2, default=str), "```", ""]
+    return "\n".join(out)
+
+
+def markdown_compare_report(
+    rows: Sequence[Mapping[str, Any]], settings: Mapping[str, Any], pictures: Mapping[str, str] | None = None
+) -> str:
+    """The ``eval compare`` report: the runs' metrics side by side (mean ± std over probe seeds),
+    the pictures, the skipped tasks and the settings."""
+    import json
+
+    out = [
+        "# Comparison",
+        "",
+        "Each run's metrics on the same eval settings (the first run's); mean ± std over probe seeds.",
+        "",
+        markdown_table(rows, deltas=False),
+        "",
+    ]
+    if pictures:
+        out += ["## Pictures", ""]
+        for alt, path in pictures.items():
+            out += [f"![{alt}]({path})", ""]
+    notes = [
+        f"- `{row['run']}`: `{task}` skipped: {result.get('reason', '')}"
+        for row in rows
+        for task, result in row["tasks"].items()
+        if result.get("status") == "skipped"
+    ]
+    if notes:
+        out += ["## Skipped", "", *notes, ""]
     out += ["## Settings", "", "```json", json.dumps(dict(settings), indent=2, default=str), "```", ""]
     return "\n".join(out)

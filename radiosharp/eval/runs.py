@@ -9,15 +9,18 @@ teachers' text weights, which no other task needs. Results go to
 ``RUN/eval/metrics.json``::
 
     {"run": ..., "kind": ..., "export": {fingerprint}, "context": {settings but tasks},
-     "tasks": {name: {"options": {...}, "status": "ok", "metrics": {...}} | {"status": "skipped", ...}}}
+     "tasks": {name: {"options": {...}, "seconds": 12.3, "status": "ok", "metrics": {...}}
+               | {"status": "skipped", ...}}}
 
-and are reused on the next call for every task whose options, the context and the
+(``seconds``: the task's wall time, its share of feature extraction included) and are
+reused on the next call for every task whose options, the context and the
 export fingerprint (size + mtime of the export files) are unchanged, unless forced.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,6 +35,7 @@ from radiosharp.eval.task import EvalContext
 from radiosharp.export import CONFIG, WEIGHTS, atomic_write_bytes, read_export_meta
 
 METRICS_FILE = Path("eval") / "metrics.json"
+EXAMPLES_DIR = Path("eval") / "examples"
 
 
 def _load_student(run_dir: Path, text_towers: bool = False) -> nn.Module:
@@ -105,10 +109,14 @@ def evaluate_run(
     device: str | None = None,
     progress: bool = True,
     featurizer: nn.Module | None = None,
+    bar: Any = None,
 ) -> dict[str, dict[str, Any]]:
     """Task name -> result for ``run_dir`` (cached results reused; see module doc).
 
-    Writes ``RUN/eval/metrics.json``. ``featurizer`` skips loading the export (tests).
+    Writes ``RUN/eval/metrics.json`` and the dense probes' example pictures under
+    ``RUN/eval/examples``. ``featurizer`` skips loading the export (tests). ``bar``: a tqdm
+    bar over (run, task) pairs that the caller owns; it is advanced once per task (cached ones
+    included) and replaces this function's own bars, so several runs show one bar.
     """
     import radiosharp.registry as registry
 
@@ -130,19 +138,30 @@ def evaluate_run(
     for name in tasks:
         if name not in todo:
             results[name] = kept[name]
+            if bar is not None:
+                bar.update(1)
     if todo:
         if featurizer is None:
             featurizer, _ = load_featurizer(run_dir, text_towers="zeroshot" in todo)
         featurizer = featurizer.to(device).eval()
+        inner = progress and bar is None
         store = FeatureStore(
-            featurizer, settings.image_size, settings.batch_size, device, settings.summary, settings.dense, progress
+            featurizer, settings.image_size, settings.batch_size, device, settings.summary, settings.dense, inner
         )
-        ctx = EvalContext(featurizer, store, settings.data, settings.val_data, kind, device, progress)
-        bar = tqdm(todo, desc=f"tasks {run_dir.name}", leave=False, disable=None if progress else True)
-        for name in bar:
-            bar.set_postfix_str(name)
+        ctx = EvalContext(featurizer, store, settings.data, settings.val_data, kind, device, inner)
+        ctx.extra["examples_dir"] = run_dir / EXAMPLES_DIR
+        own = tqdm(todo, desc=f"tasks {run_dir.name}", leave=False, disable=None if inner else True)
+        for name in own:
+            own.set_postfix_str(name)
+            if bar is not None:
+                bar.set_postfix_str(f"{run_dir.name}: {name}")
             task = registry.TASKS.build(name, f"eval.tasks.{name}", **tasks[name])
-            results[name] = {"options": json.loads(json.dumps(tasks[name])), **task.run(ctx)}
+            start = time.perf_counter()
+            result = task.run(ctx)
+            seconds = round(time.perf_counter() - start, 3)
+            results[name] = {"options": json.loads(json.dumps(tasks[name])), "seconds": seconds, **result}
+            if bar is not None:
+                bar.update(1)
     kept.update(results)
     record = {"run": str(run_dir), "kind": kind, "export": fingerprint, "context": context, "tasks": kept}
     atomic_write_bytes(run_dir / METRICS_FILE, json.dumps(record, indent=2, allow_nan=True).encode())

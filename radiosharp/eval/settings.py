@@ -7,6 +7,7 @@ Keys (all optional)::
         knn: {k: 20}
         semseg: {steps: 300, seeds: 3}
         depth: {}
+      suite: nyud               # without tasks: a declared task suite (SUITES below; default: "default")
       image_size: 224           # input side; default: the featurizer's native_size, else the data
                                 # size, rounded to a multiple of its patch size
       batch_size: 16            # feature extraction batch
@@ -15,8 +16,15 @@ Keys (all optional)::
       data: {source: synthetic, ...}      # default train data of every task
       val_data: {source: synthetic, ...}  # default val data (null: seeded split of data)
 
-Without ``tasks`` the default suite runs: knn, semseg and depth on the synthetic
-benchmark (train seed 0 / val seed 1, small counts), plus fidelity for upsampler runs.
+Without ``tasks`` a declared suite runs (``suite``, default ``default``): knn, semseg and
+depth on the synthetic benchmark (train seed 0 / val seed 1, small counts), plus fidelity
+for upsampler runs. The suites (:data:`SUITES`):
+
+- ``default``: knn, semseg, depth (+ fidelity for upsampler runs);
+- ``nyud``: semseg, depth, normals, the NYUD-v2 multi-task set of Maninis et al. 2019 and
+  the FeatSharp paper's MTL table without its edge task (radiosharp has no edge probe);
+- ``dense``: semseg, depth, normals, keypoints (the upsampler papers' dense probes);
+- ``radio``: knn, zeroshot, semseg, depth (the summary and dense probes of RADIO's tables).
 
 Every key is checked before a model loads, and an unknown one is named by its full
 dotted path: settings keys (``eval.nonsense``) when the section is read, task names and
@@ -40,6 +48,21 @@ DEFAULT_DATA = {"source": "synthetic", "num_images": 64, "size": 112, "seed": 0}
 DEFAULT_VAL_DATA = {"source": "synthetic", "num_images": 32, "size": 112, "seed": 1}
 DEFAULT_TASKS = ("knn", "semseg", "depth")
 UPSAMPLER_TASKS = ("fidelity",)
+SUITES: dict[str, tuple[str, ...]] = {
+    "default": DEFAULT_TASKS,
+    "nyud": ("semseg", "depth", "normals"),
+    "dense": ("semseg", "depth", "normals", "keypoints"),
+    "radio": ("knn", "zeroshot", "semseg", "depth"),
+}
+
+
+def suite_tasks(suite: str, run_kind: str = "student") -> tuple[str, ...]:
+    """The task names of a declared suite (``default`` adds fidelity for upsampler runs);
+    EvalError naming the valid suites for an unknown one."""
+    if suite not in SUITES:
+        raise EvalError(f"eval suite '{suite}' is not valid; valid: {', '.join(SUITES)}")
+    extra = UPSAMPLER_TASKS if suite == "default" and run_kind == "upsampler" else ()
+    return SUITES[suite] + extra
 
 
 class EvalError(ValueError):
@@ -49,12 +72,20 @@ class EvalError(ValueError):
 class EvalSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     tasks: dict[str, dict[str, Any]] | None = None
+    suite: str = "default"
     image_size: int | None = Field(default=None, ge=1)
     batch_size: int = Field(default=16, ge=1)
     summary: str = "auto"
     dense: str = "auto"
     data: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_DATA))
     val_data: dict[str, Any] | None = Field(default_factory=lambda: dict(DEFAULT_VAL_DATA))
+
+    @field_validator("suite")
+    @classmethod
+    def _known_suite(cls, value: str) -> str:
+        if value not in SUITES:
+            raise ValueError(f"'{value}' is not a suite; valid: {', '.join(SUITES)}")
+        return value
 
     @field_validator("tasks", mode="before")
     @classmethod
@@ -65,16 +96,17 @@ class EvalSettings(BaseModel):
             return {name: dict(opts or {}) for name, opts in value.items()}
         return value
 
-    def task_options(self, run_kind: str) -> dict[str, dict[str, Any]]:
-        """Task name -> options: the configured tasks, else the default suite for ``run_kind``."""
-        if self.tasks is not None:
-            return {k: dict(v) for k, v in self.tasks.items()}
-        names = DEFAULT_TASKS + (UPSAMPLER_TASKS if run_kind == "upsampler" else ())
-        return {name: {} for name in names}
+    def task_options(self, run_kind: str, suite: str | None = None) -> dict[str, dict[str, Any]]:
+        """Task name -> options: ``suite``'s tasks when given (options from ``tasks`` where it
+        configures them), else the configured tasks, else the settings' suite for ``run_kind``."""
+        configured = {k: dict(v) for k, v in (self.tasks or {}).items()}
+        if suite is None and self.tasks is not None:
+            return configured
+        return {name: configured.get(name, {}) for name in suite_tasks(suite or self.suite, run_kind)}
 
     def context(self) -> dict[str, Any]:
         """The settings every task result depends on (a change invalidates cached results)."""
-        return self.model_dump(mode="json", exclude={"tasks"})
+        return self.model_dump(mode="json", exclude={"tasks", "suite"})
 
 
 def read_run_settings(run_dir: str | Path) -> EvalSettings:

@@ -2,16 +2,15 @@
 
 - :mod:`radiosharp.viz.figure`: the library (:func:`figure_maps`, :func:`feature_panels`,
   :func:`make_figure`);
-- :mod:`radiosharp.viz.specs`: teacher and upsampler specs from text, checked and built;
+- teacher and upsampler specs from text, checked and built, live in :mod:`radiosharp.specs`
+  (shared with bench and eval); ``VizError`` is its ``SpecError``;
 - :mod:`radiosharp.viz.cli`: ``python -m radiosharp.viz IMAGE --teacher T ...``.
 
 Python use: ``make_figure(image, teacher, {"featsharp": up_teacher}, "fig.png")``.
 """
 
-from radiosharp.viz.cli import build_parser, default_out, main
-from radiosharp.viz.figure import DEFAULT_FACTOR, feature_panels, figure_maps, make_figure
-from radiosharp.viz.specs import (
-    VizError,
+from radiosharp.specs import (
+    SpecError,
     build_upsamplers,
     check_upsampler_specs,
     is_run_folder,
@@ -19,6 +18,10 @@ from radiosharp.viz.specs import (
     run_config,
     same_teacher,
 )
+from radiosharp.viz.cli import build_parser, default_out, main
+from radiosharp.viz.figure import DEFAULT_FACTOR, feature_panels, figure_maps, make_figure
+
+VizError = SpecError
 
 __all__ = [
     "DEFAULT_FACTOR",

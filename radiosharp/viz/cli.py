@@ -27,8 +27,9 @@ import torch
 
 from radiosharp.builders import build_teacher
 from radiosharp.data.image_spec import load_image
+from radiosharp.specs import SpecError as VizError
+from radiosharp.specs import build_upsamplers, check_upsampler_specs, parse_teacher_spec
 from radiosharp.viz.figure import DEFAULT_FACTOR, make_figure
-from radiosharp.viz.specs import VizError, build_upsamplers, check_upsampler_specs, parse_teacher_spec
 
 __all__ = ["build_parser", "default_out", "main"]
 

@@ -21,12 +21,11 @@ from radiosharp.contracts import Teacher
 from radiosharp.data.image_spec import load_image
 from radiosharp.images import resize
 from radiosharp.pca import PCABasis, image_to_uint8, save_panels, upscale_nearest
+from radiosharp.specs import DEFAULT_FACTOR
 
 __all__ = ["DEFAULT_FACTOR", "feature_panels", "figure_maps", "make_figure"]
 
 log = logging.getLogger(__name__)
-
-DEFAULT_FACTOR = 2
 
 
 def feature_panels(maps: Mapping[str, torch.Tensor], size: tuple[int, int]) -> dict[str, np.ndarray]:

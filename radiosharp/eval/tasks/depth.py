@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
+from radiosharp.eval.examples import EXAMPLES, write_examples
 from radiosharp.eval.features import train_val_features
 from radiosharp.eval.metrics import depth_errors
 from radiosharp.eval.probes import fit_depth_probe
@@ -26,6 +29,7 @@ class DepthTask(DenseProbeTask):
         where = self.data or ctx.default_data
         train_depth, val_depth = train.require("depth", self.name, where), val.require("depth", self.name, where)
         size = tuple(val_depth.shape[-2:])
+        shown: dict[str, torch.Tensor] = {}
 
         def one_seed(seed: int) -> dict[str, float]:
             probe = fit_depth_probe(
@@ -37,9 +41,16 @@ class DepthTask(DenseProbeTask):
                 stats=train.dense_stats,
                 **self.fit_args,
             )
-            return depth_errors(probe.predict(val.dense, size, device=ctx.device), val_depth, self.min_depth)
+            pred = probe.predict(val.dense, size, device=ctx.device)
+            if seed == 0:
+                shown["pred"] = pred[:EXAMPLES]
+            return depth_errors(pred, val_depth, self.min_depth)
 
-        return over_seeds(self.seeds, one_seed)
+        values = over_seeds(self.seeds, one_seed)
+        truth = val_depth[:EXAMPLES]
+        valid = torch.isfinite(truth) & (truth > self.min_depth)
+        write_examples(ctx, self.name, val.thumbnails, truth, shown["pred"], "depth", valid)
+        return values
 
 
 @TASKS.register("depth")

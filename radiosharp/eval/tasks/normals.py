@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from radiosharp.data.synthetic import normals_from_depth
+from radiosharp.eval.examples import EXAMPLES, write_examples
 from radiosharp.eval.features import FeatureSet, describe_data, train_val_features
 from radiosharp.eval.metrics import normal_errors
 from radiosharp.eval.probes import DenseLinearProbe, fit_dense_probe, predict_dense
@@ -138,6 +139,7 @@ class NormalsTask(DenseProbeTask):
                 f"{self.name}: no valid normal pixels in the {'val' if train_valid.any() else 'train'} data"
             )
         size = tuple(val_normals.shape[-2:])
+        shown: dict[str, torch.Tensor] = {}
 
         def one_seed(seed: int) -> dict[str, float]:
             probe = fit_normals_probe(
@@ -149,9 +151,16 @@ class NormalsTask(DenseProbeTask):
                 stats=train.dense_stats,
                 **self.fit_args,
             )
-            return normal_errors(predict_normals(probe, val.dense, size, ctx.device), val_normals, val_valid)
+            pred = predict_normals(probe, val.dense, size, ctx.device)
+            if seed == 0:
+                shown["pred"] = pred[:EXAMPLES]
+            return normal_errors(pred, val_normals, val_valid)
 
-        return over_seeds(self.seeds, one_seed)
+        values = over_seeds(self.seeds, one_seed)
+        write_examples(
+            ctx, self.name, val.thumbnails, val_normals[:EXAMPLES], shown["pred"], "normals", val_valid[:EXAMPLES]
+        )
+        return values
 
 
 @TASKS.register("normals")

@@ -8,6 +8,7 @@ import torch
 
 from radiosharp.data.errors import DataError
 from radiosharp.data.paired_folders import mask_id_fix, out_of_range_id
+from radiosharp.eval.examples import EXAMPLES, write_examples
 from radiosharp.eval.features import FeatureSet, describe_data, train_val_features
 from radiosharp.eval.metrics import confusion_matrix, mean_iou, small_segment_pixels
 from radiosharp.eval.probes import fit_segmentation_probe, predict_segmentation
@@ -46,6 +47,7 @@ class SemsegTask(DenseProbeTask):
             self._check_ids(split, feats, masks, cfg, num_classes, source)
         small = small_segment_pixels(val_masks, self.small_area, self.ignore_index)
         size = tuple(val_masks.shape[-2:])
+        shown: dict[str, torch.Tensor] = {}
 
         def one_seed(seed: int) -> dict[str, float]:
             probe = fit_segmentation_probe(
@@ -59,12 +61,16 @@ class SemsegTask(DenseProbeTask):
                 **self.fit_args,
             )
             pred = predict_segmentation(probe, val.dense, size, device=ctx.device)
+            if seed == 0:
+                shown["pred"] = pred[:EXAMPLES]
             miou, _ = mean_iou(confusion_matrix(pred, val_masks, num_classes, self.ignore_index))
             small_conf = confusion_matrix(pred, val_masks, num_classes, self.ignore_index, where=small)
             miou_small, _ = mean_iou(small_conf)
             return {"miou": miou, "miou_small": miou_small}
 
-        return over_seeds(self.seeds, one_seed)
+        values = over_seeds(self.seeds, one_seed)
+        write_examples(ctx, self.name, val.thumbnails, val_masks[:EXAMPLES], shown["pred"], "mask")
+        return values
 
     def _check_ids(
         self, split: str, feats: FeatureSet, masks: torch.Tensor, data: Any, num_classes: int, source: str
