@@ -140,3 +140,48 @@ def _name(row):
     from radiosharp.reproduce.runs import upsampler_run_name
 
     return upsampler_run_name(row["method"], row["factor"], 0, objective=row["objective"])
+
+
+def test_a_section_without_its_json_keeps_the_block_the_page_has(tmp_path):
+    from radiosharp.reproduce.report import TITLES, page_sections, write_report
+
+    page = tmp_path / "results.md"
+    kept = (
+        f"## {TITLES['semseg']}\n\nCommand: `python -m radiosharp.reproduce --sections semseg`\n\n| a | b |\n|---|---|"
+    )
+    page.write_text(f"# old header\n\n{kept}\n\n## {TITLES['cost']}\n\nNot measured yet: ...\n")
+    write_report(tmp_path / "nothing_here", page, "# Results")
+    text = page.read_text()
+    assert text.startswith("# Results\n") and "old header" not in text
+    assert page_sections(page)[TITLES["semseg"]] == kept  # kept word for word
+    assert (
+        f"## {TITLES['protocols']}\n\nNot measured yet: `python -m radiosharp.reproduce --sections protocols`" in text
+    )
+
+
+def test_protocol_checks_compare_against_the_probe_seed_spread():
+    from radiosharp.reproduce.protocol_section import protocol_checks
+
+    def row(kind, size, factor, miou, normals):
+        return {
+            "kind": kind,
+            "input_size": size,
+            "factor": factor,
+            "metrics": {"semseg/miou": miou, "normals/angular_rmse": normals},
+        }
+
+    data = {
+        "rows": [
+            row("teacher", 112, 1, [0.30, 0.31], [40.0, 41.0]),
+            row("teacher", 224, 1, [0.40, 0.41], [38.0, 39.0]),
+            row("bilinear", 112, 2, [0.30, 0.32], [40.0, 40.5]),
+            row("featsharp", 112, 2, [0.31, 0.31], [30.0, 30.5]),
+            row("featsharp", 224, 2, [0.1, 0.1], [90.0, 90.0]),  # only the first input size is checked
+        ]
+    }
+    checks = {claim: (holds, detail) for claim, holds, detail in protocol_checks(data)}
+    assert checks["the teacher at 224 px input probes better than at 112 px (mIoU)"][0] is True
+    holds, detail = checks["FeatSharp 2x probes better than bilinear 2x (mIoU)"]
+    assert holds is None and "inside the probe-seed spread" in detail  # 0.31 vs 0.31 ± 0.014
+    assert checks["FeatSharp 2x has lower normal error than bilinear 2x"][0] is True
+    assert len(checks) == 3

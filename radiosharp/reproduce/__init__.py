@@ -13,6 +13,9 @@ the command behind every table. Sections (each also runnable alone with
   (cosine similarity and MSE, per held-out photo and on average);
 - ``semseg``: linear-probe segmentation on the synthetic benchmark with each upsampler
   and with the teacher at 1x and 2x input (figure 7 in miniature);
+- ``protocols``: the eval suite's dense probes (segmentation, depth, normals, keypoint
+  correspondence) on the teacher and each upsampler over input sizes x factors, through
+  ``python -m radiosharp.eval upsample``;
 - ``cost``: FeatSharp against the teacher at ``u x`` input, time and peak memory (eq. 6);
 - ``student``: stage 3 with bilinear vs FeatSharp hi-res targets, the MTL table.
 

@@ -26,6 +26,7 @@ PAGE = Path("docs/results.md")
 def _sections() -> dict[str, Callable[[Plan], dict[str, Any]]]:
     from radiosharp.reproduce import comparison_section as comparison
     from radiosharp.reproduce import probe_sections as probes
+    from radiosharp.reproduce import protocol_section as protocols
     from radiosharp.reproduce import student_section as student
     from radiosharp.reproduce import upsampler_sections as ups
 
@@ -34,6 +35,7 @@ def _sections() -> dict[str, Callable[[Plan], dict[str, Any]]]:
         "debias": ups.debias_section,
         "agreement": ups.agreement_section,
         "semseg": probes.semseg_section,
+        "protocols": protocols.protocols_section,
         "comparison": comparison.comparison_section,
         "cost": probes.cost_section,
         "upsampler_cost": probes.upsampler_cost_section,

@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes" / "reproduce"
-SECTIONS = ("fidelity", "debias", "agreement", "semseg", "comparison", "cost", "upsampler_cost", "student")
+SECTIONS = ("fidelity", "debias", "agreement", "semseg", "protocols", "comparison", "cost", "upsampler_cost", "student")
 METHODS = ("bilinear", "featup", "tiles", "s2", "featsharp")
 LABELS = {
     "bilinear": "bilinear",

@@ -10,6 +10,7 @@ from typing import Any
 
 from radiosharp.reproduce import comparison_section as comparison
 from radiosharp.reproduce import probe_sections as probes
+from radiosharp.reproduce import protocol_section as protocols
 from radiosharp.reproduce import student_section as student
 from radiosharp.reproduce import upsampler_sections as ups
 from radiosharp.reproduce.plan import SECTIONS
@@ -20,6 +21,7 @@ TITLES = {
     "debias": "The de-bias buffer (paper table 7)",
     "agreement": "Agreement with the real hi-res teacher (paper figure 2)",
     "semseg": "Linear-probe semantic segmentation (paper figure 7, in miniature)",
+    "protocols": "The field's dense probes on every upsampler, input 1x / 2x, factor 1-4 (paper figure 7)",
     "comparison": "Every upsampler x objective: one teacher, one budget, the same scores",
     "cost": "Cost against the teacher at u x input (paper eq. 6)",
     "upsampler_cost": "What each upsampler costs on its own (NAF's benchmark table)",
@@ -49,6 +51,16 @@ ABOUT = {
         "A linear (1x1 conv) probe on the frozen dense features of the synthetic benchmark's scenes (objects "
         "of many sizes), logits upsampled to the mask; mIoU over all classes and over pixels of small "
         "segments. Each upsampler's seed-0 run; mean ± std over probe seeds."
+    ),
+    "protocols": (
+        "The upsampler mode of `radiosharp.eval` (its command below): the teacher alone (factor 1) and with "
+        "each upsampler, on the teacher's features of the image at the input size, guided by the image at "
+        "factor x input. Probes on the frozen features of the synthetic benchmark ({images[0]} train / "
+        "{images[1]} val scenes): a linear segmentation probe (mIoU), Probe3D-style linear depth (RMSE, δ1) "
+        "and surface normals derived from the scenes' depth (angular RMSE, % of pixels within 11.25°), and "
+        "keypoint correspondence by feature nearest neighbour on known affine warps (PCK@0.1 of the image "
+        "side). Training-free upsamplers run at every factor; FeatUp and FeatSharp (seed-0 runs) at the "
+        "factor they were trained for. Mean ± std over probe seeds (keypoints: deterministic, one value)."
     ),
     "comparison": (
         "The upsamplers of the 2025-26 generation next to FeatUp and FeatSharp, each trained with each "
@@ -90,6 +102,7 @@ MARKDOWN: dict[str, Callable[[dict[str, Any]], str]] = {
     "debias": ups.debias_markdown,
     "agreement": ups.agreement_markdown,
     "semseg": probes.semseg_markdown,
+    "protocols": protocols.protocols_markdown,
     "comparison": comparison.comparison_markdown,
     "cost": probes.cost_markdown,
     "upsampler_cost": probes.upsampler_cost_markdown,
@@ -144,6 +157,12 @@ def paper_checks(section: str, data: dict[str, Any]) -> list[str]:
                     value > rows[("bilinear", factor)],
                     f"{value:.4f} vs {rows[('bilinear', factor)]:.4f}",
                 )
+    elif section == "protocols":
+        for claim, holds, detail in protocols.protocol_checks(data):
+            if holds is None:  # the difference is inside the probe-seed spread
+                out.append(f"- {claim}: **not shown** ({detail})")
+            else:
+                say(claim, holds, detail)
     elif section == "cost":
         cross = data["report"].get("crossover") or {}
         say(
@@ -191,7 +210,10 @@ def section_markdown(section: str, record: dict[str, Any], figures: Path | None 
     data = record["data"]
     plan = record["plan"]
     about = ABOUT[section].format(
-        native=plan.get("cost_native_size"), steps=plan.get("steps"), grid=plan.get("upsampler_cost_grid")
+        native=plan.get("cost_native_size"),
+        steps=plan.get("steps"),
+        grid=plan.get("upsampler_cost_grid"),
+        images=plan.get("semseg_images") or ["?", "?"],
     )
     parts = [
         f"## {TITLES[section]}",
@@ -215,13 +237,33 @@ def section_markdown(section: str, record: dict[str, Any], figures: Path | None 
     return "\n".join(parts)
 
 
+def page_sections(page: Path) -> dict[str, str]:
+    """The ``## `` blocks of an existing page by their heading (empty when there is no page)."""
+    if not page.is_file():
+        return {}
+    blocks: list[tuple[str, list[str]]] = []
+    for line in page.read_text().splitlines():
+        if line.startswith("## "):
+            blocks.append((line[3:].strip(), [line]))
+        elif blocks:
+            blocks[-1][1].append(line)
+    return {title: "\n".join(lines).rstrip() for title, lines in blocks}
+
+
 def write_report(out_dir: Path, page: Path, header: str) -> Path:
-    """Write ``page`` from every ``<section>.json`` in ``out_dir``, in the order of SECTIONS."""
+    """Write ``page`` from every ``<section>.json`` in ``out_dir``, in the order of SECTIONS.
+
+    A section without its JSON here (measured on another machine, or its runs folder is gone)
+    keeps the block the page already has for it, as that earlier command wrote it (with its
+    command and date); only a section never measured says so."""
+    previous = page_sections(page)
     parts = [header]
     for section in SECTIONS:
         path = out_dir / f"{section}.json"
         if path.is_file():
             parts += ["", section_markdown(section, json.loads(path.read_text()), page.parent / "figures")]
+        elif TITLES[section] in previous:
+            parts += ["", previous[TITLES[section]]]
         else:
             parts += [
                 "",

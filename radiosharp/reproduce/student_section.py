@@ -9,6 +9,8 @@ from radiosharp.reproduce.plan import Plan
 from radiosharp.reproduce.runs import run_once, stats_file, upsampler_run
 
 STAGES = ("stage1", "stage2")
+# the eval suite of the student table: summary (kNN) and every dense probe (radiosharp.eval)
+STUDENT_TASKS = ("knn", "semseg", "depth", "normals", "keypoints")
 
 
 def student_section(plan: Plan) -> dict[str, Any]:
@@ -47,6 +49,8 @@ def student_section(plan: Plan) -> dict[str, Any]:
             str(runs["featsharp"]),
             "--baseline",
             str(runs["bilinear"]),
+            "--tasks",
+            *STUDENT_TASKS,
             "--json",
             "--report",
             str(report),
@@ -78,7 +82,14 @@ def _read_mtl(runs: dict[str, Path], report: Path) -> dict[str, Any]:
 
     from radiosharp.eval.mtl import mtl_gain
 
-    metrics = {name: json.loads((run / "eval" / "metrics.json").read_text())["tasks"] for name, run in runs.items()}
+    metrics = {
+        name: {
+            task: result
+            for task, result in json.loads((run / "eval" / "metrics.json").read_text())["tasks"].items()
+            if task in STUDENT_TASKS
+        }
+        for name, run in runs.items()
+    }
     gain = mtl_gain(metrics["featsharp"], metrics["bilinear"])
     return {
         "runs": {k: str(v) for k, v in runs.items()},
@@ -86,14 +97,12 @@ def _read_mtl(runs: dict[str, Path], report: Path) -> dict[str, Any]:
         "gain": gain,
         "delta_m": gain.get("delta_m") if isinstance(gain, dict) else None,
         "report": str(report),
+        "table": _report_table(report),
+        "pictures": [str(report.with_name(f"{report.stem}_deltas.png"))],
     }
 
 
-def student_markdown(data: dict[str, Any]) -> str:
-    """The table of ``eval mtl``'s report (the report itself keeps the settings too)."""
-    report = Path(data["report"])
-    if not report.is_file():
-        return f"(the MTL report {report} was not found)"
+def _report_table(report: Path) -> str:
     lines = report.read_text().splitlines()
     start = next((i for i, line in enumerate(lines) if line.startswith("|")), len(lines))
     table = []
@@ -101,4 +110,15 @@ def student_markdown(data: dict[str, Any]) -> str:
         if not line.startswith("|"):
             break
         table.append(line)
-    return "\n".join(table) + f"\n\nFull report with the probe settings: `{report}`."
+    return "\n".join(table)
+
+
+def student_markdown(data: dict[str, Any]) -> str:
+    """The table of ``eval mtl``'s report, kept in the section's JSON (the report keeps the settings too)."""
+    report = Path(data["report"])
+    table = data.get("table")
+    if table is None:
+        if not report.is_file():
+            return f"(the MTL report {report} was not found)"
+        table = _report_table(report)
+    return table + f"\n\nFull report with the probe settings: `{report}`."
