@@ -10,6 +10,9 @@
 5. ``eval mtl`` of the featsharp student against the bilinear one
 6. the upsampler figure (``python -m radiosharp.viz``) on the held-out astronaut, with
    DINOv2 itself run on the 2x input as the real hi-res reference
+7. the upsampler mode of eval (``python -m radiosharp.eval upsample``): the teacher alone
+   and with each demo upsampler, segmentation, normals and keypoint probes, metric-vs-factor
+   plots (``recipes/demo/eval_upsample.yaml``)
 
 Everything lands in ``runs/demo/`` (cleared first). Each step prints its time.
 """
@@ -115,9 +118,30 @@ def main(argv: list[str] | None = None) -> int:
             "runs/demo/figure.png",
         ],
     )
+    steps.run(
+        "7. eval upsample: the probes on the teacher and each upsampler",
+        eval_main,
+        [
+            "upsample",
+            "--teacher",
+            "runs/demo/up_bilinear",
+            "--upsampler",
+            "bilinear",
+            "runs/demo/up_featup",
+            "runs/demo/up_featsharp",
+            "--factors",
+            "1",
+            "2",
+            "--settings",
+            str(RECIPES / "eval_upsample.yaml"),
+            "--out",
+            "runs/demo/upsample_eval",
+        ],
+    )
     print("\n=== timings\n" + steps.summary())
     print(f"\nMTL report: {OUT / 'stage3_featsharp' / 'eval' / 'mtl_report.md'}")
     print(f"PCA pictures: {OUT / 'featurize' / 'viz'}; upsampler figure: {OUT / 'figure.png'}")
+    print(f"upsampler mode: {OUT / 'upsample_eval' / 'upsample_report.md'} (and its *_vs_factor.png plots)")
     return 0
 
 

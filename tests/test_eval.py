@@ -117,9 +117,15 @@ def test_small_segments_and_miou():
 
 def test_depth_errors():
     g = torch.full((2, 4, 4), 2.0)
-    assert M.depth_errors(g, g) == {"rmse": 0.0, "delta1": 1.0}
+    assert M.depth_errors(g, g) == {"rmse": 0.0, "absrel": 0.0, "delta1": 1.0, "delta2": 1.0, "delta3": 1.0}
     out = M.depth_errors(g * 2, g)
-    assert out["rmse"] == pytest.approx(2.0) and out["delta1"] == 0.0
+    assert out["rmse"] == pytest.approx(2.0) and out["absrel"] == pytest.approx(1.0)
+    assert out["delta1"] == out["delta2"] == out["delta3"] == 0.0  # ratio 2 > 1.25^3
+    out = M.depth_errors(g * 1.8, g)
+    assert out["delta1"] == out["delta2"] == 0.0 and out["delta3"] == 1.0  # 1.25^2 < 1.8 < 1.25^3
+    half = g.clone()
+    half[0] = 2.6  # ratio 1.3 on half the pixels
+    assert M.depth_errors(half, g)["delta1"] == pytest.approx(0.5)
 
 
 # ----------------------------------------------------------------------------- probes learn known answers
@@ -192,6 +198,33 @@ def test_depth_probe_learns_linear_depth_and_not_random_features():
     probe = fit_depth_probe(noise[:24], depth[:24], **args)
     bad = M.depth_errors(probe.predict(noise[24:], (32, 32)), depth[24:])
     assert bad["rmse"] > 0.7 * std
+
+
+def test_binned_depth_probe_learns_linear_depth_and_not_random_features():
+    from radiosharp.eval.probes import expected_depth, fit_binned_depth_probe, silog_loss
+
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(32, 6, 8, 8, generator=g)
+    w = torch.randn(6, generator=g)
+    lowres = (feats * w.view(1, -1, 1, 1)).sum(1, keepdim=True) * 0.3 + 4.0
+    depth = F.interpolate(lowres, size=(32, 32), mode="bilinear", align_corners=False)[:, 0].clamp_min(0.5)
+    args = dict(steps=200, lr=5e-2, batch_size=8, seed=0, bins=64)
+    probe = fit_binned_depth_probe(feats[:24], depth[:24], pixels_per_image=256, **args)
+    assert probe.centres.min() == pytest.approx(float(depth[:24].min())) and len(probe.centres) == 64
+    good = M.depth_errors(probe.predict(feats[24:], (32, 32)), depth[24:])
+    assert good["delta1"] > 0.97 and good["absrel"] < 0.06
+    noise = torch.randn(32, 6, 8, 8, generator=g)
+    bad = M.depth_errors(
+        fit_binned_depth_probe(noise[:24], depth[:24], **args).predict(noise[24:], (32, 32)), depth[24:]
+    )
+    assert bad["absrel"] > 2 * good["absrel"] and bad["rmse"] > 2 * good["rmse"]
+    # the head's arithmetic: one-hot logits give that bin's centre; SILog ignores a global scale
+    centres = torch.tensor([1.0, 2.0, 3.0])
+    logits = torch.tensor([[-50.0, 50.0, -50.0]]).view(1, 3, 1, 1)
+    assert expected_depth(logits, centres).item() == pytest.approx(2.0)
+    target, ok = torch.full((1, 4), 2.0), torch.ones(1, 4, dtype=torch.bool)
+    assert silog_loss(target * 3, target, ok, variance_focus=1.0).item() == pytest.approx(0.0, abs=1e-5)
+    assert silog_loss(target * 3, target, ok, variance_focus=0.85).item() > 0.1
 
 
 # ----------------------------------------------------------------------------- tasks on cached features

@@ -216,7 +216,9 @@ def small_segment_pixels(
 
 
 def depth_errors(pred: torch.Tensor, target: torch.Tensor, min_depth: float = 1e-3) -> dict[str, float]:
-    """RMSE and delta1 (fraction with ``max(p/g, g/p) < 1.25``) over valid pixels.
+    """The Probe3D / Eigen depth metrics over valid pixels: ``rmse`` and ``absrel``
+    (mean ``|p - g| / g``), lower is better; ``delta1`` / ``delta2`` / ``delta3``, the fractions
+    with ``max(p/g, g/p) < 1.25 ** k``, higher is better.
 
     Valid = finite ground truth above ``min_depth``; predictions are clamped to
     ``min_depth`` so the ratio is defined.
@@ -225,9 +227,12 @@ def depth_errors(pred: torch.Tensor, target: torch.Tensor, min_depth: float = 1e
     if not valid.any():
         raise ValueError("depth_errors: no valid ground-truth depth pixels")
     p, g = pred[valid].double().clamp_min(min_depth), target[valid].double()
-    rmse = float((p - g).pow(2).mean().sqrt())
     ratio = torch.maximum(p / g, g / p)
-    return {"rmse": rmse, "delta1": float((ratio < 1.25).double().mean())}
+    return {
+        "rmse": float((p - g).pow(2).mean().sqrt()),
+        "absrel": float(((p - g).abs() / g).mean()),
+        **{f"delta{k}": float((ratio < 1.25**k).double().mean()) for k in (1, 2, 3)},
+    }
 
 
 NORMAL_THRESHOLDS = (11.25, 22.5, 30.0)

@@ -241,3 +241,67 @@ def fit_depth_probe(features: torch.Tensor, depth: torch.Tensor, min_depth: floa
 
     probe = fit_dense_probe(features, depth, 1, loss_fn, **kwargs)
     return DepthProbe(probe, mean, std, min_depth)
+
+
+def bin_centres(depth: torch.Tensor, bins: int, min_depth: float) -> torch.Tensor:
+    """``bins`` depth values spaced evenly between the smallest and largest valid depth of ``depth``."""
+    valid = depth[torch.isfinite(depth) & (depth > min_depth)]
+    if valid.numel() == 0:
+        raise ValueError("bin_centres: no valid depth pixels")
+    lo, hi = float(valid.min()), float(valid.max())
+    if hi - lo < 1e-6:
+        hi = lo + 1e-3
+    return torch.linspace(lo, hi, bins, dtype=torch.float32)
+
+
+def expected_depth(logits: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    """``sum_k softmax(logits)_k * centre_k`` over the channel axis: ``[b,K,...] -> [b,...]``."""
+    shape = (1, -1) + (1,) * (logits.ndim - 2)
+    return (logits.softmax(1) * centres.to(logits.device).view(shape)).sum(1)
+
+
+def silog_loss(
+    pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, variance_focus: float = 0.85
+) -> torch.Tensor:
+    """The scale-invariant log loss of Eigen et al. 2014 as BTS / Probe3D use it:
+    ``sqrt(mean(d^2) - variance_focus * mean(d)^2)``, ``d = log p - log g`` on valid pixels."""
+    count = valid.sum().clamp_min(1)
+    d = (torch.log(pred.clamp_min(1e-6)) - torch.log(torch.nan_to_num(target, nan=1.0).clamp_min(1e-6))) * valid
+    mean_sq, mean = d.pow(2).sum() / count, d.sum() / count
+    return (mean_sq - variance_focus * mean.pow(2)).clamp_min(1e-12).sqrt()
+
+
+class BinnedDepthProbe(nn.Module):
+    """Probe3D's depth head: a dense linear probe to ``K`` depth-bin logits; the depth is the
+    softmax-weighted mean of the bin centres (AdaBins-style, with fixed bins)."""
+
+    def __init__(self, probe: DenseLinearProbe, centres: torch.Tensor, min_depth: float) -> None:
+        super().__init__()
+        self.probe, self.min_depth = probe, min_depth
+        self.register_buffer("centres", centres)
+
+    @torch.no_grad()
+    def predict(
+        self, features: torch.Tensor, size: tuple[int, int], batch_size: int = 16, device: str | torch.device = "cpu"
+    ) -> torch.Tensor:
+        out = predict_dense(
+            self.probe, features, size, batch_size, device, reduce=lambda o: expected_depth(o, self.centres)
+        )
+        return out.clamp_min(self.min_depth)
+
+
+def fit_binned_depth_probe(
+    features: torch.Tensor, depth: torch.Tensor, min_depth: float = 1e-3, bins: int = 256, **kwargs
+) -> BinnedDepthProbe:
+    """Binned depth probe (Probe3D): ``bins`` fixed bins spanning the training depths, trained
+    with the scale-invariant log loss on the expected depth, valid pixels only."""
+    if bins < 2:
+        raise ValueError(f"fit_binned_depth_probe: bins must be >= 2, got {bins}")
+    centres = bin_centres(depth, bins, min_depth)
+
+    def loss_fn(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        ok = torch.isfinite(target) & (target > min_depth)
+        return silog_loss(expected_depth(out, centres), target, ok)
+
+    probe = fit_dense_probe(features, depth, bins, loss_fn, **kwargs)
+    return BinnedDepthProbe(probe, centres, min_depth)

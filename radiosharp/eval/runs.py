@@ -13,8 +13,9 @@ teachers' text weights, which no other task needs. Results go to
                | {"status": "skipped", ...}}}
 
 (``seconds``: the task's wall time, its share of feature extraction included) and are
-reused on the next call for every task whose options, the context and the
-export fingerprint (size + mtime of the export files) are unchanged, unless forced.
+reused on the next call for every task whose options (defaults filled in), the context
+(settings and radiosharp version) and the export fingerprint (size + mtime of the export
+files) are unchanged, unless forced.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from radiosharp.eval.features import FeatureStore
-from radiosharp.eval.settings import EvalError, EvalSettings
+from radiosharp.eval.settings import EvalError, EvalSettings, resolved_options
 from radiosharp.eval.task import EvalContext
 from radiosharp.export import CONFIG, WEIGHTS, atomic_write_bytes, read_export_meta
 
@@ -133,7 +134,7 @@ def evaluate_run(
     todo = [
         name
         for name, opts in tasks.items()
-        if name not in kept or kept[name].get("options") != json.loads(json.dumps(opts))
+        if name not in kept or kept[name].get("options") != resolved_options(name, opts)
     ]
     for name in tasks:
         if name not in todo:
@@ -159,7 +160,7 @@ def evaluate_run(
             start = time.perf_counter()
             result = task.run(ctx)
             seconds = round(time.perf_counter() - start, 3)
-            results[name] = {"options": json.loads(json.dumps(tasks[name])), "seconds": seconds, **result}
+            results[name] = {"options": resolved_options(name, tasks[name]), "seconds": seconds, **result}
             if bar is not None:
                 bar.update(1)
     kept.update(results)

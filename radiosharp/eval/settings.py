@@ -105,8 +105,22 @@ class EvalSettings(BaseModel):
         return {name: configured.get(name, {}) for name in suite_tasks(suite or self.suite, run_kind)}
 
     def context(self) -> dict[str, Any]:
-        """The settings every task result depends on (a change invalidates cached results)."""
-        return self.model_dump(mode="json", exclude={"tasks", "suite"})
+        """The settings every task result depends on (a change invalidates cached results), and the
+        radiosharp version that computed them (a new version recomputes: its probes may differ)."""
+        from radiosharp._version import __version__
+
+        return {**self.model_dump(mode="json", exclude={"tasks", "suite"}), "radiosharp": __version__}
+
+
+def resolved_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """A task's options with its builder's defaults filled in, as JSON (what a cached result is keyed by:
+    a changed default recomputes the result, as a changed option does)."""
+    import json
+
+    params = TASKS.options(name)
+    full = {key: p.default for key, p in params.items() if p.default is not p.empty and p.kind is not p.VAR_KEYWORD}
+    full.update(options)
+    return json.loads(json.dumps(full, default=str))
 
 
 def read_run_settings(run_dir: str | Path) -> EvalSettings:

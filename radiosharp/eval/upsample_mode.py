@@ -35,7 +35,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from radiosharp.eval.features import FeatureStore
-from radiosharp.eval.settings import EvalError, EvalSettings
+from radiosharp.eval.settings import EvalError, EvalSettings, resolved_options
 from radiosharp.eval.task import EvalContext
 from radiosharp.export import atomic_write_bytes
 
@@ -196,7 +196,7 @@ def evaluate_grid(
         val_data["size"] = side
     context = {
         "teacher": dict(teacher_cfg),
-        "settings": settings.model_dump(mode="json", exclude={"tasks", "suite", "image_size"}),
+        "settings": {k: v for k, v in settings.context().items() if k != "image_size"},
         "data": data,
         "val_data": val_data,
     }
@@ -211,7 +211,7 @@ def evaluate_grid(
             previous = {row["key"]: row for row in stored.get("cells", [])}
     teacher = teacher.to(device).eval()
     rows: list[dict[str, Any]] = []
-    options = json.loads(json.dumps({k: dict(v) for k, v in tasks.items()}))
+    options = {name: resolved_options(name, dict(opts)) for name, opts in tasks.items()}
     bar = tqdm(total=len(cells) * len(tasks), desc="upsample eval", unit="task", disable=None if progress else True)
     with bar:
         for cell in cells:

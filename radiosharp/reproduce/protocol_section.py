@@ -3,7 +3,7 @@
 One command of the project's own CLI (``python -m radiosharp.eval upsample``, the upsampler
 mode) scores the real teacher alone and with each upsampler over input sizes 1x / 2x and
 factors 1 / 2 / 4 on the synthetic benchmark: linear-probe segmentation (mIoU), Probe3D-style
-depth (RMSE, delta1) and surface normals (angular RMSE, % within 11.25 degrees), and keypoint
+binned depth (RMSE, AbsRel, delta1) and surface normals (angular RMSE, % within 11.25 degrees), and keypoint
 correspondence (PCK@0.1 on known warps). Training-free upsamplers run at every factor; the
 trained ones (the plan's seed-0 runs) at the factor they were trained for.
 """
@@ -29,6 +29,7 @@ TASKS = ("semseg", "depth", "normals", "keypoints")
 COLUMNS = (
     ("semseg", "miou", "mIoU ↑"),
     ("depth", "rmse", "depth RMSE ↓"),
+    ("depth", "absrel", "AbsRel ↓"),
     ("depth", "delta1", "δ1 ↑"),
     ("normals", "angular_rmse", "normals RMSE° ↓"),
     ("normals", "within_11_25", "< 11.25° % ↑"),

@@ -56,7 +56,7 @@ ABOUT = {
         "The upsampler mode of `radiosharp.eval` (its command below): the teacher alone (factor 1) and with "
         "each upsampler, on the teacher's features of the image at the input size, guided by the image at "
         "factor x input. Probes on the frozen features of the synthetic benchmark ({images[0]} train / "
-        "{images[1]} val scenes): a linear segmentation probe (mIoU), Probe3D-style linear depth (RMSE, δ1) "
+        "{images[1]} val scenes): a linear segmentation probe (mIoU), Probe3D's binned depth probe (RMSE, AbsRel, δ1) "
         "and surface normals derived from the scenes' depth (angular RMSE, % of pixels within 11.25°), and "
         "keypoint correspondence by feature nearest neighbour on known affine warps (PCK@0.1 of the image "
         "side). Training-free upsamplers run at every factor; FeatUp and FeatSharp (seed-0 runs) at the "
