@@ -269,3 +269,16 @@ def test_colourize_conventions():
     assert not np.allclose(span[0, 0], span[0, 1])
     with pytest.raises(ValueError, match="valid: mask, depth, normals"):
         colourize(mask, "edges")
+
+
+def test_zeroshot_prompt_presets_and_bad_templates():
+    from radiosharp.eval.settings import select_tasks
+    from radiosharp.eval.tasks.zeroshot import prompt_templates
+
+    openai = prompt_templates("openai")
+    assert len(openai) == 80 and openai[0]("cat") == "a bad photo of a cat."
+    assert len(prompt_templates("simple")) == 7
+    assert [t("dog") for t in prompt_templates(["a photo of a {}.", "{}"])] == ["a photo of a dog.", "dog"]
+    for bad, message in (("imagenet", "valid: openai, simple"), (["no slot"], "exactly one"), ([], "empty")):
+        with pytest.raises(EvalError, match=message):
+            select_tasks({"zeroshot": {"templates": bad}}, None)

@@ -47,13 +47,39 @@ def find_text_tower(featurizer: Any, adaptor: str | None) -> tuple[Any, str]:
     )
 
 
+TEMPLATE_SETS = ("openai", "simple")
+
+
+def prompt_templates(templates: str | Sequence[str]) -> list[Callable[[str], str]]:
+    """The prompt templates: a preset name, or format strings with one ``{}`` for the class name.
+
+    Presets come from open_clip's zero-shot metadata: ``openai``, the 80 ImageNet prompts of the
+    CLIP paper (the ensemble open_clip's and RADIO's ImageNet zero-shot evals use), and
+    ``simple``, open_clip's 7-prompt subset."""
+    if isinstance(templates, str):
+        if templates not in TEMPLATE_SETS:
+            raise ValueError(f"templates '{templates}' is not valid; valid: {', '.join(TEMPLATE_SETS)} or a list")
+        from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
+
+        chosen = OPENAI_IMAGENET_TEMPLATES if templates == "openai" else SIMPLE_IMAGENET_TEMPLATES
+        return list(chosen)
+    out = []
+    for template in templates:
+        if not isinstance(template, str) or template.count("{}") != 1:
+            raise ValueError(f"a prompt template needs exactly one '{{}}' for the class name, got {template!r}")
+        out.append(template.format)
+    if not out:
+        raise ValueError("templates is empty; give a preset (openai, simple) or format strings")
+    return out
+
+
 @torch.no_grad()
-def class_embeddings(tower: Any, class_names: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
-    """[K,Ds] L2-normalised text embeddings, averaged over the prompt templates."""
+def class_embeddings(tower: Any, class_names: Sequence[str], templates: str | Sequence[str]) -> torch.Tensor:
+    """[K,Ds] L2-normalised text embeddings, averaged over the prompt templates (:func:`prompt_templates`)."""
     tokenize = _tokenizer(tower)
     per_template = []
-    for template in templates:
-        tokens = tokenize([template.format(name) for name in class_names])
+    for template in prompt_templates(templates):
+        tokens = tokenize([template(name) for name in class_names])
         per_template.append(F.normalize(tower.encode_text(tokens).float().cpu(), dim=-1))
     return F.normalize(torch.stack(per_template).mean(0), dim=-1)
 
@@ -62,8 +88,10 @@ class ZeroShotTask(EvalTask):
     name = "zeroshot"
     metrics = {"top1": True}
 
-    def __init__(self, data: dict[str, Any] | None, adaptor: str | None, templates: Sequence[str]) -> None:
-        self.data, self.adaptor, self.templates = data, adaptor, list(templates)
+    def __init__(self, data: dict[str, Any] | None, adaptor: str | None, templates: str | Sequence[str]) -> None:
+        prompt_templates(templates)  # a bad preset or template fails when the settings are read
+        self.data, self.adaptor = data, adaptor
+        self.templates = templates if isinstance(templates, str) else list(templates)
 
     def evaluate(self, ctx: EvalContext) -> dict[str, list[float]]:
         tower, summary = find_text_tower(ctx.featurizer, self.adaptor)
@@ -84,7 +112,9 @@ class ZeroShotTask(EvalTask):
 
 @TASKS.register("zeroshot")
 def build_zeroshot(
-    data: dict[str, Any] | None = None, adaptor: str | None = None, templates: Sequence[str] = ("a photo of a {}.",)
+    data: dict[str, Any] | None = None, adaptor: str | None = None, templates: str | Sequence[str] = "openai"
 ) -> ZeroShotTask:
-    """Zero-shot top-1 on labelled ``data`` with class names (default: the val data)."""
+    """Zero-shot top-1 on labelled ``data`` with class names (default: the val data): cosine of the
+    image summary to each class's text embedding averaged over ``templates`` (default the CLIP
+    paper's 80 ImageNet prompts, as RADIO's suite runs it; ``simple``: 7; or format strings)."""
     return ZeroShotTask(data, adaptor, templates)
