@@ -101,6 +101,21 @@ def text_table(rows: Sequence[Mapping[str, Any]], deltas: bool = True) -> str:
     return format_table(*table(rows, deltas))
 
 
+def picture_lines(pictures: Mapping[str, str] | None) -> list[str]:
+    """A report's "Pictures" part: each picture linked as ``![alt](path)`` (nothing without pictures)."""
+    if not pictures:
+        return []
+    out = ["## Pictures", ""]
+    for alt, path in pictures.items():
+        out += [f"![{alt}]({path})", ""]
+    return out
+
+
+def skipped_lines(notes: list[str]) -> list[str]:
+    """A report's "Skipped" part from its note lines (nothing without notes)."""
+    return ["## Skipped", "", *notes, ""] if notes else []
+
+
 def markdown_lines(header: Sequence[str], cells: Sequence[Sequence[str]]) -> list[str]:
     """A Markdown table's lines (``|`` inside a cell escaped)."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
@@ -133,10 +148,7 @@ def markdown_report(
         markdown_table(rows),
         "",
     ]
-    if pictures:
-        out += ["## Pictures", ""]
-        for alt, path in pictures.items():
-            out += [f"![{alt}]({path})", ""]
+    out += picture_lines(pictures)
     notes = []
     for row in rows:
         for key, why in ((row.get("mtl") or {}).get("excluded") or {}).items():
@@ -165,17 +177,13 @@ def markdown_compare_report(
         markdown_table(rows, deltas=False),
         "",
     ]
-    if pictures:
-        out += ["## Pictures", ""]
-        for alt, path in pictures.items():
-            out += [f"![{alt}]({path})", ""]
+    out += picture_lines(pictures)
     notes = [
         f"- `{row['run']}`: `{task}` skipped: {result.get('reason', '')}"
         for row in rows
         for task, result in row["tasks"].items()
         if result.get("status") == "skipped"
     ]
-    if notes:
-        out += ["## Skipped", "", *notes, ""]
+    out += skipped_lines(notes)
     out += ["## Settings", "", "```json", json.dumps(dict(settings), indent=2, default=str), "```", ""]
     return "\n".join(out)

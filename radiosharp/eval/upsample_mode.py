@@ -330,7 +330,7 @@ def grid_table(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[
 def markdown_grid_report(
     rows: Sequence[Mapping[str, Any]], teacher_cfg: Mapping[str, Any], pictures: Mapping[str, str], command: str
 ) -> str:
-    from radiosharp.eval.report import markdown_lines
+    from radiosharp.eval.report import markdown_lines, picture_lines, skipped_lines
 
     header, cells = grid_table(rows)
     out = [
@@ -345,15 +345,11 @@ def markdown_grid_report(
         *markdown_lines(header, cells),
         "",
     ]
-    if pictures:
-        out += ["## Pictures", ""]
-        out += [f"![{alt}]({path})\n" for alt, path in pictures.items()]
+    out += picture_lines(pictures)
     skipped = [
         f"- `{r['method']}` {r['input_size']} px {r['factor']}x: `{t}` skipped: {res.get('reason', '')}"
         for r in rows
         for t, res in r["tasks"].items()
         if res.get("status") == "skipped"
     ]
-    if skipped:
-        out += ["## Skipped", "", *skipped, ""]
-    return "\n".join(out)
+    return "\n".join(out + skipped_lines(skipped))
