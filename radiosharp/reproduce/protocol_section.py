@@ -22,7 +22,7 @@ from radiosharp.reproduce.plan import LABELS, Plan
 from radiosharp.reproduce.runs import upsampler_run
 from radiosharp.reproduce.stats_text import fmt
 
-FREE = ("bilinear", "tiles")
+FREE = ("bilinear",)  # the training-free reference (tiles and S2 are in the semseg section)
 TRAINED = ("featup", "featsharp")
 TASKS = ("semseg", "depth", "normals", "keypoints")
 # the columns of the page: (task, metric, label)
