@@ -4,6 +4,7 @@
     python -m radiosharp.eval mtl RUN [RUN ...] --baseline RUN [--task-baseline TASK=RUN ...] [--report PATH]
     python -m radiosharp.eval compare RUN [RUN ...] [--suite S] [--report PATH]
     python -m radiosharp.eval upsample --teacher T --upsampler U [U ...] --factors 1 2 4 --input-sizes 224 448
+    python -m radiosharp.eval health RUN [--teacher NAME ...] [--sizes 224 448 ...] [--images N] [--out DIR]
 
 ``mtl`` evaluates the baseline and every run with the baseline's eval settings (its
 ``recipe.yaml`` ``eval:`` section, else the default suite; ``--suite`` picks a declared
@@ -23,6 +24,9 @@ metric and, for upsampler runs of several factors, metric-vs-factor lines per up
 several upsamplers over a grid of input sizes and factors (the FeatSharp paper's figure 7).
 The dense probes also write example pictures (image | ground truth | prediction) under
 ``RUN/eval/examples``. Every task result carries its wall time in seconds.
+``health`` runs a student's health checks (:mod:`radiosharp.eval.health`): the
+mode-switching curve, high-norm outlier tokens and tile-seam energy, into
+``RUN/eval/health.json`` and three PNGs.
 
 A missing run, or one without an export, is a one-line error and exit status 2, before
 anything is evaluated or written. So is every settings error (an unknown key, named by
@@ -111,9 +115,37 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--input-sizes", nargs="+", type=int, default=None, metavar="PX", help="teacher input sides (default: native)"
     )
+    up.add_argument(
+        "--teacher-sizes",
+        nargs="+",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="also the teacher alone at these input sides (e.g. u x input: the hi-res reference line)",
+    )
     up.add_argument("--settings", type=Path, default=None, help="a YAML eval section (or a recipe with eval:)")
     up.add_argument("--out", type=Path, default=Path("runs/upsample_eval"), help="output folder")
     _common(up)
+    health = sub.add_parser(
+        "health", help="student health: mode-switching curve, high-norm outlier tokens, tile-seam energy"
+    )
+    health.add_argument("run", metavar="RUN")
+    health.add_argument(
+        "--teacher", nargs="+", action="extend", default=[], metavar="NAME", help="only these teacher heads"
+    )
+    health.add_argument(
+        "--sizes", nargs="+", type=int, default=None, metavar="PX", help="input sides (default: 224 448 672 896 1024)"
+    )
+    health.add_argument("--images", type=int, default=None, metavar="N", help="images to average over (default: 4)")
+    health.add_argument(
+        "--data", choices=("photos", "synthetic"), default="photos", help="packaged photographs or synthetic scenes"
+    )
+    health.add_argument(
+        "--outlier-k", type=float, default=None, metavar="K", help="outlier rule: norm > median + K*MAD (default: 6)"
+    )
+    health.add_argument("--out", type=Path, default=None, help="output folder (default: RUN/eval)")
+    health.add_argument("--json", action="store_true", help="print the report as JSON instead of the table")
+    health.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     return parser
 
 
@@ -317,8 +349,8 @@ def cmd_upsample(args: argparse.Namespace) -> int:
         raise EvalError(f"--out {args.out} is a file; give a folder")
     teacher = build_teacher(teacher_cfg, "--teacher")
     input_sizes = args.input_sizes or [int(teacher.native_size)]
-    mode.check_input_sizes(input_sizes, int(teacher.patch_size))
-    cells = mode.plan_cells(methods, input_sizes, args.factors)
+    mode.check_input_sizes([*input_sizes, *(args.teacher_sizes or ())], int(teacher.patch_size))
+    cells = mode.plan_cells(methods, input_sizes, args.factors, args.teacher_sizes)
     rows = mode.evaluate_grid(
         teacher,
         teacher_cfg,
@@ -346,7 +378,40 @@ def cmd_upsample(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"mtl": cmd_mtl, "run": cmd_run, "compare": cmd_compare, "upsample": cmd_upsample}
+def cmd_health(args: argparse.Namespace) -> int:
+    from radiosharp.eval import health
+    from radiosharp.eval.runs import default_device, load_featurizer
+
+    kind = check_run(args.run)
+    if kind != "student":
+        raise EvalError(f"{args.run}: eval health takes a student run, not a '{kind}' export")
+    if args.images is not None and args.images < 1:
+        raise EvalError(f"--images {args.images}: give a positive count")
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise EvalError(f"--out {args.out} is a file; give a folder")
+    student, _ = load_featurizer(args.run)
+    report, pictures = health.run_health(
+        args.run,
+        student,
+        teacher_names=args.teacher or None,
+        sizes=args.sizes or health.DEFAULT_SIZES,
+        images=args.images or health.DEFAULT_IMAGES,
+        data=args.data,
+        out=args.out,
+        device=args.device or default_device(),
+        k=health.OUTLIER_K if args.outlier_k is None else args.outlier_k,
+    )
+    out = (args.out or Path(args.run) / "eval") / health.HEALTH_FILE
+    if args.json:
+        print(json.dumps({**report, "json": str(out), "pictures": [str(p) for p in pictures.values()]}, indent=2))
+    else:
+        print(health.health_table(report))
+        print(f"\nresults: {out}")
+        print("pictures: " + ", ".join(str(p) for p in pictures.values()))
+    return 0
+
+
+COMMANDS = {"mtl": cmd_mtl, "run": cmd_run, "compare": cmd_compare, "upsample": cmd_upsample, "health": cmd_health}
 
 
 def main(argv: list[str] | None = None) -> int:

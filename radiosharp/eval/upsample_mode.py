@@ -124,13 +124,23 @@ def check_methods(specs: Sequence[str], teacher_cfg: Mapping[str, Any], factors:
     return methods
 
 
-def plan_cells(methods: Sequence[Method], input_sizes: Sequence[int], factors: Sequence[int]) -> list[Cell]:
-    """The teacher at every input size (when 1 is among ``factors``), then each method's cells."""
+def plan_cells(
+    methods: Sequence[Method],
+    input_sizes: Sequence[int],
+    factors: Sequence[int],
+    teacher_sizes: Sequence[int] | None = None,
+) -> list[Cell]:
+    """The teacher at every input size (when 1 is among ``factors``) and at ``teacher_sizes``
+    (e.g. ``u x`` the input: the hi-res reference of figure 7), then each method's cells."""
     if not factors or any(u < 1 for u in factors):
         raise EvalError(f"--factors must be integers >= 1, got {list(factors)}")
     if not input_sizes or any(s < 1 for s in input_sizes):
         raise EvalError(f"--input-sizes must be integers >= 1, got {list(input_sizes)}")
-    cells = [Cell(None, s, 1) for s in input_sizes] if 1 in factors else []
+    if teacher_sizes is not None and any(s < 1 for s in teacher_sizes):
+        raise EvalError(f"--teacher-sizes must be integers >= 1, got {list(teacher_sizes)}")
+    alone = list(input_sizes) if 1 in factors else []
+    alone += [s for s in teacher_sizes or () if s not in alone]
+    cells = [Cell(None, s, 1) for s in alone]
     for method in methods:
         cells += [Cell(method, s, u) for s in input_sizes for u in method.factors(factors)]
     if not cells:
@@ -265,9 +275,16 @@ def factor_rows(rows: Sequence[Mapping[str, Any]], task: str, metric: str) -> li
         entry = (result.get("metrics") or {}).get(metric)
         return None if entry is None else list(entry.get("values") or [entry["mean"]])
 
-    sizes = sorted({int(r["input_size"]) for r in rows})
+    sizes = sorted({int(r["input_size"]) for r in rows if r["method"] != TEACHER})
     teacher = {int(r["input_size"]): values(r) for r in rows if r["method"] == TEACHER}
     out = []
+    base = sizes[0] if sizes else min(teacher, default=0)
+    # the hi-res reference: the teacher run on k x the (smallest) input, drawn at factor k
+    reference = {s // base: v for s, v in teacher.items() if base and s % base == 0 and s > base and v}
+    if reference and teacher.get(base):
+        label = f"{TEACHER} at factor x input" + (f" ({base}px)" if len(sizes) > 1 else "")
+        out.append({"method": label, "factor": 1, metric: teacher[base]})
+        out += [{"method": label, "factor": k, metric: v} for k, v in sorted(reference.items())]
     for method in dict.fromkeys(r["method"] for r in rows if r["method"] != TEACHER):
         for size in sizes:
             label = f"{method}, input {size}px" if len(sizes) > 1 else method
@@ -277,7 +294,7 @@ def factor_rows(rows: Sequence[Mapping[str, Any]], task: str, metric: str) -> li
             if teacher.get(size) is not None:
                 out.append({"method": label, "factor": 1, metric: teacher[size]})
             out += [{"method": label, "factor": int(r["factor"]), metric: v} for r in mine if (v := values(r))]
-    if not out:  # only the teacher: one line per input size is not a line; show its points
+    if not out:  # only the teacher at unrelated sizes: no line; show its points
         out = [{"method": f"{TEACHER}, input {s}px", "factor": 1, metric: v} for s, v in teacher.items() if v]
     return out
 

@@ -1,8 +1,8 @@
 """The protocols section: the eval suite's dense probes on each upsampler, through ``eval upsample``.
 
 One command of the project's own CLI (``python -m radiosharp.eval upsample``, the upsampler
-mode) scores the real teacher alone and with each upsampler over input sizes 1x / 2x and
-factors 1 / 2 / 4 on the synthetic benchmark: linear-probe segmentation (mIoU), Probe3D-style
+mode) scores the real teacher alone at input 1x / 2x and with each upsampler at input 1x and
+factors 2 / 4 on the synthetic benchmark: linear-probe segmentation (mIoU), Probe3D-style
 binned depth (RMSE, AbsRel, delta1) and surface normals (angular RMSE, % within 11.25 degrees), and keypoint
 correspondence (PCK@0.1 on known warps). Training-free upsamplers run at every factor; the
 trained ones (the plan's seed-0 runs) at the factor they were trained for.
@@ -67,9 +67,11 @@ def protocols_section(plan: Plan) -> dict[str, Any]:
     }
     runs = list(method_of)
     factors = sorted({1, *plan.factors})
+    # upsamplers at the teacher's native input; the teacher alone also at k x (the hi-res reference)
     inputs = sorted({k * plan.native_size for k in plan.semseg_teacher_inputs})
     argv = ["upsample", "--teacher", runs[0], "--upsampler", *FREE, *runs]
-    argv += ["--factors", *map(str, factors), "--input-sizes", *map(str, inputs)]
+    argv += ["--factors", *map(str, factors), "--input-sizes", str(plan.native_size)]
+    argv += ["--teacher-sizes", *map(str, inputs)]
     argv += ["--tasks", *TASKS, "--settings", str(settings), "--out", str(out / "grid"), "--no-progress"]
     code = eval_main(argv)
     if code:

@@ -21,7 +21,7 @@ TITLES = {
     "debias": "The de-bias buffer (paper table 7)",
     "agreement": "Agreement with the real hi-res teacher (paper figure 2)",
     "semseg": "Linear-probe semantic segmentation (paper figure 7, in miniature)",
-    "protocols": "The field's dense probes on every upsampler, input 1x / 2x, factor 1-4 (paper figure 7)",
+    "protocols": "The field's dense probes on every upsampler and on the teacher at 2x input (paper figure 7)",
     "comparison": "Every upsampler x objective: one teacher, one budget, the same scores",
     "cost": "Cost against the teacher at u x input (paper eq. 6)",
     "upsampler_cost": "What each upsampler costs on its own (NAF's benchmark table)",
@@ -53,9 +53,10 @@ ABOUT = {
         "segments. Each upsampler's seed-0 run; mean ± std over probe seeds."
     ),
     "protocols": (
-        "The upsampler mode of `radiosharp.eval` (its command below): the teacher alone (factor 1) and with "
-        "each upsampler, on the teacher's features of the image at the input size, guided by the image at "
-        "factor x input. Probes on the frozen features of the synthetic benchmark ({images[0]} train / "
+        "The upsampler mode of `radiosharp.eval` (its command below): the teacher alone (factor 1, at 1x and "
+        "at 2x its native input: the real hi-res reference) and with each upsampler on the teacher's features "
+        "of the image at its native input, guided by the image at factor x input. Probes on the frozen features "
+        "of the synthetic benchmark ({images[0]} train / "
         "{images[1]} val scenes): a linear segmentation probe (mIoU), Probe3D's binned depth probe (RMSE, AbsRel, δ1) "
         "and surface normals derived from the scenes' depth (angular RMSE, % of pixels within 11.25°), and "
         "keypoint correspondence by feature nearest neighbour on known affine warps (PCK@0.1 of the image "
