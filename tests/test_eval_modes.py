@@ -282,3 +282,29 @@ def test_zeroshot_prompt_presets_and_bad_templates():
     for bad, message in (("imagenet", "valid: openai, simple"), (["no slot"], "exactly one"), ([], "empty")):
         with pytest.raises(EvalError, match=message):
             select_tasks({"zeroshot": {"templates": bad}}, None)
+
+
+def test_teacher_sizes_give_the_hires_reference_line():
+    m = upsample_mode.Method("bilinear", "bilinear")
+    cells = upsample_mode.plan_cells([m], [28], [1, 2, 4], teacher_sizes=[28, 56, 112])
+    assert [(c.method_name, c.input_size, c.factor) for c in cells] == [
+        ("teacher", 28, 1),
+        ("teacher", 56, 1),
+        ("teacher", 112, 1),
+        ("bilinear", 28, 2),
+        ("bilinear", 28, 4),
+    ]
+
+    def row(method, size, factor, value):
+        metrics = {"miou": {"mean": value, "values": [value]}}
+        return {"method": method, "input_size": size, "factor": factor, "tasks": {"semseg": {"metrics": metrics}}}
+
+    rows = [row("teacher", 28, 1, 0.1), row("teacher", 56, 1, 0.2), row("teacher", 112, 1, 0.3)]
+    rows += [row("bilinear", 28, 2, 0.15), row("bilinear", 28, 4, 0.16)]
+    lines: dict[str, list] = {}
+    for point in upsample_mode.factor_rows(rows, "semseg", "miou"):
+        lines.setdefault(point["method"], []).append((point["factor"], point["miou"]))
+    assert lines == {
+        "teacher at factor x input": [(1, [0.1]), (2, [0.2]), (4, [0.3])],
+        "bilinear": [(1, [0.1]), (2, [0.15]), (4, [0.16])],
+    }
