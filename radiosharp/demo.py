@@ -12,7 +12,7 @@
    DINOv2 itself run on the 2x input as the real hi-res reference
 7. the upsampler mode of eval (``python -m radiosharp.eval upsample``): the teacher alone
    and with each demo upsampler, segmentation, normals and keypoint probes, metric-vs-factor
-   plots (``recipes/demo/eval_upsample.yaml``)
+   plots (``recipes/demo/_eval_upsample.yaml``)
 
 Everything lands in ``runs/demo/`` (cleared first). Each step prints its time.
 """
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             "1",
             "2",
             "--settings",
-            str(RECIPES / "eval_upsample.yaml"),
+            str(RECIPES / "_eval_upsample.yaml"),
             "--out",
             "runs/demo/upsample_eval",
         ],

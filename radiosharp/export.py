@@ -4,13 +4,15 @@
 config is whatever the kind's loader needs to rebuild the module before the weights
 are loaded with ``strict=True`` (a mismatch is an error, never silently ignored).
 Writes go to a temporary file first and are renamed into place, so a crash never
-leaves a half-written export. Weights that are not finite (NaN or inf: a run that
+leaves a half-written export; a write that finds the disk full is an OSError ENOSPC,
+whatever the writing library raised. Weights that are not finite (NaN or inf: a run that
 diverged) are never written by :func:`save_export` nor read by :func:`read_export`:
 both raise ValueError naming the file and the tensor.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -36,9 +38,23 @@ def atomic_write(path: Path, write: Callable[[str], object]) -> None:
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except OSError:
         Path(tmp).unlink(missing_ok=True)
         raise
+    except BaseException as err:
+        full = _disk_full(err, path.parent)  # asked before the unlink frees the space
+        Path(tmp).unlink(missing_ok=True)
+        if full is not None:  # a writer's own error (safetensors, torch.save) for a full disk
+            raise OSError(errno.ENOSPC, full, str(path)) from err
+        raise
+
+
+def _disk_full(err: BaseException, where: Path) -> str | None:
+    if not isinstance(err, Exception):
+        return None
+    from radiosharp.engine.errors import disk_full_reason
+
+    return disk_full_reason(err, where)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

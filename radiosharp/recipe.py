@@ -69,6 +69,18 @@ class UpsamplerConfig(PluginConfig):
     factor: int | None = Field(default=None, ge=1)
     run: str | None = None
 
+    @field_validator("factor")
+    @classmethod
+    def _upsampling_factor(cls, value: int | None) -> int | None:
+        # Factor 1 would be identity for some upsamplers and meaningless for others (a FeatUp
+        # stack of no stage, a multi-view objective with nothing to learn): refused for all.
+        if value == 1:
+            raise ValueError(
+                "factor 1 does not upsample (the teacher's own features are the factor-1 baseline); "
+                "valid factors: integers >= 2 (2, 3, 4, ...)"
+            )
+        return value
+
     @model_validator(mode="before")
     @classmethod
     def _from_string(cls, value: Any) -> Any:
@@ -403,7 +415,8 @@ def _format_validation_error(err: ValidationError, model: type[BaseModel] | None
         elif e["type"] == "literal_error":
             lines.append(f"bad value at '{loc}': {e['msg']}")
         else:
-            lines.append(f"bad value at '{loc}': {e['msg']} (got {e.get('input')!r})")
+            msg = e["msg"].removeprefix("Value error, ")  # a validator's own message
+            lines.append(f"bad value at '{loc}': {msg} (got {e.get('input')!r})")
     return "; ".join(lines)
 
 

@@ -5,7 +5,8 @@ Run as a script, ``python tests/_toy_cli.py RECIPE.yaml [key=value ...]`` is
 CLI's messages and exit statuses around the engine, at the toy's cost. The fault tests
 import it too (``run`` is the kind's entry point). ``TOY_STEP_SLEEP`` seconds are slept
 in every step from ``TOY_SLOW_FROM`` (0-based, default 0) on, so that a signal can be
-sent while the run trains; ``TOY_NAN_AT`` (comma-separated steps) makes those losses NaN.
+sent while the run trains; ``TOY_NAN_AT`` (comma-separated steps) makes those losses NaN;
+``TOY_NOISE=1`` adds dropout and noise (a resumed run then matches only when its RNG states came back).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class SlowToyTrainer(ToyTrainer):
 
 def run(recipe: Recipe) -> Path:
     nan_at = tuple(int(s) for s in os.environ.get("TOY_NAN_AT", "").split(",") if s)
-    return SlowToyTrainer(recipe, nan_at=nan_at).run()
+    return SlowToyTrainer(recipe, noise=bool(os.environ.get("TOY_NOISE")), nan_at=nan_at).run()
 
 
 if __name__ == "__main__":

@@ -243,12 +243,16 @@ def test_folder_of_a_run_killed_before_its_first_checkpoint_is_refused(tmp_path)
     assert tree(run_dir) == before
 
 
-def test_folder_with_only_phis_statistics_is_free(tmp_path):
+def test_folder_with_only_phis_statistics_the_recipe_names_is_free(tmp_path):
+    """What ``python -m radiosharp.stats`` wrote there is free for a run that names it (issue 13)."""
     run_dir = tmp_path / "run"
     (run_dir / "phi_s").mkdir(parents=True)
     (run_dir / "phi_s" / "dinov2.safetensors").write_bytes(b"stats")
-    ToyTrainer(toy_recipe(run_dir, steps=1)).run()
+    data = toy_recipe(run_dir, steps=1).model_dump(mode="json")
+    data["teachers"] = {"dinov2": {"family": "dinov2", "phi_s": str(run_dir / "phi_s" / "dinov2.safetensors")}}
+    ToyTrainer(Recipe.model_validate(data)).run()
     assert (run_dir / "model.safetensors").exists()
+    assert (run_dir / "phi_s" / "dinov2.safetensors").read_bytes() == b"stats"
 
 
 def test_resume_without_checkpoint_fails_clearly_and_writes_nothing(tmp_path):

@@ -166,12 +166,56 @@ def _peak_memory(device: torch.device) -> dict[str, Any]:
     return {"what": "process peak RSS", "mib": kib / 1024}
 
 
+def missing_inputs(recipe: Recipe) -> list[str]:
+    """What the recipe reads from disk that is not there, each with how to make it or do without.
+
+    Checked before any teacher is built (minutes at real sizes): the ``init_from``
+    student, each ``teachers.<key>.phi_s`` file, each upsampler run, the data.
+    """
+    from pathlib import Path
+
+    from radiosharp.builders import build_dataset
+    from radiosharp.data.errors import first_line
+
+    out = []
+    if recipe.init_from and not (Path(recipe.init_from) / "model.json").is_file():
+        out.append(
+            f"init_from {recipe.init_from} (an exported student: train the previous stage first, or add "
+            "init_from=null: a step's cost does not depend on the starting weights)"
+        )
+    for key, cfg in recipe.teachers.items():
+        if cfg.phi_s and not Path(cfg.phi_s).is_file():
+            out.append(
+                f"teachers.{key}.phi_s {cfg.phi_s} (python -m radiosharp.stats RECIPE writes it, or add "
+                f"teachers.{key}.phi_s=null: computed here over --stats-images images)"
+            )
+        run = cfg.upsampler.run if cfg.upsampler is not None else None
+        if run and not (Path(run) / "model.json").is_file():
+            out.append(
+                f"teachers.{key}.upsampler {run} (an exported upsampler run: train it first, or name an upsampler "
+                f"instead, e.g. teachers.{key}.upsampler=featsharp teachers.{key}.upsampler.factor=3, built untrained)"
+            )
+    try:
+        build_dataset(recipe.data)
+    except (ValueError, FileNotFoundError, OSError) as err:
+        out.append(f"data ({first_line(err)}; e.g. 'data={{source: synthetic, num_images: 64, size: 1024}}')")
+    return out
+
+
 def bench_train(recipe: Recipe, steps: int = 3, warmup: int = 1, stats_images: int = 8) -> dict[str, Any]:
-    """Images/s per partition and the share of step time per phase (see the module docstring)."""
+    """Images/s per partition and the share of step time per phase (see the module docstring).
+
+    What the recipe reads from disk is checked first (:func:`missing_inputs`): a
+    RecipeError names everything missing before any teacher is built.
+    """
     from radiosharp.engine.order import next_readable
 
     if steps < 1 or warmup < 0:
         raise ValueError(f"steps must be >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
+    if recipe.kind == "distill":
+        missing = missing_inputs(recipe)
+        if missing:
+            raise RecipeError(f"bench train: the recipe needs what is not here: {'; '.join(missing)}")
     with tempfile.TemporaryDirectory(prefix="radiosharp-bench-") as run_dir:
         trainer, session = _prepared_trainer(recipe, run_dir, stats_images)
         acc = trainer.accelerator

@@ -31,6 +31,9 @@ __all__ = [
     "MetricsLog",
     "check_resumed_recipe",
     "checkpoint_dirs",
+    "claim",
+    "claimed",
+    "foreign_entries",
     "prepare_run_dir",
     "read_metrics",
     "start_wandb",
@@ -128,11 +131,63 @@ def _check_is_folder(run_dir: Path) -> None:
             return
 
 
-def prepare_run_dir(recipe: Recipe) -> Path:
-    """Check that the run folder may be used; never clobber an earlier run.
+# Files this process wrote into run folders (resolved): its own, never foreign to it.
+_WRITTEN: set[Path] = set()
 
-    Called before anything is written. A folder that only holds what
-    ``python -m radiosharp.stats`` wrote (``phi_s/``) is free for a fresh run.
+
+def claim(path: str | os.PathLike) -> None:
+    """Record that this process wrote ``path`` into its run folder (see :func:`foreign_entries`)."""
+    _WRITTEN.add(Path(path).resolve())
+
+
+def claimed(path: str | os.PathLike) -> bool:
+    """Whether this process wrote ``path`` (:func:`claim`)."""
+    return Path(path).resolve() in _WRITTEN
+
+
+def named_statistics(recipe: Recipe, run_dir: Path) -> set[Path]:
+    """The files under ``run_dir/phi_s/`` that the recipe names (``teachers.<key>.phi_s``), resolved."""
+    inside = (run_dir / "phi_s").resolve()
+    named = set()
+    for cfg in recipe.teachers.values():
+        if cfg.phi_s:
+            path = Path(cfg.phi_s).resolve()
+            if path.parent == inside:
+                named.add(path)
+    return named
+
+
+def foreign_entries(recipe: Recipe, run_dir: Path) -> list[str]:
+    """What an existing folder holds that a fresh run there did not write and may not use.
+
+    A fresh run writes only into a new or empty folder: its viz pictures, statistics and
+    exports would otherwise overwrite same-named files, and files it did not write would
+    be taken for its own. Allowed: the run lock (left by a process killed before it wrote
+    anything) and the statistics under ``phi_s/`` that the recipe names
+    (``teachers.<key>.phi_s``: what ``python -m radiosharp.stats`` wrote there, used
+    because the recipe says so) or that this process wrote there itself (:func:`claim`:
+    statistics computed by a ``build`` before the run's setup); any other file is foreign.
+    """
+    from radiosharp.engine.runlock import LOCK_NAME
+
+    named = named_statistics(recipe, run_dir)
+    found: list[str] = []
+    for entry in sorted(run_dir.iterdir()):
+        if entry.name == LOCK_NAME:
+            continue
+        if entry.name == "phi_s" and entry.is_dir():
+            found += [f"phi_s/{p.name}" for p in sorted(entry.iterdir()) if p.resolve() not in named and not claimed(p)]
+            continue
+        found.append(entry.name + ("/" if entry.is_dir() else ""))
+    return found
+
+
+def prepare_run_dir(recipe: Recipe) -> Path:
+    """Check that the run folder may be used; never clobber or adopt what the run did not write.
+
+    Called before anything is written. A fresh run needs a new or empty folder (see
+    :func:`foreign_entries`: a folder holding only statistics the recipe names is free);
+    a resumed one a folder with a complete checkpoint whose recipe it matches.
     """
     run_dir = recipe.run_dir
     _check_is_folder(run_dir)
@@ -158,6 +213,16 @@ def prepare_run_dir(recipe: Recipe) -> Path:
         raise RecipeError(
             f"{run_dir} already holds a run ({', '.join(found)}) with no checkpoint to resume from; "
             f"choose another output_dir (output_dir=runs/new_name) or delete {run_dir}"
+        )
+    foreign = foreign_entries(recipe, run_dir)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        stats = [f for f in foreign if f.startswith("phi_s/")]
+        hint = f"; to use statistics there, name them (teachers.<key>.phi_s={run_dir / stats[0]})" if stats else ""
+        raise RecipeError(
+            f"{run_dir} already exists and holds files this run did not write ({shown}); a fresh run "
+            f"writes only into a new or empty folder, so choose another output_dir "
+            f"(output_dir=runs/new_name){hint}"
         )
     return run_dir
 

@@ -30,7 +30,14 @@ from typing import Any, TypeVar
 import torch
 from torch.utils.data import Dataset
 
-from radiosharp.engine.errors import NonFiniteError, RunError, RunLockedError, RunStopped
+from radiosharp.engine.errors import (
+    DiskFullError,
+    NonFiniteError,
+    RunError,
+    RunLockedError,
+    RunStopped,
+    disk_full_reason,
+)
 from radiosharp.engine.integrity import mark_done, newest_intact
 from radiosharp.engine.launch import make_accelerator, run_precision
 from radiosharp.engine.optim import lr_at, make_optimizer
@@ -211,31 +218,77 @@ class Trainer:
 
     def _write_recipe(self) -> None:
         if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "recipe.yaml").write_text(recipe_to_yaml(self.recipe))
+            from radiosharp.export import atomic_write_bytes
+
+            with self.writing("recipe.yaml"):
+                atomic_write_bytes(self.run_dir / "recipe.yaml", recipe_to_yaml(self.recipe).encode())
+
+    @contextlib.contextmanager
+    def writing(self, what: str, infer: bool = True) -> Iterator[None]:
+        """Turn a full disk or quota while writing ``what`` into :class:`DiskFullError`.
+
+        An OSError ENOSPC / EDQUOT, or what a library raises instead (see
+        :func:`~radiosharp.engine.errors.disk_full_reason`; ``infer``: also a RuntimeError
+        when the run folder's filesystem is then nearly full); other errors pass unchanged.
+        """
+        try:
+            yield
+        except RunError:
+            raise
+        except Exception as err:
+            reason = disk_full_reason(err, self.run_dir if infer else None)
+            if reason is None:
+                raise
+            raise self.disk_full(reason, what) from err
+
+    def disk_full(self, reason: str, what: str) -> DiskFullError:
+        """The one-line error of a full disk: the folder, what was being written, the last good checkpoint."""
+        done = checkpoint_dirs(self.run_dir)
+        if done:
+            then = (
+                f"last good checkpoint: {done[-1]} (it and the earlier ones are intact); free space "
+                "(or raise the quota) and continue with resume=true"
+            )
+        else:
+            then = (
+                f"last good checkpoint: none (the run wrote no checkpoint yet); free space and start again "
+                f"after deleting {self.run_dir}"
+            )
+        return DiskFullError(f"disk full ({reason}) while writing {what} in {self.run_dir}; {then}")
 
     def save_checkpoint(self) -> Path:
         """Save to ``step_N.tmp``, mark it done, then rename: a crash leaves the last good one.
 
         ``DONE`` records the size and sha256 of every file, written after they are all
         flushed to disk (:func:`~radiosharp.engine.integrity.mark_done`); resume checks them.
+        A full disk mid-save is :class:`~radiosharp.engine.errors.DiskFullError` and removes
+        the half-written ``step_N.tmp`` (any other failure leaves it, cleared at the next save).
         """
         acc = self.accelerator
         root = self.run_dir / CHECKPOINTS
         final = root / f"step_{self.state.step:08d}"
         tmp = root / f"step_{self.state.step:08d}.tmp"
         if self.is_main:
-            root.mkdir(parents=True, exist_ok=True)
             for stale in root.glob("step_*.tmp"):  # this one, or left by a crash mid-save
                 shutil.rmtree(stale, ignore_errors=True)
-        acc.wait_for_everyone()
-        acc.save_state(str(tmp), safe_serialization=True)
-        acc.wait_for_everyone()
+        try:
+            with self.writing(f"checkpoint {tmp.name}"):
+                if self.is_main:
+                    root.mkdir(parents=True, exist_ok=True)
+                acc.wait_for_everyone()
+                acc.save_state(str(tmp), safe_serialization=True)
+                acc.wait_for_everyone()
+                if self.is_main:
+                    _pause_mid_checkpoint(tmp)
+                    mark_done(tmp, self.state.step)
+                    shutil.rmtree(final, ignore_errors=True)
+                    os.replace(tmp, final)
+                    _fsync_dir(root)
+        except DiskFullError:
+            if self.is_main:  # free the half-written checkpoint's space; the earlier ones stay
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
         if self.is_main:
-            mark_done(tmp, self.state.step)
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)
-            _fsync_dir(root)
             for old in checkpoint_dirs(self.run_dir)[: -self.recipe.train.keep_checkpoints]:
                 shutil.rmtree(old, ignore_errors=True)
         acc.wait_for_everyone()
@@ -400,14 +453,16 @@ class Trainer:
                     elapsed = time.perf_counter() - window_t
                     reduced.update(lr=lr, images_per_s=window_n / max(elapsed, 1e-9))
                     reduced.update(self.log_extra(done))
-                    metrics_log.log(done, reduced)
+                    with self.writing("metrics.jsonl"):
+                        metrics_log.log(done, reduced)
                     bar.set_postfix(loss=f"{reduced['loss']:.4g}", img_s=f"{reduced['images_per_s']:.1f}")
                     window_t, window_n = time.perf_counter(), 0
                 bar.update(1)
                 every = recipe.train.checkpoint_every
                 due = (every and done % every == 0) or done == total
                 if due or (stop_now and done < total):
-                    metrics_log.sync()
+                    with self.writing("metrics.jsonl"):
+                        metrics_log.sync()
                     self.save_checkpoint()
                 if stop_now and done < total:
                     bar.close()
@@ -415,7 +470,8 @@ class Trainer:
         acc.wait_for_everyone()
         if self.is_main:
             self._check_finite_weights()
-            self.export()
+            with self.writing("the export (model.safetensors, model.json)"):
+                self.export()
         acc.wait_for_everyone()
         if wandb_run is not None:
             wandb_run.finish()
@@ -515,10 +571,13 @@ class Trainer:
     def run(self) -> Path:
         """The whole run: :meth:`setup`, then :meth:`loop`; returns the run folder.
 
-        The run folder's lock is released however the run ends.
+        The run folder's lock is released however the run ends. A full disk or quota
+        anywhere in the run is :class:`~radiosharp.engine.errors.DiskFullError` (one line
+        naming the folder and the last good checkpoint).
         """
         try:
-            return self.loop(self.setup())
+            with self.writing("the run's files", infer=False):  # a step's own error is no write
+                return self.loop(self.setup())
         finally:
             self.close()
 
@@ -547,6 +606,22 @@ class Trainer:
         full = copy.deepcopy(model).float()
         full.load_state_dict({k: v for k, v in master.items() if k in names}, strict=False)
         return full
+
+
+def _pause_mid_checkpoint(tmp: Path) -> None:
+    """For fault-injection tests: ``RADIOSHARP_TEST_CHECKPOINT_PAUSE`` seconds slept with the checkpoint half-done.
+
+    The files are written to ``step_N.tmp`` but not yet marked ``DONE`` nor renamed: a
+    process killed now leaves the half-written checkpoint a crash mid-save leaves. A
+    ``RADIOSHARP_TEST_CHECKPOINT_PAUSE_FILE`` names a file created when the pause starts.
+    """
+    pause = os.environ.get("RADIOSHARP_TEST_CHECKPOINT_PAUSE")
+    if not pause:
+        return
+    flag = os.environ.get("RADIOSHARP_TEST_CHECKPOINT_PAUSE_FILE")
+    if flag:
+        Path(flag).write_text(str(tmp))
+    time.sleep(float(pause))
 
 
 def _fsync_dir(path: Path) -> None:

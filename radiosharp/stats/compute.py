@@ -68,6 +68,12 @@ def compute_stats(recipe: Recipe, accelerator: Any = None) -> dict[str, Path]:
             f"{run_dir} holds a training run ({', '.join(held)}); write statistics to their "
             f"own folder (output_dir=runs/stats) and point teachers.<key>.phi_s at them"
         )
+    existing = [path for path in stats_paths(recipe).values() if path.exists()]
+    if existing:
+        raise RecipeError(
+            f"{existing[0]} already exists; statistics are never written over (delete it to compute them "
+            "again, or choose another output_dir)"
+        )
     teachers = {}
     for key, cfg in recipe.teachers.items():
         teachers[key] = _built(f"teachers.{key}", build_teacher, cfg, f"teachers.{key}")

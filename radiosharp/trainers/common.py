@@ -31,12 +31,15 @@ def teachers_phis(
     run_dir: Path,
     accelerator: Any = None,
 ) -> dict[str, nn.Module]:
-    """Each teacher's PHI-S: from ``cfg.phi_s``, else from the run folder, else computed
-    now over ``stats.num_images`` images, one pass over the images for all such teachers.
+    """Each teacher's PHI-S: from ``cfg.phi_s``, else (a resumed run) from the run folder, else
+    computed now over ``stats.num_images`` images, one pass over the images for all such teachers.
 
     Computed statistics are saved to ``run_dir/phi_s/<key>.safetensors`` so the run
-    can be inspected and resumed with the same normalization.
+    can be inspected and resumed with the same normalization. A file already there is
+    read only on resume (the run wrote it); a fresh run never adopts one the recipe does
+    not name (:func:`~radiosharp.engine.rundir.prepare_run_dir` refuses such a folder).
     """
+    from radiosharp.engine.rundir import claim, claimed
     from radiosharp.phis import PhiS
     from radiosharp.stats import teachers_moments
 
@@ -56,7 +59,13 @@ def teachers_phis(
             except ValueError as err:
                 raise RecipeError(f"teachers.{key}.phi_s: {err}") from None
         elif saved.is_file():
-            out[key] = PhiS.load(saved, expect_dim=teacher.embed_dim)
+            if not recipe.resume and not claimed(saved):  # never adopted: prepare_run_dir refuses it first
+                raise RecipeError(
+                    f"teachers.{key}: {saved} was not written by this run; statistics already in the run "
+                    f"folder are used only when the recipe names them (teachers.{key}.phi_s={saved}), "
+                    "else choose another output_dir"
+                )
+            out[key] = PhiS.load(saved, expect_dim=teacher.embed_dim)  # this run's own, written before it stopped
         else:
             todo[key] = teacher
     if todo:
@@ -72,6 +81,7 @@ def teachers_phis(
         for key, m in moments.items():
             if accelerator is None or accelerator.is_main_process:
                 m.save(run_dir / "phi_s" / f"{key}.safetensors")
+                claim(run_dir / "phi_s" / f"{key}.safetensors")
             out[key] = PhiS.from_moments(m)
     return {key: out[key] for key in teachers}
 

@@ -38,6 +38,7 @@ from torch import nn
 from radiosharp.builders import build_dataset, build_teacher, build_upsampler
 from radiosharp.data.first import NoImagesError, first_images
 from radiosharp.engine.trainer import Trainer
+from radiosharp.memory import check_upsampling_memory
 from radiosharp.multiview.fidelity import fidelity_eval, quality_metrics
 from radiosharp.multiview.views import ViewConfig
 from radiosharp.objectives.config import ObjectiveConfig, ObjectiveError, check_objective
@@ -127,6 +128,15 @@ class UpsamplerTrainer(Trainer):
         factor = up_cfg.factor or 2
         self.dataset = build_dataset(recipe.data)
         teacher = build_teacher(cfg, f"teachers.{key}")
+        # before the statistics and the first step: a factor that cannot fit is refused with the estimate
+        check_upsampling_memory(
+            f"teachers.{key}.upsampler.factor",
+            self.micro_batch // self.accelerator.num_processes,
+            teacher.embed_dim,
+            (teacher.feature_grid, teacher.feature_grid),
+            factor,
+            self.accelerator.device,
+        )
         objective = self.section.objective
         try:  # before the statistics: nothing is written for a recipe that cannot work
             check_objective(objective, teacher.native_size, teacher.patch_size, factor)

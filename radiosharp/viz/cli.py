@@ -12,7 +12,8 @@ folder (its teacher config is used). ``--upsampler``: exported upsampler run fol
 IMAGE: a path, ``skimage:NAME`` (e.g. ``skimage:astronaut``) or ``photo:NAME`` (a packaged
 photograph, :mod:`radiosharp.data.photos`). ``--hires-reference`` adds the teacher's own
 features of the image at ``factor x`` input as a last panel. Bad input exits with
-code 2 and a message, before anything is written.
+code 2 and a message, before anything is written. ``--out`` (or the default name) is
+never the input image, and an existing file is refused unless ``--force``.
 
 Python use: ``make_figure(image, teacher, {"featsharp": up_teacher}, "fig.png")``.
 """
@@ -31,13 +32,25 @@ from radiosharp.specs import SpecError as VizError
 from radiosharp.specs import build_upsamplers, check_upsampler_specs, parse_teacher_spec
 from radiosharp.viz.figure import DEFAULT_FACTOR, make_figure
 
-__all__ = ["build_parser", "default_out", "main"]
+__all__ = ["build_parser", "check_out", "default_out", "main"]
 
 
 def default_out(image: str) -> Path:
     """``<image name>_features.png`` in the current folder."""
     stem = image.split(":", 1)[1] if image.startswith(("skimage:", "photo:")) else Path(image).stem
     return Path(f"{stem}_features.png")
+
+
+def check_out(image: str, out: Path, force: bool) -> None:
+    """Refuse (VizError) an output that is the input image, a folder, or an existing file without ``force``."""
+    if not image.startswith(("skimage:", "photo:")):
+        source = Path(image)
+        if source.exists() and out.exists() and source.resolve() == out.resolve():
+            raise VizError(f"--out {out} is the input image; choose another --out (it is never overwritten)")
+    if out.is_dir():
+        raise VizError(f"--out {out} is a folder; give a PNG file name (--out {out / 'figure.png'})")
+    if out.exists() and not force:
+        raise VizError(f"--out {out} already exists; pass --force to overwrite it, or choose another --out")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
         "native size (a real hi-res reference for resolution-robust teachers like DINOv2)",
     )
     parser.add_argument("--out", default=None, help="output PNG (default: <image name>_features.png)")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing --out file (never the input image)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     return parser
 
@@ -79,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.factor is not None and args.factor < 1:
             raise VizError(f"--factor must be an integer >= 1, got {args.factor}")
+        out = Path(args.out) if args.out else default_out(args.image)
+        check_out(args.image, out, args.force)
         load_image(args.image)  # a missing image fails here, before any model is built
         teacher_cfg = parse_teacher_spec(args.teacher, args.size)
         factor = check_upsampler_specs(args.upsampler, teacher_cfg, args.factor)
@@ -90,8 +106,6 @@ def main(argv: list[str] | None = None) -> int:
     teacher.to(device)
     for module in upsamplers.values():
         module.to(device)
-    out = make_figure(
-        args.image, teacher, upsamplers, args.out or default_out(args.image), factor, args.hires_reference
-    )
-    print(f"wrote {out}")
+    written = make_figure(args.image, teacher, upsamplers, out, factor, args.hires_reference)
+    print(f"wrote {written}")
     return 0
