@@ -11,7 +11,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: setup weights demo test test-all lint format reproduce clean
+.PHONY: setup weights demo test test-all lint format reproduce clean device-wheels device-check-dry
 
 setup: $(STAMP) weights
 
@@ -52,3 +52,21 @@ reproduce: setup
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+# Wheels the GPU machine lacks (it has torch, timm, transformers, accelerate, safetensors, scikit-image,
+# pyyaml and tqdm, but no pydantic), for its Python 3.12 on x86-64 Linux; scripts/device_check.sh
+# installs them from here with --no-index. Pure-python but for pydantic-core (manylinux x86_64).
+DEVICE_WHEELS := device_wheels
+DEVICE_PY := 3.12
+device-wheels:
+	rm -rf $(DEVICE_WHEELS) && mkdir -p $(DEVICE_WHEELS)
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version $(DEVICE_PY) --implementation cp \
+	  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform any -d $(DEVICE_WHEELS) \
+	  "pydantic==$$($(PY) -c 'import pydantic; print(pydantic.VERSION)')" \
+	  "pydantic-core==$$($(PY) -c 'import pydantic_core; print(pydantic_core.__version__)')" \
+	  typing-inspection annotated-types
+	@du -sh $(DEVICE_WHEELS); ls $(DEVICE_WHEELS)
+
+# The GPU check at tiny size on this machine's CPU (what tests/test_device_check.py runs)
+device-check-dry:
+	PYTHON=$(PY) DRY_RUN=1 OUT=device_out bash scripts/device_check.sh

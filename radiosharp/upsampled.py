@@ -15,6 +15,15 @@ its config), yet ``.to()/.cuda()/.half()`` move it along, and ``train()`` never
 takes it out of eval mode. PHI-S (any module with ``forward(NCHW)`` and
 ``inverse(NCHW)``, e.g. ``radiosharp.phis.PhiS``) is a frozen submodule, so its
 statistics travel with the export.
+
+Bounded memory: ``UpsampledTeacher(..., max_memory_mb=M)`` (or the attribute of that name, or the
+environment variable ``RADIOSHARP_MAX_MEMORY_MB`` when the argument is not given) runs the
+upsampler of every no-grad call through the upsampler's ``bounded_forward`` (:mod:`upsamplers._chunked`): the same
+output, computed in tiles or query chunks whose working memory fits ``M`` MiB (the chunk size is
+derived from ``M``, see :mod:`upsamplers._chunked`). The global view then goes through the teacher
+on its own and the tiles of tile upsamplers ``tile_batch`` at a time (default 1), instead of in one
+teacher call with the global view. Under autograd (training) the unbounded call runs: training
+bounds its memory with the upsamplers' ``checkpoint_activations`` option.
 """
 
 from __future__ import annotations
@@ -31,6 +40,20 @@ from radiosharp.export import read_export, save_export
 from radiosharp.images import resize
 
 EXPORT_KIND = "upsampler"
+MAX_MEMORY_ENV = "RADIOSHARP_MAX_MEMORY_MB"
+
+
+def _env_budget() -> float | None:
+    value = os.environ.get(MAX_MEMORY_ENV, "").strip()
+    if not value:
+        return None
+    try:
+        budget = float(value)
+    except ValueError:
+        raise ValueError(f"{MAX_MEMORY_ENV}={value!r}: expected a number of MiB") from None
+    if budget <= 0:
+        raise ValueError(f"{MAX_MEMORY_ENV}={value!r}: must be > 0")
+    return budget
 
 
 class _Identity(nn.Module):
@@ -47,9 +70,21 @@ class UpsampledTeacher(Teacher):
     """A :class:`~radiosharp.contracts.Teacher` at ``u x`` the resolution of ``teacher``."""
 
     def __init__(
-        self, teacher: Teacher, upsampler: nn.Module, debias: nn.Module | None = None, phi_s: nn.Module | None = None
+        self,
+        teacher: Teacher,
+        upsampler: nn.Module,
+        debias: nn.Module | None = None,
+        phi_s: nn.Module | None = None,
+        max_memory_mb: float | None = None,
+        tile_batch: int | None = None,
     ) -> None:
         super().__init__()
+        if max_memory_mb is not None and max_memory_mb <= 0:
+            raise ValueError(f"max_memory_mb must be > 0, got {max_memory_mb}")
+        if tile_batch is not None and tile_batch < 1:
+            raise ValueError(f"tile_batch must be >= 1, got {tile_batch}")
+        self.max_memory_mb = max_memory_mb if max_memory_mb is not None else _env_budget()
+        self.tile_batch = tile_batch
         object.__setattr__(self, "teacher", teacher)  # not a submodule (see the module docstring)
         self.upsampler = upsampler
         self.debias = debias
@@ -123,16 +158,26 @@ class UpsampledTeacher(Teacher):
             f"multiples of {self.factor * self.patch_size})",
         )
 
+    def bounded(self) -> bool:
+        """Whether this call runs chunked: a budget is set and autograd is off."""
+        return self.max_memory_mb is not None and not torch.is_grad_enabled()
+
     def forward(self, images: torch.Tensor) -> TeacherOutput:
         self.check_size(images)
         height, width = images.shape[-2:]
         global_view = resize(images, (height // self.factor, width // self.factor))
+        bounded_forward = getattr(self.upsampler, "bounded_forward", None)  # any module with the contract works
+        if self.bounded() and bounded_forward is not None:
+            summary, lowres = self.featurize_with_summary(global_view)
+            hires = bounded_forward(images, lowres, self.featurize, self.max_memory_mb, tile_batch=self.tile_batch)
+            return TeacherOutput(summary=summary, features=self.phi_s.inverse(hires))
         (lowres,), summary, tiles = self.featurize_batched([global_view], images)
         hires = self.upsample(images, lowres, tiles)
         return TeacherOutput(summary=summary, features=self.phi_s.inverse(hires))
 
     def extra_repr(self) -> str:
-        return f"teacher={getattr(self.teacher, 'name', type(self.teacher).__name__)}, factor={self.factor}"
+        extra = "" if self.max_memory_mb is None else f", max_memory_mb={self.max_memory_mb:g}"
+        return f"teacher={getattr(self.teacher, 'name', type(self.teacher).__name__)}, factor={self.factor}{extra}"
 
 
 # ----------------------------------------------------------------------------- export
@@ -172,8 +217,12 @@ def save_upsampler(
     return save_export(run_dir, up_teacher, EXPORT_KIND, config)
 
 
-def load_upsampled_teacher(run_dir: str | os.PathLike, teacher: Teacher | None = None) -> UpsampledTeacher:
+def load_upsampled_teacher(
+    run_dir: str | os.PathLike, teacher: Teacher | None = None, max_memory_mb: float | None = None
+) -> UpsampledTeacher:
     """Rebuild an exported :class:`UpsampledTeacher` (strict weight loading), in eval mode.
+
+    ``max_memory_mb``: the memory budget of its upsampler calls (module docstring).
 
     ``teacher``: the frozen teacher to wrap; by default it is rebuilt from the export's
     teacher config with ``radiosharp.build_teacher``. Weights that are not finite are
@@ -200,6 +249,6 @@ def load_upsampled_teacher(run_dir: str | os.PathLike, teacher: Teacher | None =
         from radiosharp.phis import PhiS
 
         phi_s = PhiS.identity(dim)
-    model = UpsampledTeacher(teacher, upsampler, debias, phi_s)
+    model = UpsampledTeacher(teacher, upsampler, debias, phi_s, max_memory_mb=max_memory_mb)
     model.load_state_dict(state, strict=True)
     return model.eval()

@@ -71,6 +71,7 @@ def test_default_options_are_todays_filter_exactly():
         "fixup": False,
         "border": "mask",
         "factor_order": "descending",
+        "checkpoint_activations": False,
     }
     assert all("fixup" not in k for k in up.state_dict())
     torch.manual_seed(0)

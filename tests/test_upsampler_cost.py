@@ -182,3 +182,37 @@ def test_cli_naf_options_are_refused_on_the_teacher_table(capsys):
     assert "--table naf only" in capsys.readouterr().err
     assert main(["upsample", "--table", "naf", "--teacher", "dinov2", "--size", "tiny", "--methods", "lanczos"]) == 2
     assert "unknown upsampler 'lanczos'" in capsys.readouterr().err
+
+
+def test_teacher_at_u_x_ratios_two_widths_and_plot(tmp_path):
+    """Several teachers (one table each), the teacher at u x input measured with ratios to it, a PNG plot."""
+    from radiosharp.bench.cli import main
+
+    path, plot = tmp_path / "cost.json", tmp_path / "cost.png"
+    tiny_wide = "{family: dinov2, size: tiny}"
+    args = ["upsample", "--table", "naf", "--teacher", "dinov2", tiny_wide, "--size", "tiny", "--factors", "2", "4"]
+    args += ["--methods", "featup", "--repeats", "1", "--warmup", "0", "--input-size", "56"]
+    args += ["--teacher-max-factor", "2", "--plot", str(plot), "--json", str(path)]
+    assert main(args) == 0
+    combined = json.loads(path.read_text())
+    assert combined["table"] == "naf" and len(combined["reports"]) == 2
+    report = combined["reports"][0]
+    assert report["teacher"]["input_size"] == 56 and report["teacher"]["grid"] == 4
+    assert [r["factor"] for r in report["teacher_rows"]] == [2]  # up to --teacher-max-factor
+    teacher_row = report["teacher_rows"][0]
+    assert teacher_row["status"] == "ok" and teacher_row["fwd_s"] > 0 and teacher_row["fwd_bwd_peak_mb"] > 0
+    for r in report["rows"]:
+        if r["factor"] == 2:
+            assert r["fwd_teacher_ratio"] == pytest.approx(r["fwd_s"] / teacher_row["fwd_s"])
+            assert r["fwd_bwd_mem_teacher_ratio"] == pytest.approx(
+                r["fwd_bwd_peak_mb"] / teacher_row["fwd_bwd_peak_mb"]
+            )
+            assert r["params_teacher_ratio"] == pytest.approx(r["params"] / report["teacher_params"])
+        else:
+            assert r["fwd_teacher_ratio"] is None
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    from radiosharp.bench.upsampler_cost import upsampler_cost_teacher_markdown
+
+    text = upsampler_cost_teacher_markdown(report)
+    assert "| `teacher` at u x input |" in text and "2x fwd x T" in text and "4x fwd x T" not in text

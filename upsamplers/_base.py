@@ -32,6 +32,10 @@ class Upsampler(nn.Module):
     features of :meth:`tile_inputs`, for callers that batch the tiles into the same
     teacher call as their other inputs (the global view, the training views); the
     other upsamplers ignore them.
+
+    ``bounded_forward(images, lowres, featurize, max_memory_mb, tile_batch=None)``, the same output
+    within a working-memory budget, is attached by :mod:`upsamplers._chunked` (which needs the
+    concrete upsamplers, so it cannot be imported from here).
     """
 
     trainable: bool = False

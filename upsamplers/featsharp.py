@@ -33,6 +33,12 @@ SwiGLU hidden width is ~8C/3 (``mlp_hidden`` sets it). NVlabs' block ends up abo
 as wide: its ``Block`` rebuilds the SwiGLU from ``mlp_ratio`` times the block width 2C
 (overriding the ``4C`` the level passes), so ~16C/3 (5464 for C = 1024);
 ``python -m radiosharp.convert featsharp`` reads the width from the checkpoint.
+
+``attention_backend`` picks the block's sliding-window kernel (``upsamplers._kernels``): ``auto``
+(default) runs PyTorch's compiled ``flex_attention`` on CUDA and the pure-PyTorch reference
+elsewhere (flex has no backward on CPU); ``reference``, ``reference_tiled``, ``reference_v1``,
+``flex`` force one. All give the same attention (parity-tested); the base upsampler's JBU keeps the
+reference.
 """
 
 from __future__ import annotations
@@ -41,11 +47,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from radiosharp.registry import UPSAMPLERS
 from upsamplers._base import Featurize, Upsampler
-from upsamplers._kernels import neighborhood_attention, window_offsets
+from upsamplers._kernels import BACKENDS, neighborhood_attention, neighborhood_attention_flex, window_offsets
 
 MAX_AUTO_HEADS = 16
 WINDOW_SIZES = (1, 3, 5, 7, 9, 11)
@@ -60,10 +67,16 @@ def alibi_slopes_init(num_heads: int) -> Tensor:
 
 
 class NeighborhoodAttention(nn.Module):
-    """Multi-head 2-D sliding-window self-attention on ``[B,H,W,D]`` maps."""
+    """Multi-head 2-D sliding-window self-attention on ``[B,H,W,D]`` maps.
 
-    def __init__(self, dim: int, num_heads: int, window_size: int) -> None:
+    ``backend``: the kernel (see :func:`upsamplers._kernels.neighborhood_attention`); ``auto`` runs the
+    compiled ``flex_attention`` on CUDA and the pure-PyTorch reference elsewhere."""
+
+    def __init__(self, dim: int, num_heads: int, window_size: int, backend: str = "auto") -> None:
         super().__init__()
+        if backend not in BACKENDS:
+            raise ValueError(f"featsharp: attention_backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+        self.backend = backend
         if dim % num_heads:
             raise ValueError(f"attention width {dim} is not divisible by num_heads={num_heads}")
         self.num_heads, self.window_size = num_heads, window_size
@@ -82,7 +95,13 @@ class NeighborhoodAttention(nn.Module):
         b, h, w, d = x.shape
         qkv = self.qkv(x).view(b, h, w, 3, self.num_heads, self.head_dim).permute(3, 0, 4, 5, 1, 2)
         out = neighborhood_attention(
-            qkv[0], qkv[1], qkv[2], self.window_size, self.position_bias(), scale=self.head_dim**-0.5
+            qkv[0],
+            qkv[1],
+            qkv[2],
+            self.window_size,
+            self.position_bias(),
+            scale=self.head_dim**-0.5,
+            backend=self.backend,
         )
         return self.proj(out.permute(0, 3, 4, 1, 2).reshape(b, h, w, d))
 
@@ -126,12 +145,13 @@ class FeatSharpBlock(nn.Module):
         layer_norm: bool = True,
         num_inputs: int = 2,
         residual: int | None = 0,
+        attention_backend: str = "auto",
     ) -> None:
         super().__init__()
         width = num_inputs * dim
         self.dim, self.residual = dim, residual
         self.norm1 = nn.LayerNorm(width) if layer_norm else nn.Identity()
-        self.attn = NeighborhoodAttention(width, num_heads, window_size)
+        self.attn = NeighborhoodAttention(width, num_heads, window_size, attention_backend)
         self.ls1 = LayerScale(width, layer_scale_init)
         self.norm2 = nn.LayerNorm(width) if layer_norm else nn.Identity()
         self.mlp = SwiGLU(width, mlp_hidden, dim)
@@ -211,6 +231,11 @@ class FeatSharpUpsampler(Upsampler):
 
     trainable = True
     uses_tiles = True
+    # the block's kernel and its backends, for `python -m radiosharp.bench attention` (the core reaches
+    # plug-ins through the registry only)
+    attention_kernel = staticmethod(neighborhood_attention)
+    attention_kernel_flex = staticmethod(neighborhood_attention_flex)
+    attention_backends = BACKENDS
 
     def __init__(
         self,
@@ -227,8 +252,18 @@ class FeatSharpUpsampler(Upsampler):
         mlp_hidden: int | None = None,
         layer_scale_init: float = 1e-6,
         layer_norm: bool = True,
+        checkpoint_activations: bool = False,
+        attention_backend: str = "auto",
     ) -> None:
         super().__init__(factor, dim, patch_size)
+        if attention_backend not in BACKENDS:
+            raise ValueError(
+                f"featsharp: attention_backend must be one of {', '.join(BACKENDS)}; got {attention_backend!r}"
+            )
+        if not isinstance(checkpoint_activations, bool):
+            raise ValueError(f"featsharp: checkpoint_activations must be true or false; got {checkpoint_activations!r}")
+        # under autograd the block (and a featup base's JBU stages) run under torch.utils.checkpoint
+        self.checkpoint_activations = checkpoint_activations
         if dim < 1:
             raise ValueError("featsharp: needs the feature width dim >= 1 (the teacher's embed_dim)")
         if window_size not in WINDOW_SIZES:
@@ -257,7 +292,10 @@ class FeatSharpUpsampler(Upsampler):
             layer_norm,
             num_inputs=len(self.inputs),
             residual=residual_index,
+            attention_backend=attention_backend,
         )
+        if checkpoint_activations and self.base is not None and hasattr(self.base, "jbu"):
+            self.base.jbu.checkpoint_activations = True
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
         # exports before the base option held the JBU stack at `jbu.`; it is now the base's `jbu.`
@@ -295,6 +333,8 @@ class FeatSharpUpsampler(Upsampler):
         dtype = self.block.ls2.gamma.dtype  # PHI-S features are float32; a bf16 block takes its own dtype
         # concatenated straight into the block's [B,H,W,nC] layout (LayerNorm then reads it as is)
         x = torch.cat([b.to(dtype).permute(0, 2, 3, 1) for b in buffers], dim=-1)
+        if self.checkpoint_activations and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(self.block, x, use_reentrant=False).permute(0, 3, 1, 2)
         return self.block(x).permute(0, 3, 1, 2)
 
 

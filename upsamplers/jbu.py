@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from radiosharp.contracts import IMAGENET_MEAN, IMAGENET_STD
@@ -76,17 +77,28 @@ def stage_factors(factor: int, order: str = "descending") -> list[int]:
 
 
 def joint_bilateral_filter(
-    features: Tensor, range_queries: Tensor, range_keys: Tensor, spatial_logits: Tensor, kernel_size: int
+    features: Tensor,
+    range_queries: Tensor,
+    range_keys: Tensor,
+    spatial_logits: Tensor,
+    kernel_size: int,
+    backend: str = "reference",
 ) -> Tensor:
     """``out_i = sum_j softmax_j(q_i . k_j + spatial_j) f_j`` over a ``k x k`` window.
 
     features ``[B,C,H,W]`` (already on the output grid); range queries/keys
     ``[B,D,H,W]`` (queries carry the ``1/sigma_range^2`` factor); spatial_logits
     ``[1, k*k]`` = log of the spatial kernel. Equal to "range softmax times spatial
-    kernel, renormalized" because the range softmax's normalizer cancels.
+    kernel, renormalized" because the range softmax's normalizer cancels. ``backend``: the kernel of
+    :func:`upsamplers._kernels.neighborhood_attention` (the pure-PyTorch reference by default).
     """
     out = neighborhood_attention(
-        range_queries.unsqueeze(1), range_keys.unsqueeze(1), features.unsqueeze(1), kernel_size, bias=spatial_logits
+        range_queries.unsqueeze(1),
+        range_keys.unsqueeze(1),
+        features.unsqueeze(1),
+        kernel_size,
+        bias=spatial_logits,
+        backend=backend,
     )
     return out.squeeze(1)
 
@@ -170,6 +182,8 @@ class JointBilateralUpsampler(nn.Module):
             else None
         )
         self.radius = max(kernel_size // 2, 1)
+        # the kernel of the filter (upsamplers._kernels.BACKENDS); set on the module, not a recipe option
+        self.attention_backend = "reference"
         dist_sq = torch.tensor([float(dy * dy + dx * dx) for dy, dx in window_offsets(kernel_size)])
         self.register_buffer("offset_dist_sq", dist_sq.view(1, -1), persistent=False)  # exact integers
         self.register_buffer("guidance_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -213,13 +227,23 @@ class JointBilateralUpsampler(nn.Module):
             return apply_window_weights(upsampled, weights, self.kernel_size, self.border)
         if self.border == "mask":
             return joint_bilateral_filter(
-                upsampled, keys * self.range_temperature, keys, self.spatial_logits(), self.kernel_size
+                upsampled,
+                keys * self.range_temperature,
+                keys,
+                self.spatial_logits(),
+                self.kernel_size,
+                self.attention_backend,
             )
         # reflect: filter the reflect-padded maps; inside the crop no window leaves the padded map,
         # so the kernel's masking never acts there
         keys, upsampled = _pad(keys, r, "reflect"), _pad(upsampled, r, "reflect")
         out = joint_bilateral_filter(
-            upsampled, keys * self.range_temperature, keys, self.spatial_logits(), self.kernel_size
+            upsampled,
+            keys * self.range_temperature,
+            keys,
+            self.spatial_logits(),
+            self.kernel_size,
+            self.attention_backend,
         )
         return out[..., r : r + size[0], r : r + size[1]]
 
@@ -257,17 +281,26 @@ class JBUStack(nn.Module):
         )
         # FeatUp's layout (Dropout2d, Conv2d): the conv is `fixup_proj.1`
         self.fixup_proj = nn.Sequential(nn.Dropout2d(0.2), nn.Conv2d(dim, dim, 1)) if fixup else None
+        self.checkpoint_activations = False  # checkpoint_activations option: see FeatUpUpsampler
 
     def forward(self, features: Tensor, images: Tensor) -> Tensor:
         for stage in self.stages:
-            features = stage(features, images)
+            if self.checkpoint_activations and torch.is_grad_enabled():
+                # recomputed in backward (same RNG state for the fixup's dropout): keeps one map per stage
+                features = torch.utils.checkpoint.checkpoint(stage, features, images, use_reentrant=False)
+            else:
+                features = stage(features, images)
         if self.fixup_proj is not None:
             features = features + FIXUP_SCALE * self.fixup_proj(features)
         return features
 
 
 class FeatUpUpsampler(Upsampler):
-    """The JBU stack behind the upsampler interface (the ``featup`` registry entry)."""
+    """The JBU stack behind the upsampler interface (the ``featup`` registry entry).
+
+    ``checkpoint_activations``: under autograd each stage runs under ``torch.utils.checkpoint``
+    (its activations are recomputed in backward; the same loss and gradients, less memory).
+    """
 
     trainable = True
 
@@ -282,9 +315,11 @@ class FeatUpUpsampler(Upsampler):
         fixup: bool = False,
         border: str = "mask",
         factor_order: str = "descending",
+        checkpoint_activations: bool = False,
     ) -> None:
         super().__init__(factor, dim, patch_size)
         self.jbu = JBUStack(factor, kernel_size, key_dim, pre_upsample, fixup, border, factor_order, dim)
+        self.jbu.checkpoint_activations = bool(checkpoint_activations)
 
     def forward(
         self, images: Tensor, lowres: Tensor, featurize: Featurize, tile_features: Tensor | None = None
@@ -304,6 +339,7 @@ def build_featup(
     fixup: bool = False,
     border: str = "mask",
     factor_order: str = "descending",
+    checkpoint_activations: bool = False,
 ) -> FeatUpUpsampler:
     """FeatUp's JBU stack; ``pre_upsample``/``fixup``/``border``/``factor_order`` restore the reference
     codes' choices (module docstring): FeatUp = bicubic, true, reflect; NVlabs FeatSharp = reflect, ascending."""
@@ -314,4 +350,8 @@ def build_featup(
     check_choice("factor_order", factor_order, FACTOR_ORDERS)
     if not isinstance(fixup, bool):
         raise ValueError(f"featup: fixup must be true or false; got {fixup!r}")
-    return FeatUpUpsampler(factor, dim, patch_size, kernel_size, key_dim, pre_upsample, fixup, border, factor_order)
+    if not isinstance(checkpoint_activations, bool):
+        raise ValueError(f"featup: checkpoint_activations must be true or false; got {checkpoint_activations!r}")
+    return FeatUpUpsampler(
+        factor, dim, patch_size, kernel_size, key_dim, pre_upsample, fixup, border, factor_order, checkpoint_activations
+    )

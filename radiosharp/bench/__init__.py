@@ -11,6 +11,10 @@
   same round-robin run; a method that fails at a size gets a failed row with the reason
   (:mod:`radiosharp.bench.upsampler_cost`; ``--grid`` sets the low-res grid, 8 patches
   by default for a CPU).
+- ``attention``: the neighbourhood-attention backends (row-tiled reference, the first kernel,
+  compiled ``flex_attention``) side by side at the JBU and FeatSharp block shapes: time and peak
+  memory, forward and forward+backward, as ratios from one round-robin run
+  (:mod:`radiosharp.bench.attention`).
 - ``train RECIPE [k=v ...]``: images/s of a distillation step per partition and the
   share of step time in teachers, upsamplers, student forward and backward
   (:mod:`radiosharp.bench.train`).

@@ -214,7 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
         "memory, and their ratios to bilinear; default factors 2 4 8 16, see radiosharp.bench.upsampler_cost)",
     )
     up.add_argument(
-        "--teacher", required=True, help="family name, '{family: dinov2, size: tiny}', or an upsampler run folder"
+        "--teacher",
+        required=True,
+        nargs="+",
+        help="family name, '{family: dinov2, size: tiny}', or an upsampler run folder (--table naf: several, "
+        "one table each, e.g. two widths)",
     )
     up.add_argument(
         "--size",
@@ -250,6 +254,20 @@ def build_parser() -> argparse.ArgumentParser:
         "(default 8: 112px for DINOv2, a CPU size; NAF's table: 28)",
     )
     up.add_argument(
+        "--input-size",
+        type=int,
+        default=None,
+        help="--table naf: the teacher input in px (grid = input / patch; 448 = the issue's setting); overrides --grid",
+    )
+    up.add_argument(
+        "--teacher-max-factor",
+        type=int,
+        default=None,
+        help="--table naf: measure the teacher at u x input for factors up to this one and report ratios to it "
+        "(default: none; it grows as u^2 tokens, so leave 16x to a GPU)",
+    )
+    up.add_argument("--plot", default=None, metavar="PNG", help="--table naf: time and memory vs factor, log scale")
+    up.add_argument(
         "--query-chunk",
         type=int,
         default=None,
@@ -263,6 +281,26 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="write the report as JSON to PATH (no PATH: print JSON instead of the tables)",
     )
+    at = sub.add_parser(
+        "attention",
+        help="neighbourhood-attention backends side by side (reference, reference_v1, flex): time and peak "
+        "memory, fwd and fwd+bwd, at the JBU and FeatSharp block shapes (radiosharp.bench.attention)",
+    )
+    at.add_argument(
+        "--shapes",
+        nargs="+",
+        default=None,
+        help="jbu featsharp768 featsharp2048 (default: all); --tiny: tiny shapes for a smoke run",
+    )
+    at.add_argument("--backends", nargs="+", default=None, help="default: reference reference_tiled reference_v1 flex")
+    at.add_argument("--phases", nargs="+", choices=("fwd", "fwd+bwd"), default=None)
+    at.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    at.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    at.add_argument("--repeats", type=int, default=3)
+    at.add_argument("--warmup", type=int, default=1)
+    at.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    at.add_argument("--tiny", action="store_true", help="tiny shapes (tests, dry runs)")
+    at.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH")
     tr = sub.add_parser("train", help="images/s and phase shares of a distillation step")
     tr.add_argument("recipe", help="a kind: distill recipe")
     tr.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
@@ -293,35 +331,62 @@ def run_upsample(args: argparse.Namespace) -> int:
             raise ValueError(
                 f"need factors >= 1 (got {factors}), --batch >= 1, --repeats >= 1, --warmup >= 0, --views >= 1"
             )
-        if not naf and (args.grid is not None or args.query_chunk is not None):
-            raise ValueError("--grid and --query-chunk apply to --table naf only")
+        naf_only = (args.grid, args.query_chunk, args.input_size, args.teacher_max_factor, args.plot)
+        if not naf and any(v is not None for v in naf_only):
+            raise ValueError(
+                "--grid, --query-chunk, --input-size, --teacher-max-factor and --plot apply to --table naf only"
+            )
+        if not naf and len(args.teacher) > 1:
+            raise ValueError("several --teacher values apply to --table naf only")
         if grid < 1 or (args.query_chunk is not None and args.query_chunk < 1):
             raise ValueError(f"need --grid >= 1 and --query-chunk >= 1, got {grid}, {args.query_chunk}")
         for method in methods or ():
             UPSAMPLERS.get(method, "--methods")
+        if args.input_size is not None and args.input_size < 1:
+            raise ValueError(f"need --input-size >= 1, got {args.input_size}")
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        teacher = build_teacher(parse_teacher_spec(args.teacher, args.size), "--teacher")
+        teachers = [build_teacher(parse_teacher_spec(spec, args.size), "--teacher") for spec in args.teacher]
     except (VizError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    teacher.to(device)
     quiet = args.json == "-"
     progress = None if quiet else (lambda msg: print(f"... {msg}", file=sys.stderr, flush=True))
     if naf:
-        report = bench_upsampler_cost(
-            teacher,
-            factors,
-            methods,
-            args.batch,
-            args.warmup,
-            repeats,
-            args.precision,
-            grid=grid,
-            query_chunk=args.query_chunk,
-            progress=progress,
-        )
-        _emit(report, args.json, upsampler_cost_tables(report))
+        from radiosharp.bench.upsampler_cost import plot_upsampler_cost, upsampler_cost_teacher_markdown
+
+        reports = []
+        for teacher in teachers:
+            teacher.to(device)
+            side = grid if args.input_size is None else max(1, args.input_size // teacher.patch_size)
+            reports.append(
+                bench_upsampler_cost(
+                    teacher,
+                    factors,
+                    methods,
+                    args.batch,
+                    args.warmup,
+                    repeats,
+                    args.precision,
+                    grid=side,
+                    query_chunk=args.query_chunk,
+                    progress=progress,
+                    teacher_max_factor=args.teacher_max_factor if args.teacher_max_factor is not None else 0,
+                )
+            )
+            teacher.to("cpu")
+        texts = []
+        for report in reports:
+            text = upsampler_cost_tables(report)
+            ratios = upsampler_cost_teacher_markdown(report)
+            texts.append(text + (f"\n\n{ratios}" if ratios else ""))
+        if args.plot:
+            Path(args.plot).parent.mkdir(parents=True, exist_ok=True)
+            plot_upsampler_cost(reports, args.plot)
+            texts.append(f"wrote {args.plot}")
+        combined = reports[0] if len(reports) == 1 else {"table": "naf", "reports": reports}
+        _emit(combined, args.json, "\n\n".join(texts))
         return 0
+    teacher = teachers[0].to(device)
     report = bench_upsample(
         teacher,
         factors,
@@ -357,6 +422,51 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_attention(args: argparse.Namespace) -> int:
+    from radiosharp.bench.attention import BACKENDS, SHAPES, TINY_SHAPES, attention_tables, bench_attention, kernels
+
+    kernel_backends = kernels()[2]
+
+    known = TINY_SHAPES if args.tiny else SHAPES
+    try:
+        names = args.shapes or list(known)
+        bad = [n for n in names if n not in known]
+        if bad:
+            raise ValueError(f"unknown --shapes {bad}; choose from {', '.join(known)}")
+        backends = args.backends or list(BACKENDS)
+        bad = [b for b in backends if b not in kernel_backends or b == "auto"]
+        if bad:
+            raise ValueError(
+                f"unknown --backends {bad}; choose from reference reference_tiled reference_v1 flex flex_eager"
+            )
+        if args.repeats < 1 or args.warmup < 1:
+            raise ValueError(f"need --repeats >= 1 and --warmup >= 1, got {args.repeats}, {args.warmup}")
+        if args.threads is not None and args.threads < 1:
+            raise ValueError(f"need --threads >= 1, got {args.threads}")
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    quiet = args.json == "-"
+    progress = None if quiet else (lambda msg: print(f"... {msg}", file=sys.stderr, flush=True))
+    report = bench_attention(
+        {n: known[n] for n in names},
+        backends,
+        args.phases or ("fwd", "fwd+bwd"),
+        device,
+        args.precision,
+        args.warmup,
+        args.repeats,
+        progress,
+    )
+    _emit(report, args.json, attention_tables(report))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "attention":
+        return run_attention(args)
     return run_upsample(args) if args.command == "upsample" else run_train(args)

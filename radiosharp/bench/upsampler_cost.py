@@ -81,6 +81,7 @@ DEFAULT_FACTORS = (2, 4, 8, 16)
 DEFAULT_GRID = 8  # low-res side in patches; see the module docstring
 DEFAULT_REPEATS = 3
 REFERENCE = "bilinear"
+TEACHER = "teacher"  # the teacher at u x input, in teacher_rows
 PHASES = ("fwd", "fwd_bwd")
 STEPS = ("build", "prepare", *PHASES)
 PHASE_NAMES = {"fwd": "forward", "fwd_bwd": "forward+backward", "build": "build", "prepare": "teacher features"}
@@ -269,8 +270,14 @@ def bench_factor(
     query_chunk: int | None = None,
     options: dict[str, dict[str, Any]] | None = None,
     say: Callable[[str], None] = lambda _msg: None,
+    teacher_rows: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Rows of one factor: every method's forward and forward+backward, timed round-robin."""
+    """Rows of one factor: every method's forward and forward+backward, timed round-robin.
+
+    ``teacher_rows``: a list to append the teacher-at-u-x-input row to; the teacher (forward on
+    ``images``, and forward + gradient w.r.t. them) is then timed in the same round-robin and each
+    row gets its ``*_teacher_ratio`` columns. None: the teacher is not measured.
+    """
     device = images.device
     guard = _Guard(device)
 
@@ -303,6 +310,9 @@ def bench_factor(
     for name, method in prepared.items():
         calls[f"{name}/fwd"] = guard.wrap(f"{name}/fwd", method.forward(precision))
         calls[f"{name}/fwd_bwd"] = guard.wrap(f"{name}/fwd_bwd", method.forward_backward(precision))
+    if teacher_rows is not None:
+        for phase, call in _teacher_calls(teacher, images, precision).items():
+            calls[f"{TEACHER}/{phase}"] = guard.wrap(f"{TEACHER}/{phase}", call)
     say(f"factor {factor}: timing {len(prepared)} methods round-robin ({repeats} repeats after {warmup} warm-up)")
     costs = measure_interleaved(calls, device, warmup, repeats) if calls else {}
 
@@ -311,6 +321,8 @@ def bench_factor(
         return None if key in guard.errors else costs.get(key)
 
     reference = {phase: cost(REFERENCE, phase) for phase in PHASES}
+    at_u = {phase: cost(TEACHER, phase) for phase in PHASES} if teacher_rows is not None else {}
+    teacher_params = count_parameters(teacher)
     size = images.shape[-1]
     rows = []
     for name in methods:
@@ -335,9 +347,53 @@ def bench_factor(
             row[f"{phase}_peak_mb"] = None if got is None else got.peak_mb
             row[f"{phase}_ratio"] = None if got is None or ref is None else ratio(got.seconds, ref.seconds)
             row[f"{phase}_mem_ratio"] = None if got is None or ref is None else ratio(got.peak_bytes, ref.peak_bytes)
+            t = at_u.get(phase)  # the teacher at u x input (None: not measured at this factor)
+            row[f"{phase}_teacher_ratio"] = None if got is None or t is None else ratio(got.seconds, t.seconds)
+            row[f"{phase}_mem_teacher_ratio"] = (
+                None if got is None or t is None else ratio(got.peak_bytes, t.peak_bytes)
+            )
+        row["params_teacher_ratio"] = (
+            None if row["params"] is None or teacher_rows is None else ratio(row["params"], teacher_params)
+        )
         rows.append(row)
+    if teacher_rows is not None:
+        trow: dict[str, Any] = {
+            "factor": factor,
+            "method": TEACHER,
+            "status": "ok" if guard.error(TEACHER) is None else "failed",
+            "error": guard.error(TEACHER),
+            "params": teacher_params,
+            "image_size": size,
+            "grad_wrt": "input image",
+        }
+        for phase in PHASES:
+            t, ref = at_u.get(phase), reference[phase]
+            trow[f"{phase}_s"] = None if t is None else t.seconds
+            trow[f"{phase}_peak_mb"] = None if t is None else t.peak_mb
+            trow[f"{phase}_ratio"] = None if t is None or ref is None else ratio(t.seconds, ref.seconds)
+            trow[f"{phase}_mem_ratio"] = None if t is None or ref is None else ratio(t.peak_bytes, ref.peak_bytes)
+        teacher_rows.append(trow)
     say(f"factor {factor}: done (the teacher featurized {shared.calls} tile batch(es) once, replayed since)")
     return rows
+
+
+def _teacher_calls(teacher: Teacher, images: torch.Tensor, precision: str) -> dict[str, Callable[[], Any]]:
+    """The teacher at ``u x`` input (what the upsamplers stand in for): no-grad forward, and forward +
+    gradient of its features' sum w.r.t. the input image (its parameters are frozen; the contract's
+    ``forward`` is called past ``FrozenTeacher``'s no-grad wrapper)."""
+
+    def fwd() -> Any:
+        with torch.no_grad(), precision_context(images.device, precision):
+            return teacher(images).features
+
+    def fwd_bwd() -> Any:
+        x = images.detach().requires_grad_(True)
+        with torch.enable_grad():
+            with precision_context(images.device, precision):
+                out = Teacher.forward(teacher, x).features  # the base forward: frozen teachers run no-grad
+            return out, torch.autograd.grad(out.float().sum(), [x])
+
+    return {"fwd": fwd, "fwd_bwd": fwd_bwd}
 
 
 def _options(module: torch.nn.Module) -> dict[str, Any]:
@@ -359,8 +415,12 @@ def bench_upsampler_cost(
     options: dict[str, dict[str, Any]] | None = None,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    teacher_max_factor: int | None = 0,
 ) -> dict[str, Any]:
     """The NAF-style cost table (module docstring) on ``teacher`` (already on its device); a JSON-able report.
+
+    ``teacher_max_factor``: measure the teacher at ``u x`` input for the factors up to it (None: all;
+    0: none), in ``teacher_rows``, and give every row its ratios to it (``*_teacher_ratio``).
 
     ``methods``: None for every registered upsampler (bilinear is added when missing: it
     is the reference). ``grid``: the low-res side in patches (None: the teacher's own
@@ -390,14 +450,27 @@ def bench_upsampler_cost(
     say = progress or (lambda _msg: None)
     generator = torch.Generator().manual_seed(seed)
     rows: list[dict[str, Any]] = []
+    teacher_rows: list[dict[str, Any]] = []
     say(f"low-res grid {side}x{side} (teacher input {native}px), methods: {' '.join(names)}")
     for factor in factors:
         with _released(device):
             images = torch.rand(batch, 3, factor * native, factor * native, generator=generator).to(device)
             lowres_input = resize(images, (native, native))
+            with_teacher = teacher_max_factor is None or factor <= teacher_max_factor
             rows.extend(
                 bench_factor(
-                    teacher, factor, names, images, lowres_input, warmup, repeats, precision, query_chunk, options, say
+                    teacher,
+                    factor,
+                    names,
+                    images,
+                    lowres_input,
+                    warmup,
+                    repeats,
+                    precision,
+                    query_chunk,
+                    options,
+                    say,
+                    teacher_rows if with_teacher else None,
                 )
             )
             del images, lowres_input
@@ -425,7 +498,10 @@ def bench_upsampler_cost(
         "backward": "autograd.grad of the output's sum w.r.t. the parameters (parameter-free: the input features)",
         "teacher_excluded": "low-res features computed once per factor; tile teacher calls recorded once and replayed",
         "memory": _memory_method(device),
+        "teacher_params": count_parameters(teacher),
+        "teacher_max_factor": teacher_max_factor,
         "rows": rows,
+        "teacher_rows": teacher_rows,
     }
 
 
@@ -511,3 +587,81 @@ def upsampler_cost_markdown(report: dict[str, Any]) -> str:
 
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else seconds * 1e3
+
+
+def upsampler_cost_teacher_markdown(report: dict[str, Any]) -> str:
+    """The teacher-ratio table: per method and factor, forward / forward+backward time and forward+backward
+    peak memory as ratios to the teacher at ``u x`` input (``teacher_rows``); its own costs in the first line.
+    Empty when the teacher was not measured."""
+    trows = {r["factor"]: r for r in report.get("teacher_rows") or []}
+    if not trows:
+        return ""
+    factors = [u for u in dict.fromkeys(r["factor"] for r in report["rows"]) if u in trows]
+    methods = list(dict.fromkeys(r["method"] for r in report["rows"]))
+    by = {(r["factor"], r["method"]): r for r in report["rows"]}
+    headers = ["method", "params x T"]
+    for u in factors:
+        headers += [f"{u}x fwd x T", f"{u}x fwd+bwd x T", f"{u}x peak x T"]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join([":---"] + ["---:"] * (len(headers) - 1)) + "|"]
+    cells = [f"`{TEACHER}` at u x input", _params(report.get("teacher_params"))]
+    for u in factors:
+        t = trows[u]
+        cells += [f"{_num(_ms(t['fwd_s']))} ms", f"{_num(_ms(t['fwd_bwd_s']))} ms", f"{_num(t['fwd_bwd_peak_mb'])} MiB"]
+    lines.append("| " + " | ".join(cells) + " |")
+    for m in methods:
+        rows = [by.get((u, m)) for u in factors]
+        first = next((r for r in rows if r), None)
+        cells = [f"`{m}`", _num(first.get("params_teacher_ratio") if first else None)]
+        for r in rows:
+            if r is None:
+                cells += ["-"] * 3
+                continue
+            cells += [_num(r.get(f"{k}")) for k in ("fwd_teacher_ratio", "fwd_bwd_teacher_ratio")]
+            cells.append(_num(r.get("fwd_bwd_mem_teacher_ratio")))
+        lines.append("| " + " | ".join(cells) + " |")
+    failed = [f"- the teacher at {u}x input: {t['error']}" for u, t in trows.items() if t["status"] != "ok"]
+    caption = (
+        "Ratios to the teacher at u x input (x T; < 1: cheaper than running the teacher on the u x larger image), "
+        "measured in the same round-robin; the teacher's fwd+bwd is the gradient w.r.t. its input image."
+    )
+    parts = [caption, "\n".join(lines)] + (["Failed:\n" + "\n".join(failed)] if failed else [])
+    return "\n\n".join(parts) + "\n"
+
+
+def plot_upsampler_cost(reports: Sequence[dict[str, Any]], path: str) -> str:
+    """Time (fwd, fwd+bwd) and fwd+bwd peak memory vs factor, log-log, one column per report (teacher
+    width), one line per method (the teacher at u x input dashed); written as PNG (matplotlib Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    reports = list(reports)
+    fig, axes = plt.subplots(3, len(reports), figsize=(5.5 * len(reports), 11), squeeze=False)
+    panels = [("fwd_s", "forward s"), ("fwd_bwd_s", "forward+backward s"), ("fwd_bwd_peak_mb", "fwd+bwd peak MiB")]
+    for col, report in enumerate(reports):
+        t = report["teacher"]
+        series: dict[str, list[dict[str, Any]]] = {}
+        for r in report["rows"]:
+            series.setdefault(r["method"], []).append(r)
+        if report.get("teacher_rows"):
+            series[f"{TEACHER} at u x"] = list(report["teacher_rows"])
+        for row, (key, label) in enumerate(panels):
+            ax = axes[row][col]
+            for method, rs in series.items():
+                pts = [(r["factor"], r[key]) for r in rs if r.get(key)]
+                if pts:
+                    style = "--" if method.startswith(TEACHER) else "-"
+                    ax.plot(*zip(*pts), style, marker="o", label=method)
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("factor u")
+            ax.set_ylabel(label)
+            ax.grid(True, which="both", alpha=0.3)
+            if row == 0:
+                ax.set_title(f"{t['name']} C={t['embed_dim']}, {t['input_size']} px input, {where(report)}")
+        axes[0][col].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
