@@ -170,3 +170,17 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
+
+
+def recipe_file(path: Path, **kwargs: Any) -> Path:
+    """A toy recipe as a YAML file (``toy_recipe`` keywords; ``output_dir`` is a keyword too)."""
+    import yaml
+
+    out = kwargs.pop("output_dir")
+    path.write_text(yaml.safe_dump(toy_recipe(out, **kwargs).model_dump(mode="json")))
+    return path
+
+
+def tree(path: Path) -> dict[str, bytes]:
+    """Every file under ``path`` with its bytes (folders as ``<dir>``): what a refused run must leave as it was."""
+    return {str(p.relative_to(path)): (p.read_bytes() if p.is_file() else b"<dir>") for p in sorted(path.rglob("*"))}

@@ -184,3 +184,18 @@ class PixelTeacher(Teacher):
 
     def extract(self, pixels: torch.Tensor) -> TeacherOutput:
         return TeacherOutput(None, torch.nn.functional.avg_pool2d(pixels, 4))
+
+
+@pytest.fixture
+def toy_cli(monkeypatch):
+    """``toy_cli(recipe_path, *overrides) -> status``: the train CLI with the toy kind
+    (``tests/_toy_cli.py``), in this process."""
+    import radiosharp.train as train_cli
+
+    monkeypatch.setitem(train_cli.TRAINERS, "distill", "_toy_cli")
+
+    def call(*argv: str) -> int:
+        fresh_process()
+        return train_cli.main([str(a) for a in argv])
+
+    return call

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from _toy_trainer import ToyTrainer, toy_recipe
+from _toy_trainer import ToyTrainer, recipe_file, toy_recipe, tree
 from conftest import REPO, assert_same_weights, fresh_process, weights
 
 import radiosharp.train as train_cli
@@ -37,29 +37,6 @@ from radiosharp.export import save_export, save_state_dict
 from radiosharp.recipe import RecipeError, load_recipe
 
 TOY_CLI = REPO / "tests" / "_toy_cli.py"
-
-
-@pytest.fixture
-def toy_cli(monkeypatch):
-    """``toy_cli(recipe_path, *overrides) -> (status, stderr)``: the train CLI, toy kind, in this process."""
-    monkeypatch.setitem(train_cli.TRAINERS, "distill", "_toy_cli")
-
-    def call(*argv: str) -> int:
-        fresh_process()
-        return train_cli.main([str(a) for a in argv])
-
-    return call
-
-
-def recipe_file(path: Path, **kwargs) -> Path:
-    """A toy recipe as a YAML file (``toy_recipe`` keywords; ``output_dir`` is a keyword too)."""
-    out = kwargs.pop("output_dir")
-    path.write_text(yaml.safe_dump(toy_recipe(out, **kwargs).model_dump(mode="json")))
-    return path
-
-
-def tree(path: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(path)): (p.read_bytes() if p.is_file() else b"<dir>") for p in sorted(path.rglob("*"))}
 
 
 def env_for_subprocess(**extra: str) -> dict[str, str]:

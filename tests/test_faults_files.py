@@ -25,34 +25,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from _toy_trainer import ToyTrainer, toy_recipe
+from _toy_trainer import ToyTrainer, recipe_file, toy_recipe, tree
 from conftest import assert_same_weights, fresh_process, weights
 
 import radiosharp.train as train_cli
 from radiosharp.engine import DiskFullError, checkpoint_dirs, read_metrics, verify_checkpoint
 from radiosharp.recipe import Recipe, RecipeError
-
-
-@pytest.fixture
-def toy_cli(monkeypatch):
-    """``toy_cli(recipe_path, *overrides) -> status``: the train CLI, toy kind, in this process."""
-    monkeypatch.setitem(train_cli.TRAINERS, "distill", "_toy_cli")
-
-    def call(*argv: str) -> int:
-        fresh_process()
-        return train_cli.main([str(a) for a in argv])
-
-    return call
-
-
-def recipe_file(path: Path, **kwargs) -> Path:
-    out = kwargs.pop("output_dir")
-    path.write_text(yaml.safe_dump(toy_recipe(out, **kwargs).model_dump(mode="json")))
-    return path
-
-
-def tree(path: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(path)): (p.read_bytes() if p.is_file() else b"<dir>") for p in sorted(path.rglob("*"))}
 
 
 def error_line(stderr: str) -> str:

@@ -214,14 +214,33 @@ class _NeighborhoodAttentionV1(torch.autograd.Function):
                 dk_pad[window].addcmul_(ds.unsqueeze(2), qs)
             if dbias is not None:
                 dbias[:, o] = ds.sum((0, 2, 3))
-        inner = (..., slice(r, r + h), slice(r, r + w))
-        if dq is not None and scale != 1.0:
-            dq.mul_(scale)
-        dq = dq.to(q_in.dtype) if dq is not None else None
-        dk = dk_pad[inner].to(k_in.dtype) if dk_pad is not None else None
-        dv = dv_pad[inner].to(v_in.dtype) if dv_pad is not None else None
-        dbias = dbias.to(bias_in.dtype) if dbias is not None else None
+        dq, dk, dv, dbias = _finish_grads(dq, dk_pad, dv_pad, dbias, (q_in, k_in, v_in, bias_in), scale, r, h, w)
         return dq, dk, dv, dbias, None, None
+
+
+def _finish_grads(
+    dq: Tensor | None,
+    dk_pad: Tensor | None,
+    dv_pad: Tensor | None,
+    dbias: Tensor | None,
+    inputs: tuple[Tensor, Tensor, Tensor, Tensor | None],
+    scale: float,
+    r: int,
+    h: int,
+    w: int,
+) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
+    """The backward passes' common end: the query gradient scaled, the key / value gradients cut
+    from their padded maps, each cast back to its input's dtype."""
+    q_in, k_in, v_in, bias_in = inputs
+    inner = (..., slice(r, r + h), slice(r, r + w))
+    if dq is not None and scale != 1.0:
+        dq.mul_(scale)
+    return (
+        dq.to(q_in.dtype) if dq is not None else None,
+        dk_pad[inner].to(k_in.dtype) if dk_pad is not None else None,
+        dv_pad[inner].to(v_in.dtype) if dv_pad is not None else None,
+        dbias.to(bias_in.dtype) if dbias is not None and bias_in is not None else None,
+    )
 
 
 def _scaled(x: Tensor, scale: float) -> Tensor:
@@ -367,13 +386,7 @@ class _NeighborhoodAttentionTiled(torch.autograd.Function):
                 _fold_add(dk_pad, _offsets_first(ds, kernel_size) * qs_t[:, :, :, None, None], y0, t, kernel_size)
             if dbias is not None:
                 dbias += ds.sum((0, 2, 3))
-        inner = (..., slice(r, r + h), slice(r, r + w))
-        if dq is not None and scale != 1.0:
-            dq.mul_(scale)
-        dq = dq.to(q_in.dtype) if dq is not None else None
-        dk = dk_pad[inner].to(k_in.dtype) if dk_pad is not None else None
-        dv = dv_pad[inner].to(v_in.dtype) if dv_pad is not None else None
-        dbias = dbias.to(bias_in.dtype) if dbias is not None else None
+        dq, dk, dv, dbias = _finish_grads(dq, dk_pad, dv_pad, dbias, (q_in, k_in, v_in, bias_in), scale, r, h, w)
         return dq, dk, dv, dbias, None, None, None
 
 

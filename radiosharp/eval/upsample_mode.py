@@ -199,11 +199,8 @@ def evaluate_grid(
     path = out_dir / RESULTS_FILE
     data = dict(settings.data)
     side = max([int(data.get("size") or 0), *(c.input_size for c in cells)])
-    if "size" in data or data.get("source") == "synthetic":
-        data["size"] = side
-    val_data = dict(settings.val_data) if settings.val_data is not None else None
-    if val_data is not None and ("size" in val_data or val_data.get("source") == "synthetic"):
-        val_data["size"] = side
+    data = at_side(data, side)
+    val_data = at_side(settings.val_data, side) if settings.val_data is not None else None
     context = {
         "teacher": dict(teacher_cfg),
         "settings": {k: v for k, v in settings.context().items() if k != "image_size"},
@@ -260,6 +257,17 @@ def evaluate_grid(
             record = {"context": context, "cells": rows + [r for k, r in previous.items() if k not in _keys(rows)]}
             atomic_write_bytes(path, json.dumps(record, indent=2, allow_nan=True).encode())
     return rows
+
+
+def at_side(data: Mapping[str, Any], side: int) -> dict[str, Any]:
+    """``data`` read at ``side`` px when its source takes a ``size`` option (every cell then scores
+    against the same targets); a source without one is left as it is."""
+    from radiosharp.registry import DATASETS
+
+    out = dict(data)
+    if "size" in DATASETS.options(str(out.get("source"))):
+        out["size"] = side
+    return out
 
 
 def _keys(rows: Sequence[Mapping[str, Any]]) -> set[str]:
