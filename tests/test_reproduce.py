@@ -69,6 +69,35 @@ def test_student_gain_within_the_probe_spread_is_not_called_a_result():
     assert "**not shown**" in paper_checks("student", close)[0]
     clear = {"delta_m": 8.0, "metrics": {"featsharp": run(0.20, 0.01), "bilinear": run(0.12, 0.01)}}
     assert paper_checks("student", clear)[0].endswith("agrees (Δm +8.00 %)")
+    # a metric measured once (no spread on either side) cannot show the gain on its own
+    once = {"keypoints": {"status": "ok", "metrics": {"pck@0.1": {"mean": 0.219, "std": 0.0, "values": [0.219]}}}}
+    base = {"keypoints": {"status": "ok", "metrics": {"pck@0.1": {"mean": 0.215, "std": None}}}}
+    mixed = {
+        "delta_m": 0.5,
+        "metrics": {"featsharp": {**run(0.121, 0.018), **once}, "bilinear": {**run(0.120, 0.017), **base}},
+    }
+    assert "**not shown**" in paper_checks("student", mixed)[0]
+
+
+def test_health_check_compares_stage3_with_stage2_at_the_hi_res_size():
+    def report(nmse_at_384):
+        sizes = [128, 384]
+        return {"mode_switch": {"curves": {"dinov2": {"sizes": sizes, "nmse_teacher": [0.1, nmse_at_384]}}}}
+
+    data = {"reports": {"stage2": report(0.8), "bilinear": report(0.5), "featsharp": report(0.9)}}
+    checks = paper_checks("health", data)
+    assert len(checks) == 2
+    assert "bilinear targets) brings the student closer to dinov2 at 384 px" in checks[0]
+    assert checks[0].endswith("agrees (nMSE 0.5 vs 0.8 for stage 2)")
+    assert checks[1].endswith("**disagrees** (nMSE 0.9 vs 0.8 for stage 2)")
+    # without the stage-2 student there is nothing to compare against
+    assert paper_checks("health", {"reports": {"bilinear": report(0.5)}}) == []
+
+
+def test_the_quick_plan_refuses_the_student_sections_in_one_line(tmp_path, capsys):
+    assert main(["--quick", "--sections", "health", "--out-dir", str(tmp_path / "r")]) == 2
+    assert "the quick plan has no health section" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
 
 
 def test_comparison_cells_cover_the_grid_and_each_methods_own_objective():

@@ -18,13 +18,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from radiosharp.reproduce.plan import SECTIONS, Plan, full_plan, quick_plan
+from radiosharp.reproduce.plan import SECTIONS, STUDENT_SECTIONS, Plan, full_plan, quick_plan
 
 PAGE = Path("docs/results.md")
 
 
 def _sections() -> dict[str, Callable[[Plan], dict[str, Any]]]:
     from radiosharp.reproduce import comparison_section as comparison
+    from radiosharp.reproduce import health_section as health
     from radiosharp.reproduce import probe_sections as probes
     from radiosharp.reproduce import protocol_section as protocols
     from radiosharp.reproduce import student_section as student
@@ -40,6 +41,7 @@ def _sections() -> dict[str, Callable[[Plan], dict[str, Any]]]:
         "cost": probes.cost_section,
         "upsampler_cost": probes.upsampler_cost_section,
         "student": student.student_section,
+        "health": health.health_section,
     }
 
 
@@ -106,8 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     plan = quick_plan() if args.quick else full_plan()
     if args.out_dir is not None:
         plan = plan.model_copy(update={"out": args.out_dir})
-    if not plan.student and "student" in args.sections and args.sections != list(SECTIONS):
-        print("error: the quick plan has no student section; drop --quick or the section", file=sys.stderr)
+    asked = [s for s in STUDENT_SECTIONS if s in args.sections]
+    if not plan.student and asked and args.sections != list(SECTIONS):
+        missing = " or ".join(asked)
+        print(f"error: the quick plan has no {missing} section; drop --quick or the section", file=sys.stderr)
         return 2
     page = args.page or (plan.out / "results.md" if args.quick else PAGE)
     from radiosharp.weights import unusable_real_weights
@@ -124,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     # cost first: it times on an otherwise idle machine, before any training has warmed it
     timed = ("cost", "upsampler_cost")
     order = (*timed, *[s for s in SECTIONS if s not in timed])
-    wanted = [s for s in order if s in args.sections and (plan.student or s != "student")]
+    wanted = [s for s in order if s in args.sections and (plan.student or s not in STUDENT_SECTIONS)]
     for name in [] if args.report_only else wanted:
         print(f"\n=== {name}", flush=True)
         start = time.perf_counter()

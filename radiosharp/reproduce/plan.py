@@ -7,7 +7,20 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes" / "reproduce"
-SECTIONS = ("fidelity", "debias", "agreement", "semseg", "protocols", "comparison", "cost", "upsampler_cost", "student")
+SECTIONS = (
+    "fidelity",
+    "debias",
+    "agreement",
+    "semseg",
+    "protocols",
+    "comparison",
+    "cost",
+    "upsampler_cost",
+    "student",
+    "health",
+)
+# the sections that train and probe the student (the quick plan has none)
+STUDENT_SECTIONS = ("student", "health")
 METHODS = ("bilinear", "featup", "tiles", "s2", "featsharp")
 LABELS = {
     "bilinear": "bilinear",

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from radiosharp.reproduce import comparison_section as comparison
+from radiosharp.reproduce import health_section as health
 from radiosharp.reproduce import probe_sections as probes
 from radiosharp.reproduce import protocol_section as protocols
 from radiosharp.reproduce import student_section as student
@@ -26,6 +27,7 @@ TITLES = {
     "cost": "Cost against the teacher at u x input (paper eq. 6)",
     "upsampler_cost": "What each upsampler costs on its own (NAF's benchmark table)",
     "student": "The distilled student: bilinear vs FeatSharp hi-res targets (MTL)",
+    "health": "Student health: mode switching, outlier tokens, tile seams (RADIO Amplified, FeatSharp figure 8)",
 }
 
 ABOUT = {
@@ -96,6 +98,17 @@ ABOUT = {
         "FeatSharp. Probes on the frozen student (mean ± std over probe seeds); Δm is the MTL gain of the "
         "FeatSharp student over the bilinear one. One training seed per student (the CPU budget)."
     ),
+    "health": (
+        "`python -m radiosharp.eval health` on the student section's students over input sides {health_sizes} "
+        "px on the {health_images} held-out photos, which no student saw in training: read the absolute values "
+        "as how far the demo-scale students generalize, and the curves over size against each other. "
+        "nMSE = the MSE of a student head's features against its "
+        "teacher's (run at its native size, resized to the student's grid), divided by the teacher's feature "
+        "variance: 1.0 is as far as predicting the mean; *vs low-res*: against the student's own output at the "
+        "smallest side, upsampled. Outliers: backbone tokens with norm > median + 6 MAD. Seam ratio: adjacent-token "
+        "energy across t x t tile boundaries over the energy beside them, for the backbone and for the pooled "
+        "pixels (content alone); a seam shows as a ratio well above the pixels'."
+    ),
 }
 
 MARKDOWN: dict[str, Callable[[dict[str, Any]], str]] = {
@@ -108,6 +121,7 @@ MARKDOWN: dict[str, Callable[[dict[str, Any]], str]] = {
     "cost": probes.cost_markdown,
     "upsampler_cost": probes.upsampler_cost_markdown,
     "student": student.student_markdown,
+    "health": health.health_markdown,
 }
 
 
@@ -187,18 +201,29 @@ def paper_checks(section: str, data: dict[str, Any]) -> list[str]:
             )
         else:
             say(claim, None if gain is None else gain > 0, "" if gain is None else f"Δm {gain:+.2f} %")
+    elif section == "health":
+        for claim, holds, detail in health.health_checks(data):
+            say(claim + " (RADIO Amplified)", holds, detail)
     return out
+
+
+def _measured_once(metric: dict[str, Any]) -> bool:
+    """A metric with no spread: one value (or none recorded) and no std."""
+    return len(metric.get("values") or []) < 2 and not metric.get("std")
 
 
 def within_spread(metrics: dict[str, Any]) -> bool:
     """Whether every metric of the FeatSharp student is within the larger probe-seed std of the
-    bilinear one's (``metrics``: run name -> eval task results)."""
+    bilinear one's (``metrics``: run name -> eval task results).
+
+    Metrics measured once (deterministic ones such as kNN and keypoint PCK: no std on either side)
+    have no spread to be outside of, so they cannot show a difference on their own and are left out."""
     run, base = metrics.get("featsharp", {}), metrics.get("bilinear", {})
     pairs = 0
     for task, result in run.items():
         for name, ours in (result.get("metrics") or {}).items():
             theirs = ((base.get(task) or {}).get("metrics") or {}).get(name)
-            if not theirs:
+            if not theirs or (_measured_once(ours) and _measured_once(theirs)):
                 continue
             pairs += 1
             spread = max(ours.get("std") or 0.0, theirs.get("std") or 0.0)
@@ -215,6 +240,8 @@ def section_markdown(section: str, record: dict[str, Any], figures: Path | None 
         steps=plan.get("steps"),
         grid=plan.get("upsampler_cost_grid"),
         images=plan.get("semseg_images") or ["?", "?"],
+        health_sizes=", ".join(map(str, data.get("sizes", []))),
+        health_images=data.get("images", "?"),
     )
     parts = [
         f"## {TITLES[section]}",

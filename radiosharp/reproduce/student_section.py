@@ -13,10 +13,10 @@ STAGES = ("stage1", "stage2")
 STUDENT_TASKS = ("knn", "semseg", "depth", "normals", "keypoints")
 
 
-def student_section(plan: Plan) -> dict[str, Any]:
-    """Train the three demo stages with the plan's teacher, stage 3 twice, and compare them by MTL."""
-    from radiosharp.eval.cli import main as eval_main
-
+def train_students(plan: Plan) -> dict[str, Path]:
+    """The demo stages from the plan's teacher: stage 1, stage 2, and stage 3 twice (bilinear and
+    FeatSharp hi-res targets). Finished runs are reused. Returns ``{"stage2": ..., "bilinear": ...,
+    "featsharp": ...}`` (the stage-3 runs by their upsampler)."""
     featsharp = upsampler_run(plan, "featsharp", 2, plan.seeds[0])
     bilinear = upsampler_run(plan, "bilinear", 2, plan.seeds[0])
     root = plan.out / "student"
@@ -30,7 +30,8 @@ def student_section(plan: Plan) -> dict[str, Any]:
     for stage in STAGES:
         init = [] if previous is None else [f"init_from={previous}"]
         previous, _ = run_once(f"../demo/{stage}.yaml", [f"output_dir={root / stage}", *common, *init])
-    runs = {}
+    assert previous is not None
+    runs = {"stage2": previous}
     for name, up in (("bilinear", bilinear), ("featsharp", featsharp)):
         runs[name], _ = run_once(
             "../demo/stage3_hires.yaml",
@@ -42,6 +43,16 @@ def student_section(plan: Plan) -> dict[str, Any]:
                 *common,
             ],
         )
+    return runs
+
+
+def student_section(plan: Plan) -> dict[str, Any]:
+    """Train the three demo stages with the plan's teacher, stage 3 twice, and compare them by MTL."""
+    from radiosharp.eval.cli import main as eval_main
+
+    trained = train_students(plan)
+    runs = {name: trained[name] for name in ("bilinear", "featsharp")}
+    root = plan.out / "student"
     report = root / "mtl_report.md"
     code = eval_main(
         [
