@@ -107,20 +107,26 @@ def test_the_statistics_lookup_reads_the_run_folder_only_on_resume(tmp_path):
         teachers_phis({"dinov2": (cfg, teacher)}, recipe, None, run_dir)
 
 
+def _stats_recipe(tmp_path, **extra) -> Path:
+    """``tmp_path/stats.yaml``: a distill recipe (tiny DINOv2, 4 synthetic images) writing to ``tmp_path/run``."""
+    recipe = {
+        "kind": "distill",
+        "output_dir": str(tmp_path / "run"),
+        "teachers": {"dinov2": {"size": "tiny"}},
+        "data": {"source": "synthetic", "num_images": 4, "size": 64},
+        **extra,
+    }
+    path = tmp_path / "stats.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
 @pytest.mark.slow
 def test_stats_then_a_run_in_the_same_folder_uses_them_only_when_named(tmp_path, phis):
     """What ``python -m radiosharp.stats`` wrote into output_dir: named, it is used and kept; unnamed, refused."""
     from radiosharp.stats import main as stats_main
 
-    stats = {
-        "kind": "distill",
-        "output_dir": str(tmp_path / "run"),
-        "teachers": {"dinov2": {"size": "tiny"}},
-        "data": {"source": "synthetic", "num_images": 4, "size": 64},
-        "stats": {"num_images": 4, "batch_size": 2},
-    }
-    path = tmp_path / "stats.yaml"
-    path.write_text(yaml.safe_dump(stats))
+    path = _stats_recipe(tmp_path, stats={"num_images": 4, "batch_size": 2})
     assert stats_main([str(path)]) == 0
     written = tmp_path / "run" / "phi_s" / "dinov2.safetensors"
     assert written.is_file()
@@ -134,14 +140,7 @@ def test_stats_then_a_run_in_the_same_folder_uses_them_only_when_named(tmp_path,
 def test_stats_refuse_to_write_over_existing_statistics(tmp_path, capsys):
     from radiosharp.stats import main as stats_main
 
-    recipe = {
-        "kind": "distill",
-        "output_dir": str(tmp_path / "run"),
-        "teachers": {"dinov2": {"size": "tiny"}},
-        "data": {"source": "synthetic", "num_images": 4, "size": 64},
-    }
-    path = tmp_path / "stats.yaml"
-    path.write_text(yaml.safe_dump(recipe))
+    path = _stats_recipe(tmp_path)
     existing = tmp_path / "run" / "phi_s" / "dinov2.safetensors"
     existing.parent.mkdir(parents=True)
     existing.write_bytes(b"earlier statistics")

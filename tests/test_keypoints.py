@@ -17,7 +17,7 @@ from torch import nn
 import radiosharp
 from radiosharp.contracts import TeacherOutput
 from radiosharp.data.errors import DataError
-from radiosharp.data.keypoint_pairs import SyntheticPairs, warp_image, warp_matrix, warp_points
+from radiosharp.data.synthetic_pairs import SyntheticPairs, warp_image, warp_matrix, warp_points
 from radiosharp.eval import metrics as M
 from radiosharp.eval.features import FeatureStore
 from radiosharp.eval.settings import EvalError, select_tasks

@@ -28,6 +28,12 @@ def inputs(batch: int, channels: int, grid: tuple[int, int], factor: int, seed: 
     return images, torch.randn(batch, channels, *grid, generator=g)
 
 
+def seeded_case(name: str, factor: int, batch: int, channels: int, grid: tuple[int, int]) -> tuple:
+    """``(upsampler, images, lowres)``: the upsampler built after ``torch.manual_seed(0)``, and seeded inputs."""
+    torch.manual_seed(0)
+    return build(name, factor), *inputs(batch, channels, grid, factor)
+
+
 def relative_l2(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
@@ -35,9 +41,7 @@ def relative_l2(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("name", NAMES)
 @pytest.mark.parametrize("factor, grid", [(2, (6, 6)), (4, (5, 5)), (2, (4, 7)), (4, (7, 3))])
 def test_output_shape(name, factor, grid):
-    torch.manual_seed(0)
-    up = build(name, factor)
-    images, lowres = inputs(2, 12, grid, factor)
+    up, images, lowres = seeded_case(name, factor, 2, 12, grid)
     with torch.no_grad():
         out = up(images, lowres, None)
     assert out.shape == (2, 12, grid[0] * factor, grid[1] * factor)
@@ -47,9 +51,7 @@ def test_output_shape(name, factor, grid):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_guidance_larger_than_the_output_grid_is_resized(name):
-    torch.manual_seed(0)
-    up = build(name, 2)
-    images, lowres = inputs(1, 8, (4, 4), 2)
+    up, images, lowres = seeded_case(name, 2, 1, 8, (4, 4))
     big = torch.nn.functional.interpolate(images, scale_factor=2, mode="bilinear")
     with torch.no_grad():
         assert up(big, lowres, None).shape == (1, 8, 8, 8)
@@ -57,9 +59,7 @@ def test_guidance_larger_than_the_output_grid_is_resized(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_gradients_reach_every_parameter(name):
-    torch.manual_seed(0)
-    up = build(name, 2)
-    images, lowres = inputs(2, 16, (5, 6), 2)
+    up, images, lowres = seeded_case(name, 2, 2, 16, (5, 6))
     target = torch.randn(2, 16, 10, 12, generator=torch.Generator().manual_seed(1))
     (up(images, lowres, None) - target).square().mean().backward()
     missing = [n for n, p in up.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
@@ -69,9 +69,7 @@ def test_gradients_reach_every_parameter(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_bf16_forward_is_finite_and_close_to_fp32(name):
-    torch.manual_seed(0)
-    up = build(name, 2)
-    images, lowres = inputs(2, 24, (6, 6), 2)
+    up, images, lowres = seeded_case(name, 2, 2, 24, (6, 6))
     with torch.no_grad():
         want = up(images, lowres, None)
         got = up.to(torch.bfloat16)(images, lowres.bfloat16(), None)  # float32 images, bf16 features
@@ -81,9 +79,7 @@ def test_bf16_forward_is_finite_and_close_to_fp32(name):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_one_instance_upsamples_features_of_any_width(name):
-    torch.manual_seed(0)
-    up = build(name, 2)
-    images, wide = inputs(2, 48, (6, 6), 2)
+    up, images, wide = seeded_case(name, 2, 2, 48, (6, 6))
     with torch.no_grad():
         out_wide, out_narrow = up(images, wide, None), up(images, wide[:, :16], None)
         out_odd = up(images, wide[:, :5], None)  # not a multiple of the heads
@@ -102,9 +98,7 @@ def test_one_instance_upsamples_features_of_any_width(name):
 
 def test_naf_filter_is_a_convex_combination_of_the_lifted_features():
     """Constant features stay constant (the weights sum to one), whatever the image."""
-    torch.manual_seed(0)
-    up = build("naf", 4)
-    images, _ = inputs(1, 1, (4, 5), 4)
+    up, images, _ = seeded_case("naf", 4, 1, 1, (4, 5))
     lowres = torch.full((1, 3, 4, 5), 2.5)
     with torch.no_grad():
         out = up(images, lowres, None)

@@ -141,34 +141,15 @@ def test_cityscapes_refuses_ids_outside_the_label_ids(tmp_path):
 
 # ----------------------------------------------------------------------------- coco-stuff 27
 
-COCO_STUFF27 = [
-    "electronic-things",
-    "appliance-things",
-    "food-things",
-    "furniture-things",
-    "indoor-things",
-    "kitchen-things",
-    "accessory-things",
-    "animal-things",
-    "outdoor-things",
-    "person-things",
-    "sports-things",
-    "vehicle-things",
-    "ceiling-stuff",
-    "floor-stuff",
-    "food-stuff",
-    "furniture-stuff",
-    "rawmaterial-stuff",
-    "textile-stuff",
-    "wall-stuff",
-    "window-stuff",
-    "building-stuff",
-    "ground-stuff",
-    "plant-stuff",
-    "sky-stuff",
-    "solid-stuff",
-    "structural-stuff",
-    "water-stuff",
+# The benchmark's 27 coarse classes as the unsupervised-segmentation code writes them (STEGO's
+# get_class_labels("cocostuff27"): coarse id order, 12 thing then 15 stuff supercategories, bare names).
+STEGO_COCOSTUFF27 = [
+    "electronic", "appliance", "food", "furniture", "indoor", "kitchen", "accessory", "animal", "outdoor", "person",
+    "sports", "vehicle", "ceiling", "floor", "food", "furniture", "rawmaterial", "textile", "wall", "window",
+    "building", "ground", "plant", "sky", "solid", "structural", "water",
+]  # fmt: skip
+COCO_STUFF27 = [f"{name}-things" for name in STEGO_COCOSTUFF27[:12]] + [
+    f"{name}-stuff" for name in STEGO_COCOSTUFF27[12:]
 ]
 
 # fine id (0-based stuffthingmaps id) -> its coarse class, for a few known classes

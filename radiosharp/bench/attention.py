@@ -164,7 +164,7 @@ def bench_attention(
 
 
 def attention_tables(report: dict[str, Any]) -> str:
-    from radiosharp.bench.table import format_table
+    from radiosharp.bench.table import Column, milliseconds, record_table
 
     head = (
         f"neighbourhood attention backends on {report['device']} ({report['device_name']}, "
@@ -172,21 +172,16 @@ def attention_tables(report: dict[str, Any]) -> str:
         f"{report['repeats']} round-robin after {report['warmup']} warm-up (flex: the warm-up compiles)\n"
         "x ref = / reference (the default backend); x v1 = / reference_v1 (the first kernel)"
     )
-    ms = lambda s: None if s is None else s * 1e3  # noqa: E731
-    rows = [
-        [
-            r["shape"],
-            r["phase"],
-            r["backend"],
-            ms(r["time_s"]),
-            r["time_x_ref"],
-            r["time_x_v1"],
-            r["peak_mb"],
-            r["mem_x_ref"],
-            r["mem_x_v1"],
-            "ok" if r["status"] == "ok" else f"{r['status']} ({r['error']})",
-        ]
-        for r in report["rows"]
+    columns: list[Column] = [
+        ("shape", "shape"),
+        ("phase", "phase"),
+        ("backend", "backend"),
+        ("ms", milliseconds("time_s")),
+        ("x ref", "time_x_ref"),
+        ("x v1", "time_x_v1"),
+        ("peak MiB", "peak_mb"),
+        ("x ref", "mem_x_ref"),
+        ("x v1", "mem_x_v1"),
+        ("status", lambda r: "ok" if r["status"] == "ok" else f"{r['status']} ({r['error']})"),
     ]
-    headers = ["shape", "phase", "backend", "ms", "x ref", "x v1", "peak MiB", "x ref", "x v1", "status"]
-    return f"{head}\n\n{format_table(headers, rows)}"
+    return f"{head}\n\n{record_table(report['rows'], columns)}"

@@ -1,183 +1,19 @@
-"""``python -m radiosharp.bench {upsample,train}``: argument parsing and the printed tables (``upsample --table
-naf``: the NAF-style upsampler cost table of :mod:`radiosharp.bench.upsampler_cost`)."""
+"""``python -m radiosharp.bench {upsample,attention,train}``: argument parsing and the runs (``upsample --table
+naf``: the NAF-style upsampler cost table of :mod:`radiosharp.bench.upsampler_cost`); the printed tables are
+:mod:`radiosharp.bench.cli_tables`'s."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from radiosharp.bench.table import format_table
-
-MB = "MiB"
-
-
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else seconds * 1e3
-
-
-def upsample_tables(report: dict[str, Any]) -> str:
-    """The inference table, the training-step table and the crossover lines."""
-    t = report["teacher"]
-    head = (
-        f"teacher {t['name']} (native {t['native_size']}px, patch {t['patch_size']}, dim {t['embed_dim']}) "
-        f"on {report['device']}, batch {report['batch']}, {report['precision']}, median of "
-        f"{report['repeats']} after {report['warmup']} warm-up; {report['weights']}\n"
-        f"x teacher = cost / cost of the teacher at u x input; peak memory: {report['memory']}"
-    )
-    rows = [
-        [
-            r["factor"],
-            r["method"],
-            r["input_size"],
-            r["teacher_images"],
-            _ms(r["time_s"]),
-            r["time_ratio"],
-            _ms(r["time_excl_s"]),
-            r["time_excl_ratio"],
-            r["peak_mb"],
-            r["mem_ratio"],
-            r["peak_excl_mb"],
-            r["mem_excl_ratio"],
-        ]
-        for r in report["rows"]
-    ]
-    headers = [
-        "u",
-        "method",
-        "input px",
-        "teacher imgs",
-        "ms",
-        "x teacher",
-        "ms excl",
-        "x teacher",
-        f"peak {MB}",
-        "x teacher",
-        f"{MB} excl",
-        "x teacher",
-    ]
-    parts = [head, format_table(headers, rows)]
-    if report["train"]:
-        train = [
-            [r["factor"], r["method"], r["batch"], r["views"], _ms(r["step_s"]), r["images_per_s"], r["peak_mb"]]
-            for r in report["train"]
-        ]
-        parts.append(
-            "multi-view training step (views, teacher targets, upsampler, downsampler, loss, "
-            "backward, NAdam):\n"
-            + format_table(["u", "method", "batch", "views", "step ms", "images/s", f"peak {MB}"], train)
-        )
-    cross = report.get("crossover")
-    if cross:
-        a = cross["analytic"]
-        fmt = lambda v: "never" if v is None else f"{v:.2f}x"  # noqa: E731
-        parts.append(
-            f"featsharp vs teacher at u x input: {cross['note']}"
-            + (f" (crossing interpolated at {cross['interpolated']:.2f}x)" if cross["interpolated"] else "")
-            + f"\n  fits: teacher ~ {cross['teacher_fit']['c_seconds'] * 1e3:.3g} ms * u^"
-            f"{cross['teacher_fit']['exponent']:.2f}; featsharp ~ {cross['featsharp_fit']['a_seconds'] * 1e3:.3g}"
-            f" + {cross['featsharp_fit']['b_seconds'] * 1e3:.3g} * u^2 ms"
-            f"\n  analytic (eq. 6, 1+u^2 teacher calls vs u^p, block cost ignored): p=4 (attention-bound) "
-            f"{fmt(a['attention_bound_u4'])}, p=2 (patch-linear) {fmt(a['patch_linear_u2'])}, "
-            f"measured p {fmt(a['measured_exponent'])}"
-        )
-    return "\n\n".join(parts)
-
-
-def upsampler_cost_tables(report: dict[str, Any]) -> str:
-    """The NAF-style table of ``upsample --table naf`` (:mod:`radiosharp.bench.upsampler_cost`)."""
-    from radiosharp.bench.upsampler_cost import where
-
-    t = report["teacher"]
-    head = (
-        f"upsamplers alone (teacher excluded): {t['name']} features ({t['embed_dim']} channels) on a "
-        f"{t['grid']}x{t['grid']} grid (teacher input {t['input_size']}px, patch {t['patch_size']}; image u x that) "
-        f"on {where(report)}, batch {report['batch']}, {report['precision']}, median of {report['repeats']} "
-        f"after {report['warmup']} warm-up, timed round-robin; {report['weights']}\n"
-        f"fwd: no-grad forward; fwd+bwd: forward + {report['backward']}; x bil = cost / cost of bilinear at the "
-        f"same u; peak memory: {report['memory']}"
-    )
-    rows = [
-        [
-            r["factor"],
-            r["method"],
-            r["params"],
-            r["grad_wrt"] or "",
-            _ms(r["fwd_s"]),
-            r["fwd_ratio"],
-            _ms(r["fwd_bwd_s"]),
-            r["fwd_bwd_ratio"],
-            r["fwd_peak_mb"],
-            r["fwd_mem_ratio"],
-            r["fwd_bwd_peak_mb"],
-            r["fwd_bwd_mem_ratio"],
-            "ok" if r["status"] == "ok" else f"failed ({r['error']})",
-        ]
-        for r in report["rows"]
-    ]
-    headers = [
-        "u",
-        "method",
-        "params",
-        "grad wrt",
-        "fwd ms",
-        "x bil",
-        "fwd+bwd ms",
-        "x bil",
-        f"fwd {MB}",
-        "x bil",
-        f"fwd+bwd {MB}",
-        "x bil",
-        "status",
-    ]
-    return f"{head}\n\n{format_table(headers, rows)}"
-
-
-def train_tables(report: dict[str, Any]) -> str:
-    head = (
-        f"recipe {report['recipe']} on {report['device']} ({report['mixed_precision']}), "
-        f"{report['steps']} steps after {report['warmup']} warm-up, micro-batch {report['micro_batch']}: "
-        f"{report['images_per_s']:.3g} images/s ({report['step_s'] * 1e3:.3g} ms/step)"
-    )
-    peak = report.get("peak_memory") or {}
-    if peak.get("mib") is not None:
-        head += f"; peak memory {peak['mib']:.4g} MiB ({peak['what']})"
-    phases = list(report["partitions"][0]["shares"]) if report["partitions"] else []
-    rows = [
-        [
-            p["name"],
-            p["size"],
-            p["batch"],
-            str(p["upsample"]).lower(),
-            _ms(p["seconds"]),
-            p["images_per_s"],
-            *(100 * p["shares"][ph] for ph in phases),
-        ]
-        for p in report["partitions"]
-    ]
-    rows.append(
-        [
-            "step",
-            "",
-            report["micro_batch"],
-            "",
-            _ms(report["step_s"]),
-            report["images_per_s"],
-            *(100 * report["shares"][ph] for ph in phases),
-        ]
-    )
-    extra = ", ".join(f"{ph} {100 * report['shares'][ph]:.3g}%" for ph in report["shares"] if ph not in phases)
-    table = format_table(
-        ["partition", "size", "batch", "upsample", "ms", "images/s", *(f"{ph} %" for ph in phases)], rows
-    )
-    return (
-        f"{head}\n{table}\n(partition rows: shares of that partition's time; step row: of the whole step, "
-        f"which also spends {extra})"
-    )
+from radiosharp.bench.cli_tables import train_tables, upsample_tables, upsampler_cost_tables
 
 
 def _emit(report: dict[str, Any], json_target: str | None, text: str) -> None:
@@ -190,6 +26,17 @@ def _emit(report: dict[str, Any], json_target: str | None, text: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report, indent=2))
         print(f"\nwrote {path}")
+
+
+def _progress(args: argparse.Namespace) -> Callable[[str], None] | None:
+    """Progress lines on stderr, unless the report itself is printed (``--json`` without a path)."""
+    if args.json == "-":
+        return None
+    return lambda msg: print(f"... {msg}", file=sys.stderr, flush=True)
+
+
+def _device(args: argparse.Namespace) -> torch.device:
+    return torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -344,13 +191,12 @@ def run_upsample(args: argparse.Namespace) -> int:
             UPSAMPLERS.get(method, "--methods")
         if args.input_size is not None and args.input_size < 1:
             raise ValueError(f"need --input-size >= 1, got {args.input_size}")
-        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = _device(args)
         teachers = [build_teacher(parse_teacher_spec(spec, args.size), "--teacher") for spec in args.teacher]
     except (VizError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    quiet = args.json == "-"
-    progress = None if quiet else (lambda msg: print(f"... {msg}", file=sys.stderr, flush=True))
+    progress = _progress(args)
     if naf:
         from radiosharp.bench.upsampler_cost import plot_upsampler_cost, upsampler_cost_teacher_markdown
 
@@ -448,9 +294,8 @@ def run_attention(args: argparse.Namespace) -> int:
         return 2
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    quiet = args.json == "-"
-    progress = None if quiet else (lambda msg: print(f"... {msg}", file=sys.stderr, flush=True))
+    device = _device(args)
+    progress = _progress(args)
     report = bench_attention(
         {n: known[n] for n in names},
         backends,

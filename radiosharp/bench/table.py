@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 
@@ -29,3 +29,17 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
     rule = "  ".join("-" * w for w in widths)
     return "\n".join([line(headers), rule, *(line(r) for r in text)])
+
+
+Column = tuple[str, str | Callable[[Mapping[str, Any]], Any]]  # (header, key or record -> value)
+
+
+def record_table(records: Sequence[Mapping[str, Any]], columns: Sequence[Column]) -> str:
+    """:func:`format_table` of one row per record: each column is ``(header, key)`` or ``(header, record -> value)``."""
+    rows = [[get(r) if callable(get) else r[get] for _, get in columns] for r in records]
+    return format_table([header for header, _ in columns], rows)
+
+
+def milliseconds(key: str) -> Callable[[Mapping[str, Any]], float | None]:
+    """A column reading seconds at ``key`` as milliseconds (None stays None)."""
+    return lambda r: None if r[key] is None else r[key] * 1e3

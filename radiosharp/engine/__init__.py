@@ -17,7 +17,11 @@ One module per concern:
   with a checkpoint;
 - :mod:`~radiosharp.engine.errors`: the one-line errors a run stops with;
 - :mod:`~radiosharp.engine.trainer`: the :class:`Trainer` a kind of run subclasses
-  (``build`` and ``train_step``), its setup and its loop.
+  (``build`` and ``train_step``) and its loop, on three bases:
+  :mod:`~radiosharp.engine.trainer_setup` (everything before the first step),
+  :mod:`~radiosharp.engine.checkpointing` (checkpoints, resume, guarded writes, the
+  float32 export module) and :mod:`~radiosharp.engine.step_guard` (non-finite steps,
+  the graceful stop).
 
 Determinism and resume: the batches, the learning rate and (through Accelerate's
 state saving) the model, optimizer and RNG states of step ``s`` are those of the run

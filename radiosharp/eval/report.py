@@ -6,7 +6,7 @@ spread is unknown; see ``mtl.py``) (text for the terminal, Markdown for the repo
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from radiosharp.bench.table import format_table
@@ -116,6 +116,16 @@ def skipped_lines(notes: list[str]) -> list[str]:
     return ["## Skipped", "", *notes, ""] if notes else []
 
 
+def skipped_task_notes(rows: Sequence[Mapping[str, Any]], label: Callable[[Mapping[str, Any]], str]) -> list[str]:
+    """One note per skipped task of each row: ``- <label(row)>: `task` skipped: reason``."""
+    return [
+        f"- {label(row)}: `{task}` skipped: {result.get('reason', '')}"
+        for row in rows
+        for task, result in row["tasks"].items()
+        if result.get("status") == "skipped"
+    ]
+
+
 def markdown_lines(header: Sequence[str], cells: Sequence[Sequence[str]]) -> list[str]:
     """A Markdown table's lines (``|`` inside a cell escaped)."""
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
@@ -178,12 +188,6 @@ def markdown_compare_report(
         "",
     ]
     out += picture_lines(pictures)
-    notes = [
-        f"- `{row['run']}`: `{task}` skipped: {result.get('reason', '')}"
-        for row in rows
-        for task, result in row["tasks"].items()
-        if result.get("status") == "skipped"
-    ]
-    out += skipped_lines(notes)
+    out += skipped_lines(skipped_task_notes(rows, lambda row: f"`{row['run']}`"))
     out += ["## Settings", "", "```json", json.dumps(dict(settings), indent=2, default=str), "```", ""]
     return "\n".join(out)

@@ -355,7 +355,7 @@ def grid_table(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[
 def markdown_grid_report(
     rows: Sequence[Mapping[str, Any]], teacher_cfg: Mapping[str, Any], pictures: Mapping[str, str], command: str
 ) -> str:
-    from radiosharp.eval.report import markdown_lines, picture_lines, skipped_lines
+    from radiosharp.eval.report import markdown_lines, picture_lines, skipped_lines, skipped_task_notes
 
     header, cells = grid_table(rows)
     out = [
@@ -371,10 +371,5 @@ def markdown_grid_report(
         "",
     ]
     out += picture_lines(pictures)
-    skipped = [
-        f"- `{r['method']}` {r['input_size']} px {r['factor']}x: `{t}` skipped: {res.get('reason', '')}"
-        for r in rows
-        for t, res in r["tasks"].items()
-        if res.get("status") == "skipped"
-    ]
+    skipped = skipped_task_notes(rows, lambda r: f"`{r['method']}` {r['input_size']} px {r['factor']}x")
     return "\n".join(out + skipped_lines(skipped))

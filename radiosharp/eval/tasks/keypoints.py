@@ -1,7 +1,7 @@
 """``keypoints``: zero-shot keypoint correspondence by nearest-neighbour dense features; PCK@alpha.
 
-For every pair of a keypoint source (``keypoint_pairs``: SPair-71k; ``synthetic_pairs``:
-known affine warps; see :mod:`radiosharp.data.keypoint_pairs`), each source keypoint's
+For every pair of a keypoint source (``keypoint_pairs``: SPair-71k, :mod:`radiosharp.data.keypoint_pairs`;
+``synthetic_pairs``: known affine warps, :mod:`radiosharp.data.synthetic_pairs`), each source keypoint's
 feature is the source dense map sampled bilinearly at the point; the prediction is the
 pixel of the target whose feature is most cosine-similar to it, searched over the target
 map bilinearly upsampled to a ``match_size`` square (default: the image side, so every
