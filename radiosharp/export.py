@@ -97,12 +97,27 @@ def check_finite(state: dict[str, torch.Tensor], where: str | os.PathLike) -> No
         )
 
 
-def save_export(run_dir: str | os.PathLike, module: torch.nn.Module, kind: str, config: dict[str, Any]) -> Path:
-    """Write ``model.safetensors`` and ``model.json`` into ``run_dir`` (ValueError for non-finite weights)."""
+def save_export(
+    run_dir: str | os.PathLike,
+    module: torch.nn.Module,
+    kind: str,
+    config: dict[str, Any],
+    extra: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write ``model.safetensors`` and ``model.json`` into ``run_dir`` (ValueError for non-finite weights).
+
+    ``extra``: tensors stored beside the module's state (names must not clash with it),
+    for the kind's loader to take out before it loads the state strictly.
+    """
     from radiosharp._version import __version__
 
     run_dir = Path(run_dir)
     state = module.state_dict()
+    if extra:
+        clash = sorted(set(extra) & set(state))
+        if clash:
+            raise ValueError(f"save_export: extra tensors clash with the module's state: {clash[:4]}")
+        state = {**state, **extra}
     check_finite(state, run_dir / WEIGHTS)
     save_state_dict(run_dir / WEIGHTS, state)
     meta = {"kind": kind, "config": config, "radiosharp": __version__}

@@ -142,7 +142,7 @@ def test_teacher_configs_compare_with_defaults_filled_in():
     [
         (["missing.jpg", "--teacher", "dinov2", "--size", "tiny"], "image not found: missing.jpg"),
         (["skimage:nothing", "--teacher", "dinov2", "--size", "tiny"], "no sample image 'nothing'"),
-        (["skimage:astronaut", "--teacher", "dinov3"], "neither a teacher family (dfn_clip, dinov2"),
+        (["skimage:astronaut", "--teacher", "dinov9"], "neither a teacher family (dfn_clip, dinov2"),
         (["skimage:astronaut", "--teacher", "runs/none"], "run folder not found: runs/none"),
         (
             ["skimage:astronaut", "--teacher", "dinov2", "--size", "tiny", "--upsampler", "runs/none"],
@@ -324,7 +324,7 @@ def test_bench_upsample_json_rows_and_ratios(tmp_path, capsys):
 def test_bench_upsample_bad_input_exits_2(capsys):
     from radiosharp.bench.cli import main
 
-    assert main(["upsample", "--teacher", "dinov3", "--factors", "2"]) == 2
+    assert main(["upsample", "--teacher", "dinov9", "--factors", "2"]) == 2
     assert "neither a teacher family" in capsys.readouterr().err
     assert main(["upsample", "--teacher", "dinov2", "--size", "tiny", "--methods", "lanczos"]) == 2
     assert "unknown upsampler 'lanczos'" in capsys.readouterr().err
@@ -377,6 +377,23 @@ def test_bench_train_phase_shares_sum_to_one(tmp_path, monkeypatch):
     assert low["shares"]["upsamplers"] == 0 and hi["shares"]["upsamplers"] > 0
     assert report["peak_memory"]["what"] == "process peak RSS" and report["peak_memory"]["mib"] > 100
     assert set(tmp_path.iterdir()) == {recipe, path}  # no run folder left behind
+
+
+def test_bench_train_measures_drawn_sizes_and_non_square_partitions(tmp_path, monkeypatch):
+    from radiosharp.bench.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    recipe = tmp_path / "distill.yaml"
+    recipe.write_text(
+        DISTILL.replace("{name: low, size: 64, batch_size: 2}", "{name: low, sizes: [48, 64], batch_size: 2}").replace(
+            "{name: hi, size: 128,", "{name: hi, size: [96, 128],"
+        )
+    )
+    path = tmp_path / "train.json"
+    assert main(["train", str(recipe), "--steps", "1", "--warmup", "0", "--json", str(path)]) == 0
+    low, hi = json.loads(path.read_text())["partitions"]
+    assert low["size"] == [48, 64] and hi["size"] == [96, 128]
+    assert low["shares"]["student_forward"] > 0 and hi["shares"]["upsamplers"] > 0
 
 
 def test_bench_train_refuses_other_kinds(tmp_path, capsys):

@@ -111,18 +111,22 @@ def _prepared_trainer(recipe: Recipe, run_dir: str, stats_images: int) -> tuple[
     return trainer, session
 
 
-def _timed_step(trainer: Any, batch: dict[str, Any], clock: PhaseClock, teacher_timer: TeacherTimer) -> float:
+def _timed_step(
+    trainer: Any, batch: dict[str, Any], clock: PhaseClock, teacher_timer: TeacherTimer, step: int = 0
+) -> float:
     """One micro-batch + optimizer step, phase by phase; returns the step's seconds.
 
     Teachers run as in a run (``trainer.target_calls``: one batched call per teacher and
     input kind); a call's time is shared among the partitions it serves by image count.
+    Each partition's input is the one a run draws at ``step`` (its size, aspect and mosaic);
+    the shift-equivariant loss's shifted views are not measured.
     """
-    from radiosharp.images import resize
-
     acc, recipe = trainer.accelerator, trainer.recipe
     partitions = trainer.section.partitions
     student = acc.unwrap_model(trainer.model).student
-    slices = list(batch["image"].to(acc.device).split(trainer.local_sizes))
+    images = list(batch["image"].to(acc.device).split(trainer.local_sizes))
+    inputs = [trainer.partition_inputs(index, x, step) for index, x in enumerate(images)]
+    slices = [teacher_input for _, teacher_input in inputs]
     step_start = clock.now()
     targets: list[dict[str, Any]] = [{} for _ in slices]
     with trainer.step_autocast():  # as in a run: teachers, student and loss at the run's precision
@@ -137,10 +141,10 @@ def _timed_step(trainer: Any, batch: dict[str, Any], clock: PhaseClock, teacher_
                 share = len(slices[i]) / images
                 clock.seconds[(partitions[i].name, "teachers")] += share * in_teacher
                 clock.seconds[(partitions[i].name, "upsamplers")] += share * (spent - in_teacher)
-    for part, x, part_targets in zip(partitions, slices, targets):
+    for part, (x, _), part_targets in zip(partitions, inputs, targets):
         with trainer.step_autocast():
             with clock.phase(part.name, "student_forward"):
-                out = student(resize(x, (part.size, part.size)))
+                out = student(x)
             with clock.phase(part.name, "loss"):
                 loss, _ = trainer.partition_loss(part, out, part_targets)
         with clock.phase(part.name, "backward"):
@@ -230,7 +234,7 @@ def bench_train(recipe: Recipe, steps: int = 3, warmup: int = 1, stats_images: i
                     clock.seconds.clear()
                     if acc.device.type == "cuda":
                         torch.cuda.reset_peak_memory_stats(acc.device)
-                seconds = _timed_step(trainer, batch, clock, timer)
+                seconds = _timed_step(trainer, batch, clock, timer, step=i)
                 if i >= warmup:
                     step_times.append(seconds)
         finally:
@@ -250,7 +254,7 @@ def bench_train(recipe: Recipe, steps: int = 3, warmup: int = 1, stats_images: i
         rows.append(
             {
                 "name": part.name,
-                "size": part.size,
+                "size": part.size if part.size is not None else part.sizes,
                 "batch": sizes[part.name],
                 "upsample": part.upsample,
                 "seconds": part_total,

@@ -6,12 +6,19 @@ batch. Teachers see every image at their native size; in a partition with
 ``upsample: true`` a teacher with an ``upsampler`` lifts its features first (an
 exported upsampler run, or a training-free one: bilinear, s2, tiles). A teacher map
 whose grid still differs from the student's is then resized to the student's grid.
+A partition's student input size can also be drawn per step from a set (``sizes``), be
+non-square (``[H, W]``, ``aspect_ratios``) or a mosaic of the batch's images
+(``mosaic``); the teachers then see the same (cropped or composed) image
+(:mod:`radiosharp.trainers.resolution`).
 
 Loss per partition and teacher: ``summary_weight * (1 - cos)`` on the summary
 (teachers that have one; SAM has none) plus ``feature_weight * MSE`` of the features
 in that teacher's PHI-S space. A partition's loss is weighted by its share of the
 batch, so the total is the per-image mean however the batch is split. A teacher with
-``partitions: [...]`` teaches only there (SAM only at 1024 px, say).
+``partitions: [...]`` teaches only there (SAM only at 1024 px, say). ``distill.losses``
+adds, off by default, a shift-equivariant feature loss, an angle-balanced summary loss,
+teacher-loss balancing and heads trained in PHI-S space
+(:mod:`radiosharp.trainers.distill_losses`).
 
 Stages chain with ``init_from: runs/<previous stage>`` (an exported student with the
 same backbone and teachers).
@@ -25,24 +32,70 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from torch import nn
 
 from radiosharp.builders import build_dataset, build_student
-from radiosharp.contracts import TeacherOutput, check_image_size
+from radiosharp.contracts import TeacherOutput
 from radiosharp.engine.trainer import Trainer
 from radiosharp.images import resize
 from radiosharp.phis import PhiS
 from radiosharp.recipe import Recipe, RecipeError, validate_section
 from radiosharp.trainers.common import TeacherSlot, attach_phis, build_teacher_slots
+from radiosharp.trainers.distill_losses import (
+    DistillLossConfig,
+    angle_balanced_summary_loss,
+    balance_weights,
+    begin_shift_step,
+    check_init_feature_space,
+    masked_feature_loss,
+)
+from radiosharp.trainers.resolution import check_partition_sizes, draw_generator, partition_inputs, plan_partition
 
 
 class PartitionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
-    size: int = Field(ge=1)  # student input side in pixels
+    # Student input: one size (a side in pixels, or [H, W]) or a set drawn per step
+    # (radiosharp.trainers.resolution); exactly one of the two.
+    size: PositiveInt | tuple[PositiveInt, PositiveInt] | None = None
+    sizes: list[PositiveInt | tuple[PositiveInt, PositiveInt]] | None = None
+    aspect_ratios: list[PositiveFloat] | None = None  # W/H drawn per step (the side's area kept)
+    mosaic: list[PositiveInt] | None = None  # mosaic grid sides k drawn per step (1: the plain image)
     batch_size: int = Field(ge=1)  # this partition's share of the global batch
     upsample: bool = False  # teachers with an upsampler use it here
+
+    @field_validator("sizes", "aspect_ratios", "mosaic")
+    @classmethod
+    def _not_empty(cls, value: list | None, info: ValidationInfo) -> list | None:
+        if value is not None and not value:
+            raise ValueError(f"{info.field_name} is an empty set; give at least one value or drop the key")
+        return value
+
+    @model_validator(mode="after")
+    def _one_size(self) -> PartitionConfig:
+        if (self.size is None) == (self.sizes is None):
+            which = "both" if self.size is not None else "neither"
+            raise ValueError(
+                f"partition '{self.name}' gives {which} of size and sizes; give exactly one: size (e.g. 224 "
+                "or [384, 512] as [H, W]) or sizes (a set drawn per step, e.g. [128, 160, 192])"
+            )
+        drawn = [self.size] if self.size is not None else self.sizes
+        if self.aspect_ratios and any(not isinstance(s, int) for s in drawn):
+            raise ValueError(
+                f"partition '{self.name}': aspect_ratios reshape a square side; give square sizes "
+                "(e.g. 384) with them, not [H, W]"
+            )
+        return self
 
 
 class DistillConfig(BaseModel):
@@ -52,6 +105,8 @@ class DistillConfig(BaseModel):
     )
     # Apply a teacher's upsampler-run de-bias buffer in the partitions without upsampling too.
     debias_low_res: bool = True
+    # Optional losses and teacher balancing, all off by default (radiosharp.trainers.distill_losses).
+    losses: DistillLossConfig = Field(default_factory=DistillLossConfig)
 
     @model_validator(mode="after")
     def _unique(self) -> DistillConfig:
@@ -171,12 +226,19 @@ class TargetCall:
     parts: list[int]  # indices of the partitions it serves, in order
 
     def run(self, slices: list[torch.Tensor]) -> dict[int, TeacherOutput]:
-        """The targets of each served partition's images, from one teacher call."""
-        xs = [slices[i] for i in self.parts]
-        out = self.slot.targets(torch.cat(xs) if len(xs) > 1 else xs[0], upsample=self.upsample)
-        sizes = [len(x) for x in xs]
-        summaries = out.summary.split(sizes) if out.summary is not None else [None] * len(xs)
-        return {i: TeacherOutput(s, f) for i, s, f in zip(self.parts, summaries, out.features.split(sizes))}
+        """The targets of each served partition's images, from one teacher call per image size
+        (one call unless a partition's input geometry (aspect crop, mosaic) changed its size)."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i in self.parts:
+            groups.setdefault(tuple(slices[i].shape[-2:]), []).append(i)
+        targets: dict[int, TeacherOutput] = {}
+        for parts in groups.values():
+            xs = [slices[i] for i in parts]
+            out = self.slot.targets(torch.cat(xs) if len(xs) > 1 else xs[0], upsample=self.upsample)
+            sizes = [len(x) for x in xs]
+            summaries = out.summary.split(sizes) if out.summary is not None else [None] * len(xs)
+            targets.update({i: TeacherOutput(s, f) for i, s, f in zip(parts, summaries, out.features.split(sizes))})
+        return targets
 
 
 def plan_target_calls(stack: dict[str, TeacherSlot], partitions: list[PartitionConfig]) -> list[TargetCall]:
@@ -224,9 +286,10 @@ class DistillTrainer(Trainer):
             raise RecipeError(f"student: {err}") from None
         for part in self.section.partitions:
             try:
-                check_image_size(part.size, part.size, student.patch_size, "student")
-            except ValueError as err:
-                raise RecipeError(f"distill.partitions[{part.name}].size: {err}") from None
+                check_partition_sizes(part, student.patch_size)
+            except ValueError as err:  # "size: ..." / "sizes: ..."
+                raise RecipeError(f"distill.partitions[{part.name}].{err}") from None
+        self.patch_size = student.patch_size
         if recipe.init_from and not recipe.resume:  # a resumed run takes its weights from its checkpoint
             from radiosharp.student_io import load_student
 
@@ -235,6 +298,7 @@ class DistillTrainer(Trainer):
             except ValueError as err:  # e.g. an upsampler run where a student run belongs
                 raise RecipeError(f"init_from: {err}") from None
             check_init_compatible(student, previous, recipe.init_from)
+            check_init_feature_space(previous, self.section.losses.feature_space, recipe.init_from)
             student.load_state_dict(previous.state_dict(), strict=True)
         scale = self.accelerator.num_processes * recipe.train.grad_accum
         bad = [p.name for p in self.section.partitions if p.batch_size % scale]
@@ -265,29 +329,72 @@ class DistillTrainer(Trainer):
     def partition_loss(
         self, part: PartitionConfig, out: Any, targets: dict[str, TeacherOutput]
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """One partition's weighted feature + summary losses over its teachers, and their values."""
+        """One partition's weighted feature + summary losses over its teachers, and their values.
+
+        ``distill.losses`` (:mod:`radiosharp.trainers.distill_losses`) can mask the feature
+        loss to the cells every shifted view saw, take it in PHI-S space, balance the
+        summaries by angle and the teachers' terms against each other (weights logged as
+        ``<partition>/<teacher>/balance_weight``); its defaults leave this loss as it was.
+        """
+        losses = self.section.losses
+        several = self.accelerator.num_processes > 1
         total = torch.zeros((), dtype=torch.float32, device=out.backbone.device)
         metrics: dict[str, torch.Tensor] = {}
+        terms: dict[str, torch.Tensor] = {}
         for t in self.teachers_of(part):
             target = targets[t.key]
-            loss_f = feature_loss(out.features[t.key], target.features, t.phi_s)
+            if losses.plain_features:
+                loss_f = feature_loss(out.features[t.key], target.features, t.phi_s)
+            else:
+                loss_f = masked_feature_loss(
+                    out.features[t.key],
+                    target.features,
+                    t.phi_s,
+                    losses.feature_space,
+                    getattr(out, "valid", None),
+                    getattr(target, "valid", None),
+                )
             loss = t.config.feature_weight * loss_f
             metrics[f"{part.name}/{t.key}/features"] = loss_f.detach()
             if target.summary is not None and t.key in out.summary:
-                loss_s = summary_loss(out.summary[t.key], target.summary)
+                if losses.summary == "cosine":
+                    loss_s = summary_loss(out.summary[t.key], target.summary)
+                else:
+                    gather = self.accelerator.gather if several else None
+                    loss_s, scale = angle_balanced_summary_loss(out.summary[t.key], target.summary, gather)
+                    metrics[f"{part.name}/{t.key}/summary_scale"] = scale
                 loss = loss + t.config.summary_weight * loss_s
                 metrics[f"{part.name}/{t.key}/summary"] = loss_s.detach()
-            total = total + loss
+            terms[t.key] = loss
+        if losses.balance == "none":
+            for loss in terms.values():
+                total = total + loss
+            return total, metrics
+        reduce = (lambda v: self.accelerator.reduce(v, "mean")) if several else None
+        for key, weight in balance_weights(terms, reduce).items():
+            total = total + weight * terms[key]
+            metrics[f"{part.name}/{key}/balance_weight"] = weight
         return total, metrics
+
+    def partition_inputs(self, index: int, images: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(student input, teacher input)`` of partition ``index`` at ``step``: its drawn size,
+        aspect and mosaic (:mod:`radiosharp.trainers.resolution`), the same on every process."""
+        part, seed = self.section.partitions[index], self.recipe.seed
+        plan = plan_partition(part, self.patch_size, seed, step, index)
+        tiles = draw_generator(seed, step, index, "tiles") if plan.mosaic > 1 else None
+        return partition_inputs(images, plan, tiles)
 
     def train_step(self, batch: dict[str, Any], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         acc = self.accelerator
         images = fill_batch(batch["image"], sum(self.local_sizes)).to(acc.device)
         slices = list(images.split(self.local_sizes))
-        outputs = self.model([resize(x, (part.size, part.size)) for part, x in zip(self.section.partitions, slices)])
+        inputs = [self.partition_inputs(index, x, step) for index, x in enumerate(slices)]
+        shift = begin_shift_step(self, step)  # identities unless distill.losses.shift_equivariant
+        outputs = shift.student_outputs(self.model(shift.student_inputs([s for s, _ in inputs])))
+        teacher_inputs = [teacher_input for _, teacher_input in inputs]
         targets: list[dict[str, TeacherOutput]] = [{} for _ in slices]
         for call in self.target_calls:
-            for index, target in call.run(slices).items():
+            for index, target in shift.targets(call, teacher_inputs).items():
                 targets[index][call.slot.key] = target
         total = images.new_zeros((), dtype=torch.float32)
         metrics: dict[str, torch.Tensor] = {}
@@ -305,6 +412,12 @@ class DistillTrainer(Trainer):
             self.exported_model().student,
             self.student_config,
             teacher_configs={key: t.config for key, t in self.stack.items()},
+            # heads trained in PHI-S space: the export maps them back to each teacher's own space
+            feature_normalizers=(
+                {key: t.phi_s for key, t in self.stack.items()}
+                if self.section.losses.feature_space == "phi_s"
+                else None
+            ),
         )
 
 
