@@ -186,8 +186,14 @@ class RadioStudent(nn.Module):
             return run_windowed(block, tokens, self.num_prefix_tokens, grid, self.vitdet_window)
         return block(tokens)
 
-    def forward_tokens(self, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Normed tokens ``[B, prefix + h*w, D]`` (summary tokens, registers, patches) and the grid."""
+    def forward_tokens(
+        self, images: torch.Tensor, num_blocks: int | None = None
+    ) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Normed tokens ``[B, prefix + h*w, D]`` (summary tokens, registers, patches) and the grid.
+
+        ``num_blocks``: run only the first that many blocks (then the final norm), for a
+        teacher that reads an intermediate layer; None runs them all.
+        """
         self.check_size(images)
         pixels = (images - self.pixel_mean.to(images.dtype)) / self.pixel_std.to(images.dtype)
         patches = self.patch_embed(
@@ -198,7 +204,7 @@ class RadioStudent(nn.Module):
         patches = (patches + position.permute(0, 2, 3, 1)).reshape(batch, rows * cols, dim)
         prefix = self.prefix_tokens.to(patches.dtype).expand(batch, -1, -1)
         tokens = self.norm_pre(torch.cat([prefix, patches], dim=1))
-        for index in range(len(self.blocks)):
+        for index in range(len(self.blocks) if num_blocks is None else num_blocks):
             if self.grad_checkpointing and self.training and torch.is_grad_enabled():
                 tokens = checkpoint(self._run_block, index, tokens, (rows, cols), use_reentrant=False)
             else:

@@ -37,11 +37,18 @@ class TeacherRequest(NamedTuple):
     cache_dir: str | None
     seed: int = 0
     text: bool = False
+    layer: int = -1  # the block whose tokens are the features (check_layer)
 
 
 def check_choice(family: str, key: str, value: Any, choices: Sequence[Any]) -> None:
     if value not in choices:
         raise ValueError(f"{family}: {key}={value!r} is not valid; choose one of: {', '.join(map(str, choices))}")
+
+
+def check_text_layer(family: str, text: bool, layer: int) -> None:
+    """A text tower shares the space of the final summary, which an intermediate layer lacks."""
+    if text and layer != -1:
+        raise ValueError(f"{family}: text: true needs layer: -1 (layer={layer} gives no summary for the text tower)")
 
 
 def check_random_size(
@@ -167,3 +174,23 @@ def jitter_zero_tables(module: nn.Module, names: Sequence[str], std: float = 0.0
         if any(name.endswith(n) for n in names):
             with torch.no_grad():
                 param.normal_(0.0, std)
+
+
+# ----------------------------------------------------------------------------- intermediate layers
+
+FINAL_LAYER = -1
+
+
+def check_layer(family: str, layer: int, depth: int) -> int:
+    """The 0-based block index of ``layer`` in a ``depth``-block model.
+
+    ``layer`` counts like a Python index: ``-1`` is the last block (the teacher's usual
+    output), ``-4`` the fourth from last, ``0`` the first block. Anything else is a
+    one-line ValueError naming the valid range.
+    """
+    if isinstance(layer, bool) or not isinstance(layer, int) or not -depth <= layer < depth:
+        raise ValueError(
+            f"{family}: layer={layer!r} is out of range for a {depth}-block model; "
+            f"valid: -{depth}..-1 (from the last block) or 0..{depth - 1}"
+        )
+    return layer % depth

@@ -1,5 +1,5 @@
-"""open_clip models: configs, pretrained tags, checkpoints, the vision tower, the text tower
-and its tokenizers.
+"""open_clip models: configs, pretrained tags, checkpoints, the vision tower and the teacher
+around it (:class:`OpenClipViTTeacher`), the text tower and its tokenizers.
 
 ``size: tiny`` text towers use open_clip's ``SimpleTokenizer``, whose BPE vocabulary
 ships inside the open_clip package, so they work offline.
@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from radiosharp.contracts import seeded
+from radiosharp.contracts import TeacherOutput, seeded
+from teachers._contract import FINAL_LAYER, FrozenTeacher, check_layer, resize_pos_grid, tokens_to_map
 from teachers._hub import fetch_hub_file, hub_offline, missing_weights, url_weights_file
 from teachers._text import TINY_CONTEXT, TINY_TEXT, TextTower, Tokenizer, first_line, load_text_state
 
@@ -100,6 +101,71 @@ def build_open_clip_tower(config: dict[str, Any], quick_gelu: bool) -> nn.Module
     from open_clip.model import CLIPVisionCfg, _build_vision_tower
 
     return _build_vision_tower(config["embed_dim"], CLIPVisionCfg(**config["vision_cfg"]), quick_gelu=quick_gelu)
+
+
+# ----------------------------------------------------------------------------- the vision teacher
+
+
+class OpenClipViTTeacher(FrozenTeacher):
+    """A frozen open_clip ``VisionTransformer`` with position-table resizing.
+
+    Outputs: ``summary`` = ``ln_post(CLS) @ proj`` (open_clip's ``encode_image``),
+    ``features`` = the patch tokens after ``ln_post``, not projected. ``layer`` (see
+    :func:`~teachers._contract.check_layer`): another block's patch tokens, also after
+    ``ln_post``, with no summary; the blocks after it are not run.
+    """
+
+    def __init__(self, visual: nn.Module, name: str, native_size: int, mean, std, layer: int = FINAL_LAYER) -> None:
+        super().__init__(mean, std)
+        if getattr(visual, "attn_pool", None) is not None or getattr(visual, "pool_type", "tok") != "tok":
+            raise ValueError(f"{name}: only open_clip ViTs with a class token pool ('tok') are supported")
+        if getattr(visual, "final_ln_after_pool", False):
+            raise ValueError(f"{name}: open_clip ViTs with final_ln_after_pool are not supported")
+        self.name = name
+        self.model = visual
+        self.patch_size = visual.patch_size[0]
+        self.native_size = native_size
+        self.embed_dim = visual.conv1.out_channels
+        blocks = visual.transformer.resblocks
+        self.block_index = check_layer(name, layer, len(blocks))
+        self.final_layer = self.block_index == len(blocks) - 1
+        if not self.final_layer:
+            self.summary_dim = None
+        else:
+            self.summary_dim = visual.proj.shape[1] if visual.proj is not None else self.embed_dim
+
+    def position_table(self, height: int, width: int) -> torch.Tensor:
+        """``[1, 1 + h*w, C]``: the class position plus the patch table resized to ``h x w``."""
+        table = self.model.positional_embedding
+        grid_h, grid_w = self.model.grid_size
+        patches = table[1:].reshape(1, grid_h, grid_w, -1)
+        patches = resize_pos_grid(patches, (height, width)).reshape(1, height * width, -1)
+        return torch.cat([table[:1].unsqueeze(0), patches], dim=1)
+
+    def run_blocks(self, x: torch.Tensor, count: int) -> torch.Tensor:
+        """Tokens ``[B, N, C]`` after the first ``count`` residual blocks (open_clip's own loop)."""
+        transformer = self.model.transformer
+        if not transformer.batch_first:
+            x = x.transpose(0, 1)
+        for block in transformer.resblocks[:count]:
+            x = block(x)
+        return x if transformer.batch_first else x.transpose(0, 1)
+
+    def extract(self, pixels: torch.Tensor) -> TeacherOutput:
+        visual = self.model
+        x = visual.conv1(pixels)  # [B, C, h, w]
+        batch, channels, height, width = x.shape
+        x = x.flatten(2).transpose(1, 2)
+        cls = visual.class_embedding.to(x.dtype).view(1, 1, channels).expand(batch, -1, -1)
+        x = torch.cat([cls, x], dim=1) + self.position_table(height, width).to(x.dtype)
+        x = visual.ln_pre(x)
+        if not self.final_layer:
+            x = self.run_blocks(x, self.block_index + 1)
+            return TeacherOutput(summary=None, features=tokens_to_map(visual.ln_post(x)[:, 1:], height, width))
+        x = visual.transformer(x)
+        x = visual.ln_post(x)
+        summary = x[:, 0] @ visual.proj if visual.proj is not None else x[:, 0]
+        return TeacherOutput(summary=summary, features=tokens_to_map(x[:, 1:], height, width))
 
 
 # ----------------------------------------------------------------------------- tokenizers

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from radiosharp.contracts import TeacherOutput
-from teachers._contract import FrozenTeacher, check_choice, tokens_to_map
+from teachers._contract import FINAL_LAYER, FrozenTeacher, check_choice, check_layer, tokens_to_map
 from teachers._hub import fetch_hub_file, missing_weights, url_weights_file
 
 
@@ -49,9 +49,14 @@ def timm_weights_file(family: str, name: str, cache_dir: str | None) -> str:
 
 
 def timm_converter(trunk: nn.Module) -> Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
-    """Map an original DINOv2 checkpoint (it has ``mask_token``) to timm keys; others pass through."""
+    """Map an original DINOv2 (it has ``mask_token``) or DINOv3 (``storage_tokens``) checkpoint
+    to timm keys; others pass through."""
 
     def convert(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if "storage_tokens" in state:
+            from timm.models.eva import checkpoint_filter_fn as eva_filter
+
+            return eva_filter(state, trunk)
         if "mask_token" not in state:
             return state
         from timm.models.vision_transformer import checkpoint_filter_fn
@@ -69,16 +74,26 @@ def create_timm_vit(name: str, **kwargs: Any) -> nn.Module:
 
 
 class TimmViTTeacher(FrozenTeacher):
-    """A frozen timm ``VisionTransformer``; prefix tokens (class, registers) leave the feature map.
+    """A frozen timm ``VisionTransformer`` (or ``Eva``: DINOv3); prefix tokens (class,
+    registers) leave the feature map.
 
-    ``summary`` is ``"cls"`` (the normed class token, DINOv2) or ``"head"`` (the model's
-    pooling head, e.g. SigLIP's attention pool ``map``).
+    ``summary`` is ``"cls"`` (the normed class token, DINOv2), ``"head"`` (the model's
+    pooling head, e.g. SigLIP's attention pool ``map``) or None (no summary).
+
+    ``layer`` (see :func:`~teachers._contract.check_layer`): ``-1`` is the model's own
+    ``forward_features``; another block's tokens go through the model's final norm
+    (timm ``forward_intermediates(norm=True)``, stopping at that block), and such a
+    teacher has no summary (``summary_dim`` None).
     """
 
-    def __init__(self, trunk: nn.Module, name: str, native_size: int, mean, std, summary: str) -> None:
+    def __init__(
+        self, trunk: nn.Module, name: str, native_size: int, mean, std, summary: str | None, layer: int = FINAL_LAYER
+    ) -> None:
         super().__init__(mean, std)
-        check_choice(name, "summary", summary, ("cls", "head"))
-        if summary == "cls" and not getattr(trunk, "has_class_token", False):
+        check_choice(name, "summary", summary, ("cls", "head", None))
+        # timm's Eva (DINOv3) has no has_class_token flag, only the token itself
+        has_class_token = getattr(trunk, "has_class_token", getattr(trunk, "cls_token", None) is not None)
+        if summary == "cls" and not has_class_token:
             raise ValueError(f"{name}: summary 'cls' needs a model with a class token")
         if summary == "head" and not trunk.global_pool:
             raise ValueError(f"{name}: summary 'head' needs a model with a pooling head")
@@ -88,11 +103,21 @@ class TimmViTTeacher(FrozenTeacher):
         self.patch_size = trunk.patch_embed.patch_size[0]
         self.native_size = native_size
         self.embed_dim = trunk.num_features
-        self.summary_dim = trunk.num_features
+        self.block_index = check_layer(name, layer, len(trunk.blocks))
+        self.final_layer = self.block_index == len(trunk.blocks) - 1
+        self.summary_dim = trunk.num_features if self.final_layer and summary is not None else None
 
     def extract(self, pixels: torch.Tensor) -> TeacherOutput:
+        if not self.final_layer:
+            (features,) = self.model.forward_intermediates(
+                pixels, indices=[self.block_index], norm=True, stop_early=True, intermediates_only=True
+            )  # NCHW, prefix tokens dropped
+            return TeacherOutput(summary=None, features=features)
         tokens = self.model.forward_features(pixels)  # final norm applied
         height, width = pixels.shape[-2] // self.patch_size, pixels.shape[-1] // self.patch_size
         features = tokens_to_map(tokens[:, self.model.num_prefix_tokens :], height, width)
-        summary = tokens[:, 0] if self.summary_kind == "cls" else self.model.forward_head(tokens)
+        if self.summary_kind is None:
+            summary = None
+        else:
+            summary = tokens[:, 0] if self.summary_kind == "cls" else self.model.forward_head(tokens)
         return TeacherOutput(summary=summary, features=features)

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from teachers._contract import check_layer
 from teachers._hub import hub_offline, missing_weights
 from teachers._text import TextTower, Tokenizer, first_line
 from teachers._weights import WeightsMismatchError, preview_keys
@@ -62,6 +63,35 @@ def hf_from_pretrained(family: str, model_cls: type, model_id: str, cache_dir: s
             f"unset: missing {preview_keys(missing)}; mismatched {preview_keys(mismatched)}"
         )
     return model
+
+
+# ----------------------------------------------------------------------------- intermediate layers
+
+
+class HFLayerChoice:
+    """Which encoder block a transformers teacher reads (``layer`` option, see
+    :func:`~teachers._contract.check_layer`).
+
+    ``final`` (the last block) keeps the model's own ``last_hidden_state`` path, so
+    ``layer: -1`` is exactly the output without the option. Another block's tokens
+    come from ``output_hidden_states`` (the whole encoder still runs: transformers
+    records every block) and go through the model's final norm, as DINOv2's
+    ``get_intermediate_layers(norm=True)`` and transformers' ``DINOv3ViTBackbone``
+    (``apply_layernorm``) return them.
+    """
+
+    def __init__(self, family: str, layer: int, depth: int) -> None:
+        self.depth = depth
+        self.block_index = check_layer(family, layer, depth)
+        self.final = self.block_index == depth - 1
+
+    def tokens(self, model: nn.Module, norm: nn.Module | None, **inputs: Any) -> torch.Tensor:
+        """The chosen block's tokens ``[B, N, C]`` (after ``norm`` unless it is None)."""
+        hidden = model(**inputs, output_hidden_states=True).hidden_states
+        if len(hidden) < self.depth:
+            raise RuntimeError(f"{type(model).__name__} recorded {len(hidden)} hidden states for {self.depth} blocks")
+        tokens = hidden[self.block_index - self.depth]  # counted from the end: [embeddings,] block 0 .. block N-1
+        return norm(tokens) if norm is not None else tokens
 
 
 # ----------------------------------------------------------------------------- text towers

@@ -23,21 +23,19 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import torch
-from torch import nn
 
-from radiosharp.contracts import CLIP_MEAN, CLIP_STD, TeacherOutput, seeded
+from radiosharp.contracts import CLIP_MEAN, CLIP_STD, seeded
 from radiosharp.registry import TEACHERS
 from teachers._contract import (
     SIZES,
-    FrozenTeacher,
     TeacherRequest,
     check_choice,
     check_random_size,
-    resize_pos_grid,
+    check_text_layer,
     resolve_native_size,
-    tokens_to_map,
 )
 from teachers._open_clip import (
+    OpenClipViTTeacher,
     build_open_clip_tower,
     open_clip_model_config,
     open_clip_pretrained,
@@ -50,49 +48,11 @@ from teachers._weights import check_weights_path, load_weights_state, read_weigh
 
 FAMILY = "dfn_clip"
 REAL_NATIVE = 378
-TINY_NATIVE = 112
+TINY_GRID = 8
 # Tiny dims: width 64 (has a Hadamard matrix), 4 heads of 16, 2 blocks; the CLIP
 # projection maps to 24, so summary_dim != embed_dim as in the real model (1280 -> 1024).
 TINY_VISION = dict(width=64, layers=2, head_width=16)
 TINY_PROJ_DIM = 24
-
-
-class OpenClipViTTeacher(FrozenTeacher):
-    """A frozen open_clip ``VisionTransformer`` with position-table resizing."""
-
-    def __init__(self, visual: nn.Module, name: str, native_size: int, mean, std) -> None:
-        super().__init__(mean, std)
-        if getattr(visual, "attn_pool", None) is not None or getattr(visual, "pool_type", "tok") != "tok":
-            raise ValueError(f"{name}: only open_clip ViTs with a class token pool ('tok') are supported")
-        if getattr(visual, "final_ln_after_pool", False):
-            raise ValueError(f"{name}: open_clip ViTs with final_ln_after_pool are not supported")
-        self.name = name
-        self.model = visual
-        self.patch_size = visual.patch_size[0]
-        self.native_size = native_size
-        self.embed_dim = visual.conv1.out_channels
-        self.summary_dim = visual.proj.shape[1] if visual.proj is not None else self.embed_dim
-
-    def position_table(self, height: int, width: int) -> torch.Tensor:
-        """``[1, 1 + h*w, C]``: the class position plus the patch table resized to ``h x w``."""
-        table = self.model.positional_embedding
-        grid_h, grid_w = self.model.grid_size
-        patches = table[1:].reshape(1, grid_h, grid_w, -1)
-        patches = resize_pos_grid(patches, (height, width)).reshape(1, height * width, -1)
-        return torch.cat([table[:1].unsqueeze(0), patches], dim=1)
-
-    def extract(self, pixels: torch.Tensor) -> TeacherOutput:
-        visual = self.model
-        x = visual.conv1(pixels)  # [B, C, h, w]
-        batch, channels, height, width = x.shape
-        x = x.flatten(2).transpose(1, 2)
-        cls = visual.class_embedding.to(x.dtype).view(1, 1, channels).expand(batch, -1, -1)
-        x = torch.cat([cls, x], dim=1) + self.position_table(height, width).to(x.dtype)
-        x = visual.ln_pre(x)
-        x = visual.transformer(x)
-        x = visual.ln_post(x)
-        summary = x[:, 0] @ visual.proj if visual.proj is not None else x[:, 0]
-        return TeacherOutput(summary=summary, features=tokens_to_map(x[:, 1:], height, width))
 
 
 class OpenClipSetup(NamedTuple):
@@ -125,7 +85,8 @@ def open_clip_setup(
     patch = vision.get("patch_size", 16)
     table_size = vision.get("image_size", REAL_NATIVE)
     table_size = table_size[0] if isinstance(table_size, (list, tuple)) else table_size
-    default_native = TINY_NATIVE if size == "tiny" else (table_size // patch) * patch  # 378 for ViT-H-14-378
+    # tiny: an 8x8 grid (112 px for /14); real: the table size cut to the patch (378 for ViT-H-14-378)
+    default_native = TINY_GRID * patch if size == "tiny" else (table_size // patch) * patch
     native = resolve_native_size(family, native_size, default_native, patch)
     if size == "tiny":
         vision.update(TINY_VISION, image_size=native)
@@ -169,7 +130,7 @@ def build_open_clip_teacher(
 
     With ``request.text`` the text tower is built too, from the same weights file (read once).
     """
-    size, model, _, weights, _, cache_dir, seed, text = request
+    size, model, _, weights, _, cache_dir, seed, text = request[:8]
     check_random_size(family, size, weights, text)
     setup = open_clip_setup(family, request, default_mean, default_std)
     tokenizer = open_clip_text_tokenizer(family, model, setup.config, size, cache_dir) if text else None
@@ -178,7 +139,7 @@ def build_open_clip_teacher(
     state = read_weights_file(setup.weights) if setup.weights is not None else None
     if state is not None:
         load_weights_state(visual, state, family, f"file {setup.weights}", prefixes=("visual.",))
-    teacher = OpenClipViTTeacher(visual, family, setup.native, setup.mean, setup.std)
+    teacher = OpenClipViTTeacher(visual, family, setup.native, setup.mean, setup.std, request.layer)
     if text:
         teacher.attach_text_tower(open_clip_text(family, setup, request, state, tokenizer))
     return teacher.freeze()
@@ -194,6 +155,7 @@ def build_dfn_clip(
     cache_dir: str | None = None,
     seed: int = 0,
     text: bool = False,
+    layer: int = -1,
 ) -> OpenClipViTTeacher:
     """DFN CLIP through open_clip.
 
@@ -212,8 +174,12 @@ def build_dfn_clip(
     - ``text``: also load the (frozen) text tower and its tokenizer, exposing
       ``encode_text(tokens) -> [K, summary_dim]`` and ``tokenize(prompts)`` for zero-shot
       classification (needs a whole-CLIP weights file).
+    - ``layer``: the block whose patch tokens are the features (``-1``: the last, as without
+      the option; ``-4``: the fourth from last), after ``ln_post``; an intermediate
+      layer gives no summary and takes no text tower.
     """
-    request = TeacherRequest(size, model, pretrained, weights, native_size, cache_dir, seed, text)
+    check_text_layer(FAMILY, text, layer)
+    request = TeacherRequest(size, model, pretrained, weights, native_size, cache_dir, seed, text, layer)
     return build_open_clip_teacher(FAMILY, request, CLIP_MEAN, CLIP_STD)
 
 
@@ -227,7 +193,8 @@ def build_dfn_clip_text_tower(
     cache_dir: str | None,
     seed: int,
     text: bool,
-) -> TextTower:  # noqa: ARG001 - text: the teacher's options, as stored
+    layer: int,
+) -> TextTower:  # noqa: ARG001 - text, layer: the teacher's options, as stored
     """Only the text tower of ``build_dfn_clip(**same options, text=True)`` (no vision tower built).
 
     Takes ``build_dfn_clip``'s options with its defaults (see ``text_tower_builder``).

@@ -30,7 +30,7 @@ from radiosharp.contracts import IMAGENET_MEAN, IMAGENET_STD, TeacherOutput, see
 from radiosharp.registry import TEACHERS
 from teachers._contract import SIZES, FrozenTeacher, check_choice, check_random_size, resolve_native_size, tokens_to_map
 from teachers._timm import TimmViTTeacher, check_timm_name, create_timm_vit, timm_converter, timm_weights_file
-from teachers._transformers import hf_config, hf_from_pretrained
+from teachers._transformers import HFLayerChoice, hf_config, hf_from_pretrained
 from teachers._weights import check_weights_path, load_weights_file
 
 FAMILY = "dinov2"
@@ -75,19 +75,24 @@ class HFDinov2Teacher(FrozenTeacher):
 
     name = FAMILY
 
-    def __init__(self, model: nn.Module, native_size: int) -> None:
+    def __init__(self, model: nn.Module, native_size: int, layer: int = -1) -> None:
         super().__init__(IMAGENET_MEAN, IMAGENET_STD)
         config = model.config
         self.model = model
         self.patch_size = int(config.patch_size)
         self.native_size = native_size
         self.embed_dim = int(config.hidden_size)
-        self.summary_dim = self.embed_dim
+        self.layer = HFLayerChoice(FAMILY, layer, int(config.num_hidden_layers))
+        self.summary_dim = self.embed_dim if self.layer.final else None
         self.num_prefix_tokens = 1 + int(getattr(config, "num_register_tokens", 0) or 0)
 
     def extract(self, pixels: torch.Tensor) -> TeacherOutput:
-        tokens = self.model(pixel_values=pixels).last_hidden_state  # final layernorm applied
         height, width = pixels.shape[-2] // self.patch_size, pixels.shape[-1] // self.patch_size
+        if not self.layer.final:
+            tokens = self.layer.tokens(self.model, self.model.layernorm, pixel_values=pixels)
+            features = tokens_to_map(tokens[:, self.num_prefix_tokens :], height, width)
+            return TeacherOutput(summary=None, features=features)
+        tokens = self.model(pixel_values=pixels).last_hidden_state  # final layernorm applied
         features = tokens_to_map(tokens[:, self.num_prefix_tokens :], height, width)
         return TeacherOutput(summary=tokens[:, 0], features=features)
 
@@ -171,7 +176,7 @@ def _check_random(size: str, weights: str | None, source: str, model: str) -> No
 
 
 def _build_timm(
-    size: str, model: str, weights: Path | None, native: int, cache_dir: str | None, seed: int
+    size: str, model: str, weights: Path | None, native: int, cache_dir: str | None, seed: int, layer: int
 ) -> TimmViTTeacher:
     check_timm_name(FAMILY, model, "*dinov2*")
     path = weights
@@ -184,11 +189,11 @@ def _build_timm(
         trunk = create_timm_vit(model, **(tiny if size == "tiny" else {}))
     if path is not None:
         load_weights_file(trunk, path, FAMILY, prefixes=("trunk.",), convert=timm_converter(trunk))
-    return TimmViTTeacher(trunk, FAMILY, native, IMAGENET_MEAN, IMAGENET_STD, summary="cls")
+    return TimmViTTeacher(trunk, FAMILY, native, IMAGENET_MEAN, IMAGENET_STD, summary="cls", layer=layer)
 
 
 def _build_hf(
-    size: str, model: str, weights: Path | None, native: int, cache_dir: str | None, seed: int
+    size: str, model: str, weights: Path | None, native: int, cache_dir: str | None, seed: int, layer: int
 ) -> HFDinov2Teacher:
     if size == "tiny":
         from transformers import Dinov2WithRegistersConfig
@@ -212,7 +217,7 @@ def _build_hf(
                 net = _hf_model_class(config.model_type)(config)
     if weights is not None:
         load_weights_file(net, weights, FAMILY, prefixes=("dinov2.",), convert=hf_layout_converter(net))
-    return HFDinov2Teacher(net.float(), native)
+    return HFDinov2Teacher(net.float(), native, layer)
 
 
 @TEACHERS.register(FAMILY)
@@ -224,6 +229,7 @@ def build_dinov2(
     native_size: int | None = None,
     cache_dir: str | None = None,
     seed: int = 0,
+    layer: int = -1,
 ) -> FrozenTeacher:
     """DINOv2 with registers.
 
@@ -241,6 +247,9 @@ def build_dinov2(
     - ``native_size``: the input side the teacher runs at (448 real, 112 tiny).
     - ``cache_dir``: the Hugging Face cache to read weights from (default HF_HUB_CACHE).
     - ``seed``: the random weights of ``size: tiny`` / ``random``.
+    - ``layer``: the block whose patch tokens are the features (``-1``: the last, as
+      without the option; ``-4``: the fourth from last), after the final LayerNorm;
+      an intermediate layer gives no summary (``summary_dim`` None).
     """
     check_choice(FAMILY, "size", size, SIZES)
     check_choice(FAMILY, "source", source, SOURCES)
@@ -249,4 +258,4 @@ def build_dinov2(
     weights_path = check_weights_path(FAMILY, weights)
     native = resolve_native_size(FAMILY, native_size, TINY_NATIVE if size == "tiny" else REAL_NATIVE, PATCH)
     build = _build_timm if source == "timm" else _build_hf
-    return build(size, model, weights_path, native, cache_dir, seed).freeze()
+    return build(size, model, weights_path, native, cache_dir, seed, layer).freeze()

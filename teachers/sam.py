@@ -24,6 +24,7 @@ from teachers._contract import (
     SIZES,
     FrozenTeacher,
     check_choice,
+    check_layer,
     check_random_size,
     jitter_zero_tables,
     resize_pos_grid,
@@ -80,10 +81,11 @@ class SamTeacher(FrozenTeacher):
 
     name = FAMILY
 
-    def __init__(self, model: nn.Module, native_size: int) -> None:
+    def __init__(self, model: nn.Module, native_size: int, layer: int = -1) -> None:
         super().__init__(IMAGENET_MEAN, IMAGENET_STD)
         encoder = model.vision_encoder
         self.model = model
+        self.num_blocks = check_layer(FAMILY, layer, len(encoder.layers)) + 1
         self.patch_size = int(encoder.patch_embed.patch_size[0])
         self.native_size = native_size
         self.embed_dim = int(model.config.hidden_size)
@@ -94,7 +96,7 @@ class SamTeacher(FrozenTeacher):
         x = encoder.patch_embed.projection(pixels).permute(0, 2, 3, 1)  # [B, h, w, C]
         if encoder.pos_embed is not None:
             x = x + resize_pos_grid(encoder.pos_embed, tuple(x.shape[1:3])).to(x.dtype)
-        for layer in encoder.layers:
+        for layer in encoder.layers[: self.num_blocks]:
             x = layer(x)
             x = x[0] if isinstance(x, tuple) else x
         return TeacherOutput(summary=None, features=x.permute(0, 3, 1, 2))
@@ -108,6 +110,7 @@ def build_sam(
     native_size: int | None = None,
     cache_dir: str | None = None,
     seed: int = 0,
+    layer: int = -1,
 ) -> SamTeacher:
     """SAM's image encoder through transformers ``SamVisionModel``.
 
@@ -120,6 +123,9 @@ def build_sam(
     - ``native_size``: the input side (1024 real, 128 tiny).
     - ``cache_dir``: the Hugging Face cache to read weights from (default HF_HUB_CACHE).
     - ``seed``: the random weights of ``size: tiny`` / ``random``.
+    - ``layer``: the block whose output is the features (``-1``: the last, as without
+      the option; ``-4``: the fourth from last); SAM has no final norm before the neck,
+      so none is applied; the blocks after it are not run.
     """
     from transformers import SamVisionConfig, SamVisionModel
 
@@ -149,4 +155,4 @@ def build_sam(
         )
     if weights_path is not None:
         load_weights_file(net.vision_encoder, weights_path, FAMILY, prefixes=WEIGHT_PREFIXES)
-    return SamTeacher(net.float(), native).freeze()
+    return SamTeacher(net.float(), native, layer).freeze()

@@ -33,6 +33,7 @@ from teachers._contract import (
     TeacherRequest,
     check_choice,
     check_random_size,
+    check_text_layer,
     resolve_native_size,
     tokens_to_map,
 )
@@ -46,7 +47,7 @@ from teachers._open_clip import (
 )
 from teachers._text import TINY_CONTEXT, TINY_TEXT, TextTower, Tokenizer, load_text_state, text_tower_builder
 from teachers._timm import TimmViTTeacher, create_timm_vit
-from teachers._transformers import HFTextTower, hf_config, hf_from_pretrained, hf_tokenizer
+from teachers._transformers import HFLayerChoice, HFTextTower, hf_config, hf_from_pretrained, hf_tokenizer
 from teachers._weights import check_weights_path, load_weights_state, read_weights_file
 
 FAMILY = "siglip"
@@ -65,7 +66,7 @@ class HFSiglipTeacher(FrozenTeacher):
 
     name = FAMILY
 
-    def __init__(self, model: nn.Module, native_size: int) -> None:
+    def __init__(self, model: nn.Module, native_size: int, layer: int = -1) -> None:
         super().__init__(HALF_MEAN, HALF_STD)
         config = model.config
         if not getattr(config, "vision_use_head", True):
@@ -74,11 +75,17 @@ class HFSiglipTeacher(FrozenTeacher):
         self.patch_size = int(config.patch_size)
         self.native_size = native_size
         self.embed_dim = int(config.hidden_size)
-        self.summary_dim = self.embed_dim
+        self.layer = HFLayerChoice(FAMILY, layer, int(config.num_hidden_layers))
+        self.summary_dim = self.embed_dim if self.layer.final else None
 
     def extract(self, pixels: torch.Tensor) -> TeacherOutput:
-        out = self.model(pixel_values=pixels, interpolate_pos_encoding=True)
         height, width = pixels.shape[-2] // self.patch_size, pixels.shape[-1] // self.patch_size
+        if not self.layer.final:
+            tokens = self.layer.tokens(
+                self.model, self.model.post_layernorm, pixel_values=pixels, interpolate_pos_encoding=True
+            )
+            return TeacherOutput(summary=None, features=tokens_to_map(tokens, height, width))
+        out = self.model(pixel_values=pixels, interpolate_pos_encoding=True)
         return TeacherOutput(summary=out.pooler_output, features=tokens_to_map(out.last_hidden_state, height, width))
 
 
@@ -132,7 +139,7 @@ def _open_clip_text(
 
 
 def _build_open_clip(request: TeacherRequest) -> TimmViTTeacher:
-    size, model, pretrained, weights, native_size, cache_dir, seed, text = request
+    size, model, pretrained, weights, native_size, cache_dir, seed, text = request[:8]
     setup = _open_clip_setup(size, model, pretrained, weights, cache_dir)
     tokenizer = open_clip_text_tokenizer(FAMILY, model, setup.config, size, cache_dir) if text else None
     if size == "tiny":
@@ -156,7 +163,7 @@ def _build_open_clip(request: TeacherRequest) -> TimmViTTeacher:
     state = read_weights_file(setup.weights) if setup.weights is not None else None
     if state is not None:
         load_weights_state(trunk, state, FAMILY, f"file {setup.weights}", prefixes=("visual.trunk.", "trunk."))
-    teacher = TimmViTTeacher(trunk, FAMILY, native, setup.mean, setup.std, summary="head")
+    teacher = TimmViTTeacher(trunk, FAMILY, native, setup.mean, setup.std, summary="head", layer=request.layer)
     if text:
         teacher.attach_text_tower(_open_clip_text(setup, request, state, tokenizer))
     return teacher
@@ -222,7 +229,7 @@ def _hf_tokenizer(size: str, model: str, config: Any, cache_dir: str | None) -> 
 
 
 def _build_hf(request: TeacherRequest) -> HFSiglipTeacher:
-    size, model, pretrained, weights, native_size, cache_dir, seed, text = request
+    size, model, pretrained, weights, native_size, cache_dir, seed, text = request[:8]
     from transformers import SiglipVisionConfig, SiglipVisionModel
 
     _check_hf_options(pretrained)
@@ -253,7 +260,7 @@ def _build_hf(request: TeacherRequest) -> HFSiglipTeacher:
     state = read_weights_file(weights) if weights is not None else None
     if state is not None:
         load_weights_state(net, state, FAMILY, f"file {weights}", prefixes=("vision_model.",))
-    teacher = HFSiglipTeacher(net.float(), native)
+    teacher = HFSiglipTeacher(net.float(), native, request.layer)
     if text:
         teacher.attach_text_tower(_hf_text(size, model, full, seed, state, f"file {weights}", tokenizer, cache_dir))
     return teacher
@@ -283,6 +290,7 @@ def build_siglip(
     cache_dir: str | None = None,
     seed: int = 0,
     text: bool = False,
+    layer: int = -1,
 ) -> FrozenTeacher:
     """SigLIP / SigLIP 2.
 
@@ -304,10 +312,15 @@ def build_siglip(
     - ``text``: also load the (frozen) text tower and its tokenizer (open_clip's, or the
       hub id's for hf), exposing ``encode_text(tokens) -> [K, summary_dim]`` and
       ``tokenize(prompts)`` for zero-shot classification (needs a whole-model weights file).
+    - ``layer``: the block whose patch tokens are the features (``-1``: the last, as without
+      the option; ``-4``: the fourth from last), after the final LayerNorm; an
+      intermediate layer gives no summary (the MAP head reads the last block) and takes
+      no text tower.
     """
     model, pretrained, weights_path = _resolve(size, source, model, pretrained, weights)
     check_random_size(FAMILY, size, weights, text, source, ("open_clip",))
-    request = TeacherRequest(size, model, pretrained, weights_path, native_size, cache_dir, seed, text)
+    check_text_layer(FAMILY, text, layer)
+    request = TeacherRequest(size, model, pretrained, weights_path, native_size, cache_dir, seed, text, layer)
     if source == "open_clip":
         teacher = _build_open_clip(request)
     else:
@@ -326,6 +339,7 @@ def build_siglip_text_tower(
     cache_dir: str | None,
     seed: int,  # noqa: ARG001
     text: bool,
+    layer: int,
 ) -> TextTower:  # noqa: ARG001 - the teacher's options, as stored
     """Only the text tower of ``build_siglip(**same options, text=True)`` (no vision tower built).
 

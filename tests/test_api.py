@@ -30,8 +30,8 @@ def test_create_and_build_take_a_name_and_options():
     assert torch.equal(a(x).features, b(x).features) and torch.equal(a(x).features, c(x).features)
     with pytest.raises(ValueError, match=r"unknown key 'create_teacher\('dinov2'\)\.nope'.*valid keys"):
         radiosharp.create_teacher("dinov2", nope=1)
-    with pytest.raises(ValueError, match=r"unknown teacher 'dinov3'.*valid teachers: dfn_clip, dinov2"):
-        radiosharp.create_teacher("dinov3")
+    with pytest.raises(ValueError, match=r"unknown teacher 'dinov9'.*valid teachers: dfn_clip, dinov2"):
+        radiosharp.create_teacher("dinov9")
     up = radiosharp.create_upsampler("s2", teacher=a, factor=3, beta=0.25)
     assert (up.factor, up.dim, up.patch_size, up.beta) == (3, a.embed_dim, a.patch_size, 0.25)
     data = radiosharp.create_dataset("synthetic", num_images=2, size=32)
@@ -39,7 +39,19 @@ def test_create_and_build_take_a_name_and_options():
 
 
 def test_lists_come_from_the_registries_and_trainable_from_the_upsamplers():
-    assert radiosharp.list_teachers() == ["dfn_clip", "dinov2", "sam", "siglip", "vgg_hed"]
+    assert radiosharp.list_teachers() == [
+        "dfn_clip",
+        "dinov2",
+        "dinov3",
+        "open_clip",
+        "radio",
+        "sam",
+        "sam2",
+        "siglip",
+        "siglip2",
+        "timm",
+        "vgg_hed",
+    ]
     assert radiosharp.list_upsamplers() == sorted(UPSAMPLERS.names())
     assert radiosharp.list_upsamplers(trainable=False) == ["bilinear", "s2", "tiles"]
     assert radiosharp.list_upsamplers(trainable=True) == ["anyup", "featsharp", "featup", "jafar", "loftup", "naf"]

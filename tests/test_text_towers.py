@@ -357,7 +357,8 @@ def test_load_student_rebuilds_the_text_towers(exported_student, tmp_path):
 
 def test_text_tower_requests_that_cannot_be_met_fail_clearly(exported_student):
     with pytest.raises(
-        ValueError, match="'dino' \\(family 'dinov2'\\) has no text tower; families with one: dfn_clip, siglip"
+        ValueError,
+        match="'dino' \\(family 'dinov2'\\) has no text tower; families with one: dfn_clip, open_clip, siglip",
     ):
         load_student(exported_student, text_towers=["dino"])
     with pytest.raises(ValueError, match="no teacher config for 'nope'.*stored: clip, dino"):

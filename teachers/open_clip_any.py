@@ -1,0 +1,101 @@
+"""Any open_clip ViT as a teacher, by model name + pretrained tag (``family: open_clip``).
+
+A generic adaptor, so a new CLIP needs no code: ``model: ViT-B-16, pretrained:
+laion2b_s34b_b88k`` (any ``open_clip.list_pretrained()`` pair, or ``hf-hub:ORG/REPO``).
+It is the ``dfn_clip`` teacher with no model fixed (same code, ``teachers/_open_clip.py``):
+
+- ``summary`` = the CLIP image embedding ``ln_post(CLS) @ proj`` (``encode_image``).
+- ``features`` = the final patch tokens after ``ln_post``, not projected, ``[B, C, H/p, W/p]``.
+- mean/std from the pretrained tag (else the model config's, else OpenAI CLIP's).
+- ``text: true`` brings the text tower (zero-shot), as for ``dfn_clip``.
+
+Models whose vision tower is open_clip's own ``VisionTransformer`` with a class-token
+pool are supported (OpenAI, LAION, DataComp, DFN, MetaCLIP ViTs). open_clip models with
+a timm tower (SigLIP, EVA, ...) are built by the ``timm`` family (``model:`` the tower's
+timm name, ``weights:`` the open_clip checkpoint: its ``visual.trunk.*`` is read) or
+``siglip``; their error says so.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from radiosharp.contracts import CLIP_MEAN, CLIP_STD
+from radiosharp.registry import TEACHERS
+from teachers._contract import TeacherRequest, check_random_size, check_text_layer
+from teachers._open_clip import OpenClipViTTeacher, open_clip_model_config, open_clip_text_tokenizer
+from teachers._text import TextTower, text_tower_builder
+from teachers._weights import read_weights_file
+from teachers.dfn_clip import build_open_clip_teacher, open_clip_setup, open_clip_text
+
+FAMILY = "open_clip"
+DEFAULT_MODEL = "ViT-B-16"
+DEFAULT_PRETRAINED = "laion2b_s34b_b88k"
+
+
+def _check_tower(model: str, cache_dir: str | None) -> None:
+    vision = open_clip_model_config(FAMILY, model, cache_dir)["vision_cfg"]
+    timm_name = vision.get("timm_model_name")
+    if timm_name:
+        raise ValueError(
+            f"{FAMILY}: '{model}' has a timm vision tower ({timm_name}); use family: timm with "
+            f"model: {timm_name} and weights: the open_clip checkpoint (its visual.trunk.* is read), "
+            "or family: siglip for SigLIP models"
+        )
+    if isinstance(vision.get("layers"), (list, tuple)):
+        raise ValueError(f"{FAMILY}: '{model}' has a ResNet vision tower; only ViT towers are supported")
+
+
+@TEACHERS.register(FAMILY)
+def build_open_clip_any(
+    size: Literal["tiny", "real", "random"] = "real",
+    model: str = DEFAULT_MODEL,
+    pretrained: str | None = DEFAULT_PRETRAINED,
+    weights: str | None = None,
+    native_size: int | None = None,
+    cache_dir: str | None = None,
+    seed: int = 0,
+    text: bool = False,
+    layer: int = -1,
+) -> OpenClipViTTeacher:
+    """Any open_clip ViT (``teachers.<key>.family: open_clip``, ``model:`` + ``pretrained:``).
+
+    - ``size``: ``real``, ``tiny`` (the model's open_clip ViT at width 64, 2 blocks, 4 heads,
+      projection 24, 112 px for /14 or the tag's grid, seeded random weights) or ``random``
+      (the named architecture with seeded random weights).
+    - ``model``: an open_clip model name (``ViT-B-16``) or ``hf-hub:ORG/REPO``.
+    - ``pretrained``: its open_clip pretrained tag (``laion2b_s34b_b88k``); unused for ``hf-hub:``.
+    - ``weights``: a local state-dict file (whole CLIP or the visual tower); overrides the tag.
+    - ``native_size``: the input side (default: the model's image size cut to a multiple
+      of the patch; 112 tiny).
+    - ``cache_dir``: the Hugging Face cache to read weights from (default HF_HUB_CACHE).
+    - ``seed``: the random weights of ``size: tiny`` / ``random``.
+    - ``text``: also load the (frozen) text tower and its tokenizer (zero-shot).
+    - ``layer``: the block whose patch tokens are the features (``-1``: the last, as without
+      the option), after ``ln_post``; an intermediate layer gives no summary and no text tower.
+    """
+    check_text_layer(FAMILY, text, layer)
+    _check_tower(model, cache_dir)
+    request = TeacherRequest(size, model, pretrained, weights, native_size, cache_dir, seed, text, layer)
+    return build_open_clip_teacher(FAMILY, request, CLIP_MEAN, CLIP_STD)
+
+
+@text_tower_builder(build_open_clip_any)
+def build_open_clip_any_text_tower(
+    size: str,
+    model: str,
+    pretrained: str | None,
+    weights: str | None,
+    native_size: int | None,
+    cache_dir: str | None,
+    seed: int,
+    text: bool,
+    layer: int,
+) -> TextTower:  # noqa: ARG001 - text, layer: the teacher's options, as stored
+    """Only the text tower of ``build_open_clip_any(**same options, text=True)`` (no vision tower built)."""
+    check_random_size(FAMILY, size, weights, text=True)
+    request = TeacherRequest(size, model, pretrained, weights, native_size, cache_dir, seed, text=True)
+    setup = open_clip_setup(FAMILY, request, CLIP_MEAN, CLIP_STD)
+    tokenizer = open_clip_text_tokenizer(FAMILY, model, setup.config, size, cache_dir)
+    state = read_weights_file(setup.weights) if setup.weights is not None else None
+    return open_clip_text(FAMILY, setup, request, state, tokenizer)
