@@ -24,6 +24,7 @@ PAGE = Path("docs/results.md")
 
 
 def _sections() -> dict[str, Callable[[Plan], dict[str, Any]]]:
+    from radiosharp.reproduce import ablation_section as ablation
     from radiosharp.reproduce import comparison_section as comparison
     from radiosharp.reproduce import health_section as health
     from radiosharp.reproduce import probe_sections as probes
@@ -42,6 +43,7 @@ def _sections() -> dict[str, Callable[[Plan], dict[str, Any]]]:
         "upsampler_cost": probes.upsampler_cost_section,
         "student": student.student_section,
         "health": health.health_section,
+        "ablation": ablation.ablation_section,
     }
 
 

@@ -18,9 +18,10 @@ SECTIONS = (
     "upsampler_cost",
     "student",
     "health",
+    "ablation",
 )
 # the sections that train and probe the student (the quick plan has none)
-STUDENT_SECTIONS = ("student", "health")
+STUDENT_SECTIONS = ("student", "health", "ablation")
 METHODS = ("bilinear", "featup", "tiles", "s2", "featsharp")
 LABELS = {
     "bilinear": "bilinear",
@@ -72,6 +73,7 @@ class Plan(BaseModel):
     upsampler_cost_factors: tuple[int, ...] = (2, 4, 8, 16)
     upsampler_cost_grid: int = 8  # low-res side in patches: 112 px, 16x = a 128x128 output
     student: bool = True
+    ablation_seeds: tuple[int, ...] = (0, 1, 2)  # training seeds of each stage-3 variant
     overrides: tuple[str, ...] = ()  # extra dotted overrides for every upsampler run
 
     def upsampler_overrides(self) -> list[str]:

@@ -13,6 +13,18 @@ STAGES = ("stage1", "stage2")
 STUDENT_TASKS = ("knn", "semseg", "depth", "normals", "keypoints")
 
 
+def student_overrides(plan: Plan) -> list[str]:
+    """What every student run of the plan overrides in the demo recipes: the teacher's side and the
+    PHI-S statistics of both teachers (computed here once)."""
+    root = plan.out / "student"
+    _vgg_stats(root / "stats", plan)
+    return [
+        f"teachers.dinov2.native_size={plan.native_size}",
+        f"teachers.dinov2.phi_s={stats_file(plan)}",
+        f"teachers.vgg_hed.phi_s={root / 'stats' / 'phi_s' / 'vgg_hed.safetensors'}",
+    ]
+
+
 def train_students(plan: Plan) -> dict[str, Path]:
     """The demo stages from the plan's teacher: stage 1, stage 2, and stage 3 twice (bilinear and
     FeatSharp hi-res targets). Finished runs are reused. Returns ``{"stage2": ..., "bilinear": ...,
@@ -20,12 +32,7 @@ def train_students(plan: Plan) -> dict[str, Path]:
     featsharp = upsampler_run(plan, "featsharp", 2, plan.seeds[0])
     bilinear = upsampler_run(plan, "bilinear", 2, plan.seeds[0])
     root = plan.out / "student"
-    common = [
-        f"teachers.dinov2.native_size={plan.native_size}",
-        f"teachers.dinov2.phi_s={stats_file(plan)}",
-        f"teachers.vgg_hed.phi_s={root / 'stats' / 'phi_s' / 'vgg_hed.safetensors'}",
-    ]
-    _vgg_stats(root / "stats", plan)
+    common = student_overrides(plan)
     previous: Path | None = None
     for stage in STAGES:
         init = [] if previous is None else [f"init_from={previous}"]
