@@ -94,6 +94,30 @@ def test_health_check_compares_stage3_with_stage2_at_the_hi_res_size():
     assert paper_checks("health", {"reports": {"bilinear": report(0.5)}}) == []
 
 
+def test_ablation_table_and_check_use_the_spread_over_training_seeds():
+    from radiosharp.reproduce.ablation_section import ablation_markdown
+
+    def probe(miou):
+        return {"semseg": {"status": "ok", "metrics": {"miou": {"mean": miou, "std": 0.01, "higher_is_better": True}}}}
+
+    data = {
+        "variants": {"baseline": [], "shift": ["distill.x=true"], "noisy": ["distill.y=true"]},
+        "seeds": [0, 1],
+        "metrics": {
+            "baseline": {"0": probe(0.10), "1": probe(0.12)},
+            "shift": {"0": probe(0.20), "1": probe(0.22)},
+            "noisy": {"0": probe(0.05), "1": probe(0.19)},
+        },
+        "delta_m": {"shift": [100.0, 83.3], "noisy": [-50.0, 58.3]},
+    }
+    table = ablation_markdown(data).splitlines()
+    assert table[0] == "| variant | overrides | semseg/miou ↑ | Δm % vs baseline |"
+    assert table[3] == "| shift | `distill.x=true` | 0.21 ± 0.014 | 91.65 ± 12 |"
+    checks = paper_checks("ablation", data)
+    assert checks[0].startswith("- shift improves the stage-3 student (its paper's claim): agrees")
+    assert "**not shown**" in checks[1]  # a gain inside its seed spread is no result
+
+
 def test_the_quick_plan_refuses_the_student_sections_in_one_line(tmp_path, capsys):
     assert main(["--quick", "--sections", "health", "--out-dir", str(tmp_path / "r")]) == 2
     assert "the quick plan has no health section" in capsys.readouterr().err
