@@ -134,6 +134,7 @@ def toy_recipe(
     resume: bool = False,
     grad_clip: float | None = 1.0,
     skip_nonfinite: int = 0,
+    compile: str = "no",
 ) -> Recipe:
     """A CPU recipe for :class:`ToyTrainer` (kind ``distill`` only to satisfy the schema)."""
     optim = OptimConfig(lr=lr, warmup_steps=warmup_steps, min_lr_ratio=0.1, weight_decay=0.01, grad_clip=grad_clip)
@@ -146,6 +147,7 @@ def toy_recipe(
         checkpoint_every=checkpoint_every,
         keep_checkpoints=keep_checkpoints,
         skip_nonfinite=skip_nonfinite,
+        compile=compile,
         optim=optim,
     )
     return Recipe(kind="distill", name="toy", output_dir=str(output_dir), seed=seed, resume=resume, train=train)

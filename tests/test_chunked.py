@@ -229,3 +229,18 @@ def test_chunked_on_cuda_equals_unbounded_and_fits_the_budget(name):
         peak = cuda_peak_bytes(lambda: chunked_upsample(up, images, lowres, featurize, max_memory_mb=budget_mb), dev)
     output = c * (u * cells) ** 2 * 4
     assert peak - output <= budget_mb * 2**20 * 1.25  # CUDA kernels' own workspaces: some slack
+
+
+def test_recipe_key_max_memory_mb_reaches_the_upsampled_teacher():
+    from radiosharp.recipe import Recipe, RecipeError
+    from radiosharp.trainers.common import build_upsampled
+
+    teacher = PatchTeacher()
+    base = {"family": "dinov2", "size": "tiny", "upsampler": {"name": "tiles", "factor": 2}}
+    recipe = Recipe.model_validate({"kind": "distill", "teachers": {"dino": {**base, "max_memory_mb": 0.01}}})
+    slot = build_upsampled("dino", recipe.teachers["dino"], teacher)
+    assert slot.max_memory_mb == 0.01
+    recipe = Recipe.model_validate({"kind": "distill", "teachers": {"dino": base}})
+    assert build_upsampled("dino", recipe.teachers["dino"], teacher).max_memory_mb is None
+    with pytest.raises((RecipeError, ValueError), match="max_memory_mb"):
+        Recipe.model_validate({"kind": "distill", "teachers": {"dino": {**base, "max_memory_mb": 0}}})

@@ -23,7 +23,7 @@ from _toy_trainer import Interrupted, ToyDataset, ToyMLP, ToyTrainer, toy_recipe
 from conftest import REPO, assert_same_weights, fresh_process, torchrun, weights
 
 from radiosharp.engine import StepBatchSampler, checkpoint_dirs, lr_at, read_metrics, resolve_precision, step_loader
-from radiosharp.recipe import OptimConfig, Recipe, RecipeError
+from radiosharp.recipe import OptimConfig, Recipe, RecipeError, TrainConfig
 
 
 def scramble_rngs() -> None:
@@ -141,6 +141,39 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, noise, grad_accum):
     rows_a, rows_b = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "killed")
     assert [r["step"] for r in rows_b] == list(range(1, steps + 1))
     assert [r["loss"] for r in rows_b] == pytest.approx([r["loss"] for r in rows_a], abs=1e-6)
+
+
+def test_compiled_run_gives_the_same_losses_weights_and_resume(tmp_path):
+    """train.compile: Accelerate compiles the model (aot_eager: no C++ compiler needed); the losses,
+    the export (plain parameter names, no torch.compile prefix) and a resume equal the eager run's."""
+    steps = 6
+
+    def recipe(name, compile, resume=False):
+        return toy_recipe(tmp_path / name, steps=steps, log_every=1, checkpoint_every=3, compile=compile, resume=resume)
+
+    ToyTrainer(recipe("eager", "no")).run()
+    fresh_process()
+    compiled = ToyTrainer(recipe("compiled", "aot_eager"))
+    assert compiled.accelerator.state.dynamo_plugin.backend.value == "AOT_EAGER"
+    compiled.run()
+    assert type(compiled.model).__name__ == "OptimizedModule"  # prepare() compiled it
+    eager_rows, compiled_rows = read_metrics(tmp_path / "eager"), read_metrics(tmp_path / "compiled")
+    assert [r["loss"] for r in compiled_rows] == pytest.approx([r["loss"] for r in eager_rows], abs=1e-6)
+    assert_same_weights(weights(tmp_path / "eager"), weights(tmp_path / "compiled"), atol=1e-6)
+    assert not any("_orig_mod" in key for key in weights(tmp_path / "compiled"))
+    fresh_process()
+    with pytest.raises(Interrupted):
+        ToyTrainer(recipe("killed", "aot_eager"), kill_at=4).run()
+    fresh_process()
+    ToyTrainer(recipe("killed", "aot_eager", resume=True)).run()
+    assert_same_weights(weights(tmp_path / "compiled"), weights(tmp_path / "killed"), atol=1e-6)
+
+
+def test_train_compile_values():
+    assert TrainConfig(compile=True).compile == "inductor"
+    assert TrainConfig(compile=False).compile == "no"
+    with pytest.raises(ValueError, match="compile"):
+        TrainConfig(compile="fast")
 
 
 def test_noise_makes_runs_differ_without_restored_rngs(tmp_path):

@@ -180,8 +180,8 @@ class CheckpointedRun:
             log.info("resumed %s at step %d from %s", self.run_dir, self.state.step, last.name)
 
     def unwrapped(self) -> torch.nn.Module:
-        """The trained module without its DDP / DeepSpeed wrapper."""
-        return self.accelerator.unwrap_model(self.model)
+        """The trained module without its DDP / DeepSpeed / torch.compile wrapper (``train.compile``)."""
+        return self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
 
     def exported_model(self) -> torch.nn.Module:
         """The module to export, in float32.

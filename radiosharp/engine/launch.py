@@ -133,6 +133,8 @@ def make_accelerator(recipe: Recipe, find_unused_parameters: bool = False) -> Ac
     precision = resolve_precision(recipe.train.mixed_precision, cuda=torch.cuda.is_available() and not on_cpu)
     handlers: list[Any] = [DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)]
     kwargs: dict[str, Any] = {"mixed_precision": precision, "gradient_accumulation_steps": recipe.train.grad_accum}
+    if recipe.train.compile != "no":
+        kwargs["dynamo_backend"] = recipe.train.compile.upper()  # Accelerate compiles the model in prepare()
     launcher_ds = _env_flag("ACCELERATE_USE_DEEPSPEED")
     if launcher_ds and not recipe.deepspeed:
         raise RecipeError(

@@ -94,6 +94,9 @@ class TeacherConfig(PluginConfig):
     summary_weight: float = 1.0
     feature_weight: float = 1.0
     partitions: list[str] | None = None  # distillation partitions this teacher teaches in; None: all
+    # MiB of working memory for each no-grad call of this teacher's upsampler (tiles or query
+    # chunks with the same output, radiosharp.upsampled); None: unbounded (or RADIOSHARP_MAX_MEMORY_MB)
+    max_memory_mb: float | None = Field(default=None, gt=0)
 
 
 # Teacher builder options that do not change the vision network (where the weights are
@@ -154,12 +157,17 @@ class TrainConfig(Strict):
     # Steps whose loss or gradient norm is not finite that may be skipped (no update,
     # logged) before the run stops; 0: the first one stops it.
     skip_nonfinite: int = Field(default=0, ge=0)
+    # torch.compile of the trained model (through Accelerate's dynamo_backend): "no", or a
+    # backend: "inductor" (true means it), "aot_eager" / "eager" (no C++ compiler needed).
+    compile: Literal["no", "inductor", "aot_eager", "eager", "cudagraphs"] = "no"
     optim: OptimConfig = OptimConfig()
 
-    @field_validator("mixed_precision", mode="before")
+    @field_validator("mixed_precision", "compile", mode="before")
     @classmethod
-    def _yaml_no(cls, value: Any) -> Any:
+    def _yaml_no(cls, value: Any, info: Any) -> Any:
         # YAML reads a bare `no` (in a file or as `train.mixed_precision=no`) as false.
+        if value is True and info.field_name == "compile":
+            return "inductor"
         return "no" if value is False else value
 
 

@@ -164,7 +164,7 @@ def build_upsampled(key: str, cfg: TeacherConfig, teacher: Teacher, untrained: b
     if up.run is not None:
         check_same_teacher(key, cfg, up.run)
         try:
-            model = load_upsampled_teacher(up.run, teacher=teacher)
+            model = load_upsampled_teacher(up.run, teacher=teacher, max_memory_mb=cfg.max_memory_mb)
         except ValueError as err:
             raise RecipeError(f"teachers.{key}.upsampler: {err}") from None
         if up.factor is not None and model.factor != up.factor:
@@ -182,7 +182,7 @@ def build_upsampled(key: str, cfg: TeacherConfig, teacher: Teacher, untrained: b
                 f"runs/{up.name}_{key}_{up.factor or 2}x), or use one of the training-free upsamplers: "
                 f"{', '.join(list_upsamplers(trainable=False))}"
             )
-        model = UpsampledTeacher(teacher, upsampler)
+        model = UpsampledTeacher(teacher, upsampler, max_memory_mb=cfg.max_memory_mb)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
