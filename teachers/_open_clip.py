@@ -1,5 +1,6 @@
 """open_clip models: configs, pretrained tags, checkpoints, the vision tower and the teacher
-around it (:class:`OpenClipViTTeacher`), the text tower and its tokenizers.
+around it (:class:`OpenClipViTTeacher`), the text tower and its tokenizers, and the build of
+both towers that the ``dfn_clip`` and ``open_clip`` families share (:func:`build_open_clip_teacher`).
 
 ``size: tiny`` text towers use open_clip's ``SimpleTokenizer``, whose BPE vocabulary
 ships inside the open_clip package, so they work offline.
@@ -9,18 +10,37 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
 from radiosharp.contracts import TeacherOutput, seeded
-from teachers._contract import FINAL_LAYER, FrozenTeacher, check_layer, resize_pos_grid, tokens_to_map
+from teachers._contract import (
+    FINAL_LAYER,
+    SIZES,
+    FrozenTeacher,
+    TeacherRequest,
+    check_choice,
+    check_layer,
+    check_random_size,
+    resize_pos_grid,
+    resolve_native_size,
+    tokens_to_map,
+)
 from teachers._hub import fetch_hub_file, hub_offline, missing_weights, url_weights_file
 from teachers._text import TINY_CONTEXT, TINY_TEXT, TextTower, Tokenizer, first_line, load_text_state
+from teachers._weights import check_weights_path, load_weights_state, read_optional_weights
 
 TOKENIZER_FIELDS = ("hf_tokenizer_name", "tokenizer_kwargs", "tokenizer_mode")
+DEFAULT_IMAGE_SIZE = 378  # the position table's side when a vision config gives none
+TINY_GRID = 8
+# Tiny dims: width 64 (has a Hadamard matrix), 4 heads of 16, 2 blocks; the CLIP
+# projection maps to 24, so summary_dim != embed_dim as in the real models (1280 -> 1024 for ViT-H).
+TINY_VISION = dict(width=64, layers=2, head_width=16)
+TINY_PROJ_DIM = 24
 
 
 def open_clip_model_config(family: str, model: str, cache_dir: str | None) -> dict[str, Any]:
@@ -302,3 +322,106 @@ def open_clip_text_tower(
     if state is not None:
         load_text_state(encoder, state, family, source)
     return TextTower(encoder, tokenizer, output_dim, family)
+
+
+# ----------------------------------------------------------------------------- the teacher build (dfn_clip, open_clip)
+
+
+class OpenClipSetup(NamedTuple):
+    """What both towers of an open_clip teacher are built from (resolved once)."""
+
+    config: dict[str, Any]
+    quick_gelu: bool
+    mean: Sequence[float]
+    std: Sequence[float]
+    native: int
+    weights: Path | None  # the local weights file: `weights:`, or the tag's cached checkpoint (real)
+
+
+def open_clip_setup(
+    family: str, request: TeacherRequest, default_mean: Sequence[float], default_std: Sequence[float]
+) -> OpenClipSetup:
+    """Check the options, read the model config and find the weights file (before any build)."""
+    size, model, pretrained, weights, native_size, cache_dir = request[:6]
+    check_choice(family, "size", size, SIZES)
+    weights_path = check_weights_path(family, weights)
+    config = open_clip_model_config(family, model, cache_dir)
+    vision = config["vision_cfg"]
+    if vision.get("timm_model_name") or isinstance(vision.get("layers"), (list, tuple)):
+        raise ValueError(f"{family}: '{model}' is not an open_clip VisionTransformer (timm or ResNet tower)")
+    entry = open_clip_pretrained(family, model, pretrained) if weights_path is None else {}
+    quick_gelu = bool(config.get("quick_gelu", False) or entry.get("quick_gelu", False))
+    preprocess = config.get("preprocess_cfg", {})
+    mean = entry.get("mean") or preprocess.get("mean") or default_mean
+    std = entry.get("std") or preprocess.get("std") or default_std
+    patch = vision.get("patch_size", 16)
+    table_size = vision.get("image_size", DEFAULT_IMAGE_SIZE)
+    table_size = table_size[0] if isinstance(table_size, (list, tuple)) else table_size
+    # tiny: an 8x8 grid (112 px for /14); real: the table size cut to the patch (378 for ViT-H-14-378)
+    default_native = TINY_GRID * patch if size == "tiny" else (table_size // patch) * patch
+    native = resolve_native_size(family, native_size, default_native, patch)
+    if size == "tiny":
+        vision.update(TINY_VISION, image_size=native)
+        config["embed_dim"] = TINY_PROJ_DIM
+        path = weights_path
+    elif size == "random":
+        path = None
+    else:
+        # Resolve the checkpoint before building: a missing file fails in milliseconds.
+        path = weights_path or Path(open_clip_weights_file(family, model, pretrained, cache_dir))
+    return OpenClipSetup(config, quick_gelu, mean, std, native, path)
+
+
+def open_clip_text(
+    family: str,
+    setup: OpenClipSetup,
+    request: TeacherRequest,
+    state: dict[str, torch.Tensor] | None,
+    tokenizer: Tokenizer,
+) -> TextTower:
+    """The CLIP text tower (``encode_text`` = open_clip's), projected to ``embed_dim``."""
+    config = setup.config
+    return open_clip_text_tower(
+        family,
+        request.model,
+        config,
+        setup.quick_gelu,
+        config["embed_dim"],
+        request.size,
+        request.seed,
+        state,
+        f"file {setup.weights}",
+        tokenizer,
+    )
+
+
+def build_open_clip_teacher(
+    family: str, request: TeacherRequest, default_mean: Sequence[float], default_std: Sequence[float]
+) -> OpenClipViTTeacher:
+    """Build an open_clip ViT teacher (real: config + strict weights; tiny, random: seeded random).
+
+    With ``request.text`` the text tower is built too, from the same weights file (read once).
+    """
+    size, model, _, weights, _, cache_dir, seed, text = request[:8]
+    check_random_size(family, size, weights, text)
+    setup = open_clip_setup(family, request, default_mean, default_std)
+    tokenizer = open_clip_text_tokenizer(family, model, setup.config, size, cache_dir) if text else None
+    with seeded(seed):  # the weights of size: tiny / random; real ones are loaded below
+        visual = build_open_clip_tower(setup.config, setup.quick_gelu)
+    state = read_optional_weights(setup.weights)
+    if state is not None:
+        load_weights_state(visual, state, family, f"file {setup.weights}", prefixes=("visual.",))
+    teacher = OpenClipViTTeacher(visual, family, setup.native, setup.mean, setup.std, request.layer)
+    if text:
+        teacher.attach_text_tower(open_clip_text(family, setup, request, state, tokenizer))
+    return teacher.freeze()
+
+
+def build_open_clip_text_only(
+    family: str, request: TeacherRequest, default_mean: Sequence[float], default_std: Sequence[float]
+) -> TextTower:
+    """Only the text tower of :func:`build_open_clip_teacher` with ``request`` (no vision tower built)."""
+    check_random_size(family, request.size, request.weights, text=True)
+    setup = open_clip_setup(family, request, default_mean, default_std)
+    tokenizer = open_clip_text_tokenizer(family, request.model, setup.config, request.size, request.cache_dir)
+    return open_clip_text(family, setup, request, read_optional_weights(setup.weights), tokenizer)

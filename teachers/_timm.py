@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from radiosharp.contracts import TeacherOutput
+from radiosharp.contracts import IMAGENET_MEAN, IMAGENET_STD, TeacherOutput, seeded
 from teachers._contract import FINAL_LAYER, FrozenTeacher, check_choice, check_layer, tokens_to_map
 from teachers._hub import fetch_hub_file, missing_weights, url_weights_file
+from teachers._weights import load_weights_file
 
 
 def check_timm_name(family: str, name: str, pattern: str) -> None:
@@ -48,6 +49,24 @@ def timm_weights_file(family: str, name: str, cache_dir: str | None) -> str:
     raise missing_weights(family, what, None, cache_dir, "timm lists no pretrained weights for it")
 
 
+def timm_checkpoint(
+    family: str, size: str, model: str, weights: Path | None, cache_dir: str | None
+) -> str | Path | None:
+    """The checkpoint a timm teacher loads: ``weights:``, else for ``size: real`` timm's
+    pretrained file of ``model`` (found before the slow build, so a missing one fails fast),
+    else None (``tiny`` / ``random`` keep their seeded random weights)."""
+    if size == "real" and weights is None:
+        return timm_weights_file(family, model, cache_dir)
+    return weights
+
+
+def load_timm_checkpoint(trunk: nn.Module, path: str | Path | None, family: str, prefixes: Sequence[str]) -> None:
+    """Load ``path`` (none: nothing to load) strictly into ``trunk``; ``prefixes`` name where
+    the trunk sits in a whole-model file, original DINOv2/v3 layouts are converted (:func:`timm_converter`)."""
+    if path is not None:
+        load_weights_file(trunk, path, family, prefixes=prefixes, convert=timm_converter(trunk))
+
+
 def timm_converter(trunk: nn.Module) -> Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
     """Map an original DINOv2 (it has ``mask_token``) or DINOv3 (``storage_tokens``) checkpoint
     to timm keys; others pass through."""
@@ -71,6 +90,34 @@ def create_timm_vit(name: str, **kwargs: Any) -> nn.Module:
     import timm
 
     return timm.create_model(name, pretrained=False, num_classes=0, dynamic_img_size=True, **kwargs)
+
+
+def build_timm_dino_teacher(
+    family: str,
+    name_pattern: str,
+    tiny_dims: dict[str, int],
+    size: str,
+    model: str,
+    weights: Path | None,
+    native: int,
+    cache_dir: str | None,
+    seed: int,
+    layer: int,
+) -> TimmViTTeacher:
+    """A DINO-style timm teacher (DINOv2, DINOv3): ImageNet mean/std, the normed class token
+    as summary; ``model`` must be a timm name (``name_pattern`` lists examples in the error).
+
+    ``size: tiny`` builds ``model``'s constructor at ``tiny_dims`` and ``native`` px; ``real``
+    and ``random`` keep the architecture's own sizes (the position table at the checkpoint's).
+    Random weights are seeded by ``seed``; a checkpoint (:func:`timm_checkpoint`) loads over them.
+    """
+    check_timm_name(family, model, name_pattern)
+    path = timm_checkpoint(family, size, model, weights, cache_dir)
+    tiny = dict(img_size=native, **tiny_dims)
+    with seeded(seed):
+        trunk = create_timm_vit(model, **(tiny if size == "tiny" else {}))
+    load_timm_checkpoint(trunk, path, family, ("trunk.",))
+    return TimmViTTeacher(trunk, family, native, IMAGENET_MEAN, IMAGENET_STD, summary="cls", layer=layer)
 
 
 class TimmViTTeacher(FrozenTeacher):

@@ -10,7 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from teachers._contract import check_layer
+from radiosharp.contracts import HALF_MEAN, HALF_STD, IMAGENET_MEAN, IMAGENET_STD, TeacherOutput, seeded
+from teachers._contract import FINAL_LAYER, FrozenTeacher, check_layer, tokens_to_map
 from teachers._hub import hub_offline, missing_weights
 from teachers._text import TextTower, Tokenizer, first_line
 from teachers._weights import WeightsMismatchError, preview_keys
@@ -37,12 +38,24 @@ def hf_config(family: str, model_id: str, cache_dir: str | None, model_types: Se
             "its config.json is not available (a `weights:` file needs it too, for the architecture: "
             "cache it, or set `model:` to a local folder holding config.json)",
         ) from err
+    check_model_type(family, model_id, config, model_types)
+    return config
+
+
+def check_model_type(family: str, model_id: str, config: Any, model_types: Sequence[str]) -> None:
+    """Refuse a transformers config whose ``model_type`` is not one of ``model_types``."""
     if config.model_type not in model_types:
         raise ValueError(
             f"{family}: '{model_id}' is a '{config.model_type}' model; this teacher takes model types: "
             f"{', '.join(model_types)}"
         )
-    return config
+
+
+def hf_vision_config(family: str, model_id: str, cache_dir: str | None, model_types: Sequence[str]) -> Any:
+    """The vision model's config of ``model_id`` (:func:`hf_config`): a whole model's
+    ``vision_config``, or the config itself for a vision-only model."""
+    config = hf_config(family, model_id, cache_dir, model_types)
+    return getattr(config, "vision_config", config)
 
 
 def hf_from_pretrained(family: str, model_cls: type, model_id: str, cache_dir: str | None) -> nn.Module:
@@ -63,6 +76,25 @@ def hf_from_pretrained(family: str, model_cls: type, model_id: str, cache_dir: s
             f"unset: missing {preview_keys(missing)}; mismatched {preview_keys(mismatched)}"
         )
     return model
+
+
+def hf_pretrained_or_seeded(
+    family: str,
+    model_cls: type,
+    model_id: str,
+    config: Any,
+    size: str,
+    weights: Path | None,
+    cache_dir: str | None,
+    seed: int,
+) -> nn.Module:
+    """The model of a transformers teacher: ``size: real`` without ``weights:`` is
+    :func:`hf_from_pretrained`; otherwise ``model_cls(config)`` with random weights seeded
+    by ``seed`` (``size: tiny`` / ``random``, or for a weights file the caller loads over them)."""
+    if size == "real" and weights is None:
+        return hf_from_pretrained(family, model_cls, model_id, cache_dir)
+    with seeded(seed):
+        return model_cls(config)
 
 
 # ----------------------------------------------------------------------------- intermediate layers
@@ -92,6 +124,76 @@ class HFLayerChoice:
             raise RuntimeError(f"{type(model).__name__} recorded {len(hidden)} hidden states for {self.depth} blocks")
         tokens = hidden[self.block_index - self.depth]  # counted from the end: [embeddings,] block 0 .. block N-1
         return norm(tokens) if norm is not None else tokens
+
+
+# ----------------------------------------------------------------------------- vision teachers
+
+
+class HFViTTeacher(FrozenTeacher):
+    """A frozen transformers ViT whose config gives ``patch_size``, ``hidden_size`` (the
+    feature width) and ``num_hidden_layers``; ``layer`` chooses the block (:class:`HFLayerChoice`)
+    and the summary, ``embed_dim``-wide, comes only from the final one.
+
+    Subclasses set ``name`` (the family, also in option errors) and implement ``extract``.
+    """
+
+    def __init__(
+        self, model: nn.Module, native_size: int, mean: Sequence[float], std: Sequence[float], layer: int = FINAL_LAYER
+    ) -> None:
+        super().__init__(mean, std)
+        config = model.config
+        self.model = model
+        self.patch_size = int(config.patch_size)
+        self.native_size = native_size
+        self.embed_dim = int(config.hidden_size)
+        self.layer = HFLayerChoice(self.name, layer, int(config.num_hidden_layers))
+        self.summary_dim = self.embed_dim if self.layer.final else None
+
+
+class HFClassTokenTeacher(HFViTTeacher):
+    """A transformers ViT with a class token and registers before the patch tokens
+    (DINOv2, DINOv3; ImageNet mean/std): ``summary`` = the normed class token, ``features``
+    = the normed patch tokens. ``final_norm`` names the model's final norm module, applied
+    to an intermediate block's tokens too."""
+
+    final_norm: str
+
+    def __init__(self, model: nn.Module, native_size: int, layer: int = FINAL_LAYER) -> None:
+        super().__init__(model, native_size, IMAGENET_MEAN, IMAGENET_STD, layer)
+        self.num_prefix_tokens = 1 + int(getattr(model.config, "num_register_tokens", 0) or 0)
+
+    def extract(self, pixels: torch.Tensor) -> TeacherOutput:
+        height, width = pixels.shape[-2] // self.patch_size, pixels.shape[-1] // self.patch_size
+        if not self.layer.final:
+            tokens = self.layer.tokens(self.model, getattr(self.model, self.final_norm), pixel_values=pixels)
+            return TeacherOutput(None, tokens_to_map(tokens[:, self.num_prefix_tokens :], height, width))
+        tokens = self.model(pixel_values=pixels).last_hidden_state  # final norm applied
+        return TeacherOutput(tokens[:, 0], tokens_to_map(tokens[:, self.num_prefix_tokens :], height, width))
+
+
+class HFAttentionPoolTeacher(HFViTTeacher):
+    """A transformers SigLIP vision model with its attention-pool (MAP) head (mean/std 0.5):
+    ``summary`` = the head's ``pooler_output``, ``features`` = the patch tokens after
+    ``post_layernorm`` (there is no class token). :meth:`model_inputs` turns pixels into the
+    model's keyword inputs."""
+
+    def __init__(self, model: nn.Module, native_size: int, layer: int = FINAL_LAYER) -> None:
+        if not getattr(model.config, "vision_use_head", True):
+            raise ValueError(f"{self.name}: the model has no attention-pool head (vision_use_head=False)")
+        super().__init__(model, native_size, HALF_MEAN, HALF_STD, layer)
+
+    def model_inputs(self, pixels: torch.Tensor) -> dict[str, Any]:
+        """The model's inputs for normalized ``pixels`` (``[B, 3, H, W]``)."""
+        raise NotImplementedError
+
+    def extract(self, pixels: torch.Tensor) -> TeacherOutput:
+        height, width = pixels.shape[-2] // self.patch_size, pixels.shape[-1] // self.patch_size
+        inputs = self.model_inputs(pixels)
+        if not self.layer.final:
+            tokens = self.layer.tokens(self.model, self.model.post_layernorm, **inputs)
+            return TeacherOutput(None, tokens_to_map(tokens, height, width))
+        out = self.model(**inputs)
+        return TeacherOutput(out.pooler_output, tokens_to_map(out.last_hidden_state, height, width))
 
 
 # ----------------------------------------------------------------------------- text towers

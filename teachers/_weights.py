@@ -84,6 +84,11 @@ def read_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     raise ValueError(f"weights file {path}: unknown suffix '{path.suffix}'; use one of {', '.join(WEIGHT_SUFFIXES)}")
 
 
+def read_optional_weights(path: str | os.PathLike | None) -> dict[str, torch.Tensor] | None:
+    """:func:`read_weights_file` of ``path``, or None without a file (the towers keep their random weights)."""
+    return read_weights_file(path) if path is not None else None
+
+
 def preview_keys(keys: Iterable[str], n: int = 5) -> str:
     keys = sorted(keys)
     more = f" (+{len(keys) - n} more)" if len(keys) > n else ""

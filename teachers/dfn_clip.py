@@ -18,131 +18,15 @@ in the space of ``summary``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Literal
 
-import torch
-
-from radiosharp.contracts import CLIP_MEAN, CLIP_STD, seeded
+from radiosharp.contracts import CLIP_MEAN, CLIP_STD
 from radiosharp.registry import TEACHERS
-from teachers._contract import (
-    SIZES,
-    TeacherRequest,
-    check_choice,
-    check_random_size,
-    check_text_layer,
-    resolve_native_size,
-)
-from teachers._open_clip import (
-    OpenClipViTTeacher,
-    build_open_clip_tower,
-    open_clip_model_config,
-    open_clip_pretrained,
-    open_clip_text_tokenizer,
-    open_clip_text_tower,
-    open_clip_weights_file,
-)
-from teachers._text import TextTower, Tokenizer, text_tower_builder
-from teachers._weights import check_weights_path, load_weights_state, read_weights_file
+from teachers._contract import TeacherRequest, check_text_layer
+from teachers._open_clip import OpenClipViTTeacher, build_open_clip_teacher, build_open_clip_text_only
+from teachers._text import TextTower, text_tower_builder
 
 FAMILY = "dfn_clip"
-REAL_NATIVE = 378
-TINY_GRID = 8
-# Tiny dims: width 64 (has a Hadamard matrix), 4 heads of 16, 2 blocks; the CLIP
-# projection maps to 24, so summary_dim != embed_dim as in the real model (1280 -> 1024).
-TINY_VISION = dict(width=64, layers=2, head_width=16)
-TINY_PROJ_DIM = 24
-
-
-class OpenClipSetup(NamedTuple):
-    """What both towers of an open_clip teacher are built from (resolved once)."""
-
-    config: dict[str, Any]
-    quick_gelu: bool
-    mean: Sequence[float]
-    std: Sequence[float]
-    native: int
-    weights: Path | None  # the local weights file: `weights:`, or the tag's cached checkpoint (real)
-
-
-def open_clip_setup(
-    family: str, request: TeacherRequest, default_mean: Sequence[float], default_std: Sequence[float]
-) -> OpenClipSetup:
-    """Check the options, read the model config and find the weights file (before any build)."""
-    size, model, pretrained, weights, native_size, cache_dir = request[:6]
-    check_choice(family, "size", size, SIZES)
-    weights_path = check_weights_path(family, weights)
-    config = open_clip_model_config(family, model, cache_dir)
-    vision = config["vision_cfg"]
-    if vision.get("timm_model_name") or isinstance(vision.get("layers"), (list, tuple)):
-        raise ValueError(f"{family}: '{model}' is not an open_clip VisionTransformer (timm or ResNet tower)")
-    entry = open_clip_pretrained(family, model, pretrained) if weights_path is None else {}
-    quick_gelu = bool(config.get("quick_gelu", False) or entry.get("quick_gelu", False))
-    preprocess = config.get("preprocess_cfg", {})
-    mean = entry.get("mean") or preprocess.get("mean") or default_mean
-    std = entry.get("std") or preprocess.get("std") or default_std
-    patch = vision.get("patch_size", 16)
-    table_size = vision.get("image_size", REAL_NATIVE)
-    table_size = table_size[0] if isinstance(table_size, (list, tuple)) else table_size
-    # tiny: an 8x8 grid (112 px for /14); real: the table size cut to the patch (378 for ViT-H-14-378)
-    default_native = TINY_GRID * patch if size == "tiny" else (table_size // patch) * patch
-    native = resolve_native_size(family, native_size, default_native, patch)
-    if size == "tiny":
-        vision.update(TINY_VISION, image_size=native)
-        config["embed_dim"] = TINY_PROJ_DIM
-        path = weights_path
-    elif size == "random":
-        path = None
-    else:
-        # Resolve the checkpoint before building: a missing file fails in milliseconds.
-        path = weights_path or Path(open_clip_weights_file(family, model, pretrained, cache_dir))
-    return OpenClipSetup(config, quick_gelu, mean, std, native, path)
-
-
-def open_clip_text(
-    family: str,
-    setup: OpenClipSetup,
-    request: TeacherRequest,
-    state: dict[str, torch.Tensor] | None,
-    tokenizer: Tokenizer,
-) -> TextTower:
-    """The CLIP text tower (``encode_text`` = open_clip's), projected to ``embed_dim``."""
-    config = setup.config
-    return open_clip_text_tower(
-        family,
-        request.model,
-        config,
-        setup.quick_gelu,
-        config["embed_dim"],
-        request.size,
-        request.seed,
-        state,
-        f"file {setup.weights}",
-        tokenizer,
-    )
-
-
-def build_open_clip_teacher(
-    family: str, request: TeacherRequest, default_mean: Sequence[float], default_std: Sequence[float]
-) -> OpenClipViTTeacher:
-    """Build an open_clip ViT teacher (real: config + strict weights; tiny, random: seeded random).
-
-    With ``request.text`` the text tower is built too, from the same weights file (read once).
-    """
-    size, model, _, weights, _, cache_dir, seed, text = request[:8]
-    check_random_size(family, size, weights, text)
-    setup = open_clip_setup(family, request, default_mean, default_std)
-    tokenizer = open_clip_text_tokenizer(family, model, setup.config, size, cache_dir) if text else None
-    with seeded(seed):  # the weights of size: tiny / random; real ones are loaded below
-        visual = build_open_clip_tower(setup.config, setup.quick_gelu)
-    state = read_weights_file(setup.weights) if setup.weights is not None else None
-    if state is not None:
-        load_weights_state(visual, state, family, f"file {setup.weights}", prefixes=("visual.",))
-    teacher = OpenClipViTTeacher(visual, family, setup.native, setup.mean, setup.std, request.layer)
-    if text:
-        teacher.attach_text_tower(open_clip_text(family, setup, request, state, tokenizer))
-    return teacher.freeze()
 
 
 @TEACHERS.register(FAMILY)
@@ -199,9 +83,5 @@ def build_dfn_clip_text_tower(
 
     Takes ``build_dfn_clip``'s options with its defaults (see ``text_tower_builder``).
     """
-    check_random_size(FAMILY, size, weights, text=True)
     request = TeacherRequest(size, model, pretrained, weights, native_size, cache_dir, seed, text=True)
-    setup = open_clip_setup(FAMILY, request, CLIP_MEAN, CLIP_STD)
-    tokenizer = open_clip_text_tokenizer(FAMILY, model, setup.config, size, cache_dir)
-    state = read_weights_file(setup.weights) if setup.weights is not None else None
-    return open_clip_text(FAMILY, setup, request, state, tokenizer)
+    return build_open_clip_text_only(FAMILY, request, CLIP_MEAN, CLIP_STD)

@@ -26,11 +26,10 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from radiosharp.contracts import IMAGENET_MEAN, IMAGENET_STD, TeacherOutput, seeded
 from radiosharp.registry import TEACHERS
-from teachers._contract import SIZES, FrozenTeacher, check_choice, check_random_size, resolve_native_size, tokens_to_map
-from teachers._timm import TimmViTTeacher, check_timm_name, create_timm_vit, timm_converter, timm_weights_file
-from teachers._transformers import HFLayerChoice, hf_config, hf_from_pretrained
+from teachers._contract import SIZES, FrozenTeacher, check_choice, check_random_size, resolve_native_size
+from teachers._timm import build_timm_dino_teacher
+from teachers._transformers import HFClassTokenTeacher, check_model_type, hf_config, hf_pretrained_or_seeded
 from teachers._weights import check_weights_path, load_weights_file
 
 FAMILY = "dinov2"
@@ -41,6 +40,13 @@ TINY_NATIVE = 112
 PATCH = 14
 # Tiny dims: width 32 (has a Hadamard matrix), 2 heads, 2 blocks, 4 registers.
 TINY_WIDTH, TINY_DEPTH, TINY_HEADS, TINY_REGISTERS = 32, 2, 2, 4
+TIMM_TINY = dict(embed_dim=TINY_WIDTH, depth=TINY_DEPTH, num_heads=TINY_HEADS)  # the timm constructor's names
+HF_TINY = dict(  # transformers' names
+    hidden_size=TINY_WIDTH,
+    num_hidden_layers=TINY_DEPTH,
+    num_attention_heads=TINY_HEADS,
+    num_register_tokens=TINY_REGISTERS,
+)
 HF_MODEL_TYPES = ("dinov2", "dinov2_with_registers")
 # The hub configs of the DINOv2 models without registers (shared fields, then each size's).
 HF_CONFIG_COMMON = dict(
@@ -70,31 +76,11 @@ HF_LEGACY_RENAMES = (
 HF_FUSED_SWIGLU = ".mlp.weights_in."  # hub layout of SwiGLU (giant): [gate; up] in one Linear
 
 
-class HFDinov2Teacher(FrozenTeacher):
+class HFDinov2Teacher(HFClassTokenTeacher):
     """A frozen transformers ``Dinov2Model`` / ``Dinov2WithRegistersModel``."""
 
     name = FAMILY
-
-    def __init__(self, model: nn.Module, native_size: int, layer: int = -1) -> None:
-        super().__init__(IMAGENET_MEAN, IMAGENET_STD)
-        config = model.config
-        self.model = model
-        self.patch_size = int(config.patch_size)
-        self.native_size = native_size
-        self.embed_dim = int(config.hidden_size)
-        self.layer = HFLayerChoice(FAMILY, layer, int(config.num_hidden_layers))
-        self.summary_dim = self.embed_dim if self.layer.final else None
-        self.num_prefix_tokens = 1 + int(getattr(config, "num_register_tokens", 0) or 0)
-
-    def extract(self, pixels: torch.Tensor) -> TeacherOutput:
-        height, width = pixels.shape[-2] // self.patch_size, pixels.shape[-1] // self.patch_size
-        if not self.layer.final:
-            tokens = self.layer.tokens(self.model, self.model.layernorm, pixel_values=pixels)
-            features = tokens_to_map(tokens[:, self.num_prefix_tokens :], height, width)
-            return TeacherOutput(summary=None, features=features)
-        tokens = self.model(pixel_values=pixels).last_hidden_state  # final layernorm applied
-        features = tokens_to_map(tokens[:, self.num_prefix_tokens :], height, width)
-        return TeacherOutput(summary=tokens[:, 0], features=features)
+    final_norm = "layernorm"
 
 
 def _hf_model_class(model_type: str) -> type:
@@ -120,11 +106,7 @@ def _cached_hf_config(model: str, cache_dir: str | None) -> Any | None:
         config = AutoConfig.from_pretrained(model, cache_dir=cache_dir, local_files_only=True)
     except OSError:
         return None
-    if config.model_type not in HF_MODEL_TYPES:
-        raise ValueError(
-            f"{FAMILY}: '{model}' is a '{config.model_type}' model; this teacher takes model types: "
-            f"{', '.join(HF_MODEL_TYPES)}"
-        )
+    check_model_type(FAMILY, model, config, HF_MODEL_TYPES)
     return config
 
 
@@ -175,46 +157,18 @@ def _check_random(size: str, weights: str | None, source: str, model: str) -> No
         ) from None
 
 
-def _build_timm(
-    size: str, model: str, weights: Path | None, native: int, cache_dir: str | None, seed: int, layer: int
-) -> TimmViTTeacher:
-    check_timm_name(FAMILY, model, "*dinov2*")
-    path = weights
-    if size == "real" and path is None:
-        path = timm_weights_file(FAMILY, model, cache_dir)  # before the (slow) build
-    tiny = dict(img_size=native, embed_dim=TINY_WIDTH, depth=TINY_DEPTH, num_heads=TINY_HEADS)
-    # Seeded random weights (real weights are loaded over them); real and random keep the
-    # position table at the checkpoint's size (518 px).
-    with seeded(seed):
-        trunk = create_timm_vit(model, **(tiny if size == "tiny" else {}))
-    if path is not None:
-        load_weights_file(trunk, path, FAMILY, prefixes=("trunk.",), convert=timm_converter(trunk))
-    return TimmViTTeacher(trunk, FAMILY, native, IMAGENET_MEAN, IMAGENET_STD, summary="cls", layer=layer)
-
-
 def _build_hf(
     size: str, model: str, weights: Path | None, native: int, cache_dir: str | None, seed: int, layer: int
 ) -> HFDinov2Teacher:
     if size == "tiny":
         from transformers import Dinov2WithRegistersConfig
 
-        config = Dinov2WithRegistersConfig(
-            hidden_size=TINY_WIDTH,
-            num_hidden_layers=TINY_DEPTH,
-            num_attention_heads=TINY_HEADS,
-            num_register_tokens=TINY_REGISTERS,
-            image_size=native,
-            patch_size=PATCH,
-        )
-        with seeded(seed):
-            net = _hf_model_class(config.model_type)(config)
+        config = Dinov2WithRegistersConfig(**HF_TINY, image_size=native, patch_size=PATCH)
     else:
         config = _hf_model_config(size, model, cache_dir)
-        if size == "real" and weights is None:
-            net = hf_from_pretrained(FAMILY, _hf_model_class(config.model_type), model, cache_dir)
-        else:  # random weights (seeded), or a weights file loaded over them
-            with seeded(seed):
-                net = _hf_model_class(config.model_type)(config)
+    net = hf_pretrained_or_seeded(
+        FAMILY, _hf_model_class(config.model_type), model, config, size, weights, cache_dir, seed
+    )
     if weights is not None:
         load_weights_file(net, weights, FAMILY, prefixes=("dinov2.",), convert=hf_layout_converter(net))
     return HFDinov2Teacher(net.float(), native, layer)
@@ -257,5 +211,11 @@ def build_dinov2(
     _check_random(size, weights, source, model)
     weights_path = check_weights_path(FAMILY, weights)
     native = resolve_native_size(FAMILY, native_size, TINY_NATIVE if size == "tiny" else REAL_NATIVE, PATCH)
-    build = _build_timm if source == "timm" else _build_hf
-    return build(size, model, weights_path, native, cache_dir, seed, layer).freeze()
+    teacher: FrozenTeacher
+    if source == "timm":
+        teacher = build_timm_dino_teacher(
+            FAMILY, "*dinov2*", TIMM_TINY, size, model, weights_path, native, cache_dir, seed, layer
+        )
+    else:
+        teacher = _build_hf(size, model, weights_path, native, cache_dir, seed, layer)
+    return teacher.freeze()

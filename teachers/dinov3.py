@@ -22,14 +22,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
-from torch import nn
-
-from radiosharp.contracts import IMAGENET_MEAN, IMAGENET_STD, TeacherOutput, seeded
 from radiosharp.registry import TEACHERS
-from teachers._contract import SIZES, FrozenTeacher, check_choice, check_random_size, resolve_native_size, tokens_to_map
-from teachers._timm import TimmViTTeacher, check_timm_name, create_timm_vit, timm_converter, timm_weights_file
-from teachers._transformers import HFLayerChoice, hf_config, hf_from_pretrained
+from teachers._contract import SIZES, FrozenTeacher, check_choice, check_random_size, resolve_native_size
+from teachers._timm import build_timm_dino_teacher
+from teachers._transformers import HFClassTokenTeacher, hf_config, hf_pretrained_or_seeded
 from teachers._weights import check_weights_path, load_weights_file
 
 FAMILY = "dinov3"
@@ -40,6 +36,7 @@ TINY_NATIVE = 128
 PATCH = 16
 # Tiny dims: width 32 (has a Hadamard matrix), 2 heads, 2 blocks, 4 registers as the real model.
 TINY_WIDTH, TINY_DEPTH, TINY_HEADS, TINY_REGISTERS = 32, 2, 2, 4
+TIMM_TINY = dict(embed_dim=TINY_WIDTH, depth=TINY_DEPTH, num_heads=TINY_HEADS)  # the timm constructor's names
 HF_MODEL_TYPES = ("dinov3_vit",)
 # The hub configs of the published DINOv3 ViTs (shared fields, then each size's).
 HF_CONFIG_COMMON = dict(
@@ -70,29 +67,11 @@ HF_CONFIGS = {
 WEIGHT_PREFIXES = ("dinov3.",)
 
 
-class HFDinov3Teacher(FrozenTeacher):
+class HFDinov3Teacher(HFClassTokenTeacher):
     """A frozen transformers ``DINOv3ViTModel``; class token + registers leave the map."""
 
     name = FAMILY
-
-    def __init__(self, model: nn.Module, native_size: int, layer: int = -1) -> None:
-        super().__init__(IMAGENET_MEAN, IMAGENET_STD)
-        config = model.config
-        self.model = model
-        self.patch_size = int(config.patch_size)
-        self.native_size = native_size
-        self.embed_dim = int(config.hidden_size)
-        self.layer = HFLayerChoice(FAMILY, layer, int(config.num_hidden_layers))
-        self.summary_dim = self.embed_dim if self.layer.final else None
-        self.num_prefix_tokens = 1 + int(config.num_register_tokens or 0)
-
-    def extract(self, pixels: torch.Tensor) -> TeacherOutput:
-        height, width = pixels.shape[-2] // self.patch_size, pixels.shape[-1] // self.patch_size
-        if not self.layer.final:
-            tokens = self.layer.tokens(self.model, self.model.norm, pixel_values=pixels)
-            return TeacherOutput(None, tokens_to_map(tokens[:, self.num_prefix_tokens :], height, width))
-        tokens = self.model(pixel_values=pixels).last_hidden_state  # final norm applied
-        return TeacherOutput(tokens[:, 0], tokens_to_map(tokens[:, self.num_prefix_tokens :], height, width))
+    final_norm = "norm"
 
 
 def builtin_hf_config(model: str) -> Any:
@@ -102,21 +81,6 @@ def builtin_hf_config(model: str) -> Any:
     if model not in HF_CONFIGS:
         raise ValueError(f"{FAMILY}: no built-in config for '{model}'; built in: {', '.join(HF_CONFIGS)}")
     return DINOv3ViTConfig(**HF_CONFIG_COMMON, **HF_CONFIGS[model])
-
-
-def _build_timm(
-    size: str, model: str, weights: Path | None, native: int, cache_dir: str | None, seed: int, layer: int
-) -> TimmViTTeacher:
-    check_timm_name(FAMILY, model, "*dinov3*")
-    path = weights
-    if size == "real" and path is None:
-        path = timm_weights_file(FAMILY, model, cache_dir)  # before the (slow) build
-    tiny = dict(img_size=native, embed_dim=TINY_WIDTH, depth=TINY_DEPTH, num_heads=TINY_HEADS)
-    with seeded(seed):  # the weights of size: tiny / random; real ones are loaded over them
-        trunk = create_timm_vit(model, **(tiny if size == "tiny" else {}))
-    if path is not None:
-        load_weights_file(trunk, path, FAMILY, prefixes=("trunk.",), convert=timm_converter(trunk))
-    return TimmViTTeacher(trunk, FAMILY, native, IMAGENET_MEAN, IMAGENET_STD, summary="cls", layer=layer)
 
 
 def _build_hf(
@@ -136,11 +100,7 @@ def _build_hf(
         config = builtin_hf_config(model)
     else:
         config = hf_config(FAMILY, model, cache_dir, HF_MODEL_TYPES)
-    if size == "real" and weights is None:
-        net = hf_from_pretrained(FAMILY, DINOv3ViTModel, model, cache_dir)
-    else:  # seeded random weights, or a weights file loaded over them
-        with seeded(seed):
-            net = DINOv3ViTModel(config)
+    net = hf_pretrained_or_seeded(FAMILY, DINOv3ViTModel, model, config, size, weights, cache_dir, seed)
     if weights is not None:
         load_weights_file(net, weights, FAMILY, prefixes=WEIGHT_PREFIXES)
     return HFDinov3Teacher(net.float(), native, layer)
@@ -189,5 +149,11 @@ def build_dinov3(
     _check_random(size, weights, source, model)
     weights_path = check_weights_path(FAMILY, weights)
     native = resolve_native_size(FAMILY, native_size, TINY_NATIVE if size == "tiny" else REAL_NATIVE, PATCH)
-    build = _build_timm if source == "timm" else _build_hf
-    return build(size, model, weights_path, native, cache_dir, seed, layer).freeze()
+    teacher: FrozenTeacher
+    if source == "timm":
+        teacher = build_timm_dino_teacher(
+            FAMILY, "*dinov3*", TIMM_TINY, size, model, weights_path, native, cache_dir, seed, layer
+        )
+    else:
+        teacher = _build_hf(size, model, weights_path, native, cache_dir, seed, layer)
+    return teacher.freeze()

@@ -22,11 +22,14 @@ from typing import Literal
 
 from radiosharp.contracts import CLIP_MEAN, CLIP_STD
 from radiosharp.registry import TEACHERS
-from teachers._contract import TeacherRequest, check_random_size, check_text_layer
-from teachers._open_clip import OpenClipViTTeacher, open_clip_model_config, open_clip_text_tokenizer
+from teachers._contract import TeacherRequest, check_text_layer
+from teachers._open_clip import (
+    OpenClipViTTeacher,
+    build_open_clip_teacher,
+    build_open_clip_text_only,
+    open_clip_model_config,
+)
 from teachers._text import TextTower, text_tower_builder
-from teachers._weights import read_weights_file
-from teachers.dfn_clip import build_open_clip_teacher, open_clip_setup, open_clip_text
 
 FAMILY = "open_clip"
 DEFAULT_MODEL = "ViT-B-16"
@@ -93,9 +96,5 @@ def build_open_clip_any_text_tower(
     layer: int,
 ) -> TextTower:  # noqa: ARG001 - text, layer: the teacher's options, as stored
     """Only the text tower of ``build_open_clip_any(**same options, text=True)`` (no vision tower built)."""
-    check_random_size(FAMILY, size, weights, text=True)
     request = TeacherRequest(size, model, pretrained, weights, native_size, cache_dir, seed, text=True)
-    setup = open_clip_setup(FAMILY, request, CLIP_MEAN, CLIP_STD)
-    tokenizer = open_clip_text_tokenizer(FAMILY, model, setup.config, size, cache_dir)
-    state = read_weights_file(setup.weights) if setup.weights is not None else None
-    return open_clip_text(FAMILY, setup, request, state, tokenizer)
+    return build_open_clip_text_only(FAMILY, request, CLIP_MEAN, CLIP_STD)

@@ -30,7 +30,7 @@ from teachers._contract import (
     resize_pos_grid,
     resolve_native_size,
 )
-from teachers._transformers import hf_config, hf_from_pretrained
+from teachers._transformers import hf_from_pretrained, hf_vision_config
 from teachers._weights import check_weights_path, load_weights_file
 
 FAMILY = "sam"
@@ -146,8 +146,7 @@ def build_sam(
             net = SamVisionModel(config)
             jitter_zero_tables(net, ("pos_embed", "rel_pos_h", "rel_pos_w"))
     else:
-        config = hf_config(FAMILY, model, cache_dir, HF_MODEL_TYPES)
-        config = getattr(config, "vision_config", config)
+        config = hf_vision_config(FAMILY, model, cache_dir, HF_MODEL_TYPES)
         net = (
             SamVisionModel(config)
             if weights_path is not None

@@ -38,7 +38,7 @@ from teachers._contract import (
     resolve_native_size,
 )
 from teachers._hub import fetch_hub_file, missing_weights
-from teachers._transformers import hf_config
+from teachers._transformers import hf_vision_config
 from teachers._weights import check_weights_path, load_weights_file
 
 FAMILY = "sam2"
@@ -124,8 +124,7 @@ def _config(size: str, model: str, native: int, cache_dir: str | None) -> Any:
     if size == "random":
         check_choice(FAMILY, "model (with size=random)", model, list(RANDOM_MODELS))
         return hiera_vision_config(HIERA_CONFIGS[RANDOM_MODELS[model]], REAL_NATIVE)
-    config = hf_config(FAMILY, model, cache_dir, HF_MODEL_TYPES)
-    return getattr(config, "vision_config", config)
+    return hf_vision_config(FAMILY, model, cache_dir, HF_MODEL_TYPES)
 
 
 def _checkpoint(model: str, cache_dir: str | None) -> Path:

@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import torch
-from torch import nn
 
-from radiosharp.contracts import HALF_MEAN, HALF_STD, TeacherOutput, seeded
+from radiosharp.contracts import HALF_MEAN, HALF_STD, seeded
 from radiosharp.registry import TEACHERS
 from teachers._contract import (
     SIZES,
@@ -35,7 +34,6 @@ from teachers._contract import (
     check_random_size,
     check_text_layer,
     resolve_native_size,
-    tokens_to_map,
 )
 from teachers._open_clip import (
     open_clip_model_config,
@@ -47,8 +45,8 @@ from teachers._open_clip import (
 )
 from teachers._text import TINY_CONTEXT, TINY_TEXT, TextTower, Tokenizer, load_text_state, text_tower_builder
 from teachers._timm import TimmViTTeacher, create_timm_vit
-from teachers._transformers import HFLayerChoice, HFTextTower, hf_config, hf_from_pretrained, hf_tokenizer
-from teachers._weights import check_weights_path, load_weights_state, read_weights_file
+from teachers._transformers import HFAttentionPoolTeacher, HFTextTower, hf_config, hf_from_pretrained, hf_tokenizer
+from teachers._weights import check_weights_path, load_weights_state, read_optional_weights
 
 FAMILY = "siglip"
 SOURCES = ("open_clip", "hf")
@@ -61,32 +59,13 @@ TINY_WIDTH, TINY_DEPTH, TINY_HEADS = 48, 2, 4
 HF_MODEL_TYPES = ("siglip", "siglip_vision_model")
 
 
-class HFSiglipTeacher(FrozenTeacher):
+class HFSiglipTeacher(HFAttentionPoolTeacher):
     """A frozen transformers ``SiglipVisionModel`` (with its attention-pool head)."""
 
     name = FAMILY
 
-    def __init__(self, model: nn.Module, native_size: int, layer: int = -1) -> None:
-        super().__init__(HALF_MEAN, HALF_STD)
-        config = model.config
-        if not getattr(config, "vision_use_head", True):
-            raise ValueError(f"{FAMILY}: the model has no attention-pool head (vision_use_head=False)")
-        self.model = model
-        self.patch_size = int(config.patch_size)
-        self.native_size = native_size
-        self.embed_dim = int(config.hidden_size)
-        self.layer = HFLayerChoice(FAMILY, layer, int(config.num_hidden_layers))
-        self.summary_dim = self.embed_dim if self.layer.final else None
-
-    def extract(self, pixels: torch.Tensor) -> TeacherOutput:
-        height, width = pixels.shape[-2] // self.patch_size, pixels.shape[-1] // self.patch_size
-        if not self.layer.final:
-            tokens = self.layer.tokens(
-                self.model, self.model.post_layernorm, pixel_values=pixels, interpolate_pos_encoding=True
-            )
-            return TeacherOutput(summary=None, features=tokens_to_map(tokens, height, width))
-        out = self.model(pixel_values=pixels, interpolate_pos_encoding=True)
-        return TeacherOutput(summary=out.pooler_output, features=tokens_to_map(out.last_hidden_state, height, width))
+    def model_inputs(self, pixels: torch.Tensor) -> dict[str, Any]:
+        return {"pixel_values": pixels, "interpolate_pos_encoding": True}  # the table resized to the grid
 
 
 def _default_native(image_size: int, patch: int, size: str) -> int:
@@ -160,7 +139,7 @@ def _build_open_clip(request: TeacherRequest) -> TimmViTTeacher:
         native = resolve_native_size(
             FAMILY, native_size, _default_native(trunk.patch_embed.img_size[0], patch, size), patch
         )
-    state = read_weights_file(setup.weights) if setup.weights is not None else None
+    state = read_optional_weights(setup.weights)
     if state is not None:
         load_weights_state(trunk, state, FAMILY, f"file {setup.weights}", prefixes=("visual.trunk.", "trunk."))
     teacher = TimmViTTeacher(trunk, FAMILY, native, setup.mean, setup.std, summary="head", layer=request.layer)
@@ -257,7 +236,7 @@ def _build_hf(request: TeacherRequest) -> HFSiglipTeacher:
             if weights is not None
             else hf_from_pretrained(FAMILY, SiglipVisionModel, model, cache_dir)
         )
-    state = read_weights_file(weights) if weights is not None else None
+    state = read_optional_weights(weights)
     if state is not None:
         load_weights_state(net, state, FAMILY, f"file {weights}", prefixes=("vision_model.",))
     teacher = HFSiglipTeacher(net.float(), native, request.layer)
@@ -350,11 +329,11 @@ def build_siglip_text_tower(
     if source == "open_clip":
         setup = _open_clip_setup(size, model, pretrained, weights_path, cache_dir)
         tokenizer = open_clip_text_tokenizer(FAMILY, model, setup.config, size, cache_dir)
-        state = read_weights_file(setup.weights) if setup.weights is not None else None
+        state = read_optional_weights(setup.weights)
         request = TeacherRequest(size, model, pretrained, weights_path, native_size, cache_dir, seed, text=True)
         return _open_clip_text(setup, request, state, tokenizer)
     _check_hf_options(pretrained)
     full = None if size == "tiny" else _hf_model_config(model, cache_dir, text=True)
     tokenizer = _hf_tokenizer(size, model, full, cache_dir)
-    state = read_weights_file(weights_path) if weights_path is not None else None
+    state = read_optional_weights(weights_path)
     return _hf_text(size, model, full, seed, state, f"file {weights_path}", tokenizer, cache_dir)

@@ -27,12 +27,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from torch import nn
 
-from radiosharp.contracts import HALF_MEAN, HALF_STD, TeacherOutput, seeded
 from radiosharp.registry import TEACHERS
-from teachers._contract import SIZES, FrozenTeacher, check_choice, check_random_size, resolve_native_size, tokens_to_map
-from teachers._transformers import HFLayerChoice, hf_config, hf_from_pretrained
+from teachers._contract import SIZES, check_choice, check_random_size, resolve_native_size
+from teachers._transformers import HFAttentionPoolTeacher, hf_pretrained_or_seeded, hf_vision_config
 from teachers._weights import check_weights_path, load_weights_file
 
 FAMILY = "siglip2"
@@ -64,22 +62,10 @@ def patchify(pixels: torch.Tensor, patch: int) -> torch.Tensor:
     return x.reshape(b, h * w, patch * patch * c)
 
 
-class Siglip2Teacher(FrozenTeacher):
+class Siglip2Teacher(HFAttentionPoolTeacher):
     """A frozen transformers ``Siglip2VisionModel`` (NaFlex) with its attention-pool head."""
 
     name = FAMILY
-
-    def __init__(self, model: nn.Module, native_size: int, layer: int = -1) -> None:
-        super().__init__(HALF_MEAN, HALF_STD)
-        config = model.config
-        if not getattr(config, "vision_use_head", True):
-            raise ValueError(f"{FAMILY}: the model has no attention-pool head (vision_use_head=False)")
-        self.model = model
-        self.patch_size = int(config.patch_size)
-        self.native_size = native_size
-        self.embed_dim = int(config.hidden_size)
-        self.layer = HFLayerChoice(FAMILY, layer, int(config.num_hidden_layers))
-        self.summary_dim = self.embed_dim if self.layer.final else None
 
     def naflex_size(self, height: int, width: int, max_num_patches: int | None = None) -> tuple[int, int]:
         """The ``(H, W)`` to resize an ``height x width`` image to: the largest size of the same
@@ -111,15 +97,6 @@ class Siglip2Teacher(FrozenTeacher):
             "spatial_shapes": torch.tensor([[h, w]] * b, dtype=torch.long, device=pixels.device),
         }
 
-    def extract(self, pixels: torch.Tensor) -> TeacherOutput:
-        height, width = pixels.shape[-2] // self.patch_size, pixels.shape[-1] // self.patch_size
-        inputs = self.model_inputs(pixels)
-        if not self.layer.final:
-            tokens = self.layer.tokens(self.model, self.model.post_layernorm, **inputs)
-            return TeacherOutput(None, tokens_to_map(tokens, height, width))
-        out = self.model(**inputs)
-        return TeacherOutput(out.pooler_output, tokens_to_map(out.last_hidden_state, height, width))
-
 
 def _config(size: str, model: str, cache_dir: str | None) -> Any:
     from transformers import Siglip2VisionConfig
@@ -129,8 +106,7 @@ def _config(size: str, model: str, cache_dir: str | None) -> Any:
     if size == "random":
         check_choice(FAMILY, "model (with size=random)", model, list(HF_CONFIGS))
         return Siglip2VisionConfig(**HF_CONFIG_COMMON, **HF_CONFIGS[model])
-    config = hf_config(FAMILY, model, cache_dir, HF_MODEL_TYPES)
-    return getattr(config, "vision_config", config)
+    return hf_vision_config(FAMILY, model, cache_dir, HF_MODEL_TYPES)
 
 
 @TEACHERS.register(FAMILY)
@@ -166,11 +142,7 @@ def build_siglip2(
     weights_path: Path | None = check_weights_path(FAMILY, weights)
     native = resolve_native_size(FAMILY, native_size, TINY_NATIVE if size == "tiny" else REAL_NATIVE, PATCH)
     config = _config(size, model, cache_dir)
-    if size == "real" and weights_path is None:
-        net = hf_from_pretrained(FAMILY, Siglip2VisionModel, model, cache_dir)
-    else:
-        with seeded(seed):
-            net = Siglip2VisionModel(config)
+    net = hf_pretrained_or_seeded(FAMILY, Siglip2VisionModel, model, config, size, weights_path, cache_dir, seed)
     if weights_path is not None:
         load_weights_file(net, weights_path, FAMILY, prefixes=WEIGHT_PREFIXES)
     return Siglip2Teacher(net.float(), native, layer).freeze()

@@ -27,8 +27,8 @@ from torch import nn
 from radiosharp.contracts import seeded
 from radiosharp.registry import TEACHERS
 from teachers._contract import SIZES, check_choice, check_random_size, resolve_native_size
-from teachers._timm import TimmViTTeacher, check_timm_name, create_timm_vit, timm_converter, timm_weights_file
-from teachers._weights import check_weights_path, load_weights_file
+from teachers._timm import TimmViTTeacher, check_timm_name, create_timm_vit, load_timm_checkpoint, timm_checkpoint
+from teachers._weights import check_weights_path
 
 FAMILY = "timm"
 DEFAULT_MODEL = "vit_base_patch16_224.augreg_in21k"
@@ -79,9 +79,7 @@ def build_timm_teacher(
     check_random_size(FAMILY, size, weights)
     check_timm_name(FAMILY, model, "vit_*")
     weights_path = check_weights_path(FAMILY, weights)
-    path = weights_path
-    if size == "real" and path is None:
-        path = timm_weights_file(FAMILY, model, cache_dir)  # before the (slow) build
+    path = timm_checkpoint(FAMILY, size, model, weights_path, cache_dir)
     with seeded(seed):  # the weights of size: tiny / random; real ones are loaded over them
         try:
             probe = create_timm_vit(model, **TINY)  # patch size and structure, cheaply
@@ -97,8 +95,7 @@ def build_timm_teacher(
         default = TINY_GRID * patch if size == "tiny" else max(patch, cfg_side // patch * patch)
         native = resolve_native_size(FAMILY, native_size, default, patch)
         trunk = create_timm_vit(model, img_size=native, **TINY) if size == "tiny" else create_timm_vit(model)
-    if path is not None:
-        load_weights_file(trunk, path, FAMILY, prefixes=WEIGHT_PREFIXES, convert=timm_converter(trunk))
+    load_timm_checkpoint(trunk, path, FAMILY, WEIGHT_PREFIXES)
     cfg = trunk.pretrained_cfg
     kind = _summary_kind(trunk, summary)
     return TimmViTTeacher(trunk, FAMILY, native, cfg["mean"], cfg["std"], summary=kind, layer=layer).freeze()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,10 @@ from torch import nn
 
 import radiosharp
 from radiosharp.contracts import Teacher, TeacherOutput
+from radiosharp.engine import checkpoint_dirs
 from radiosharp.export import load_state_dict
+from radiosharp.recipe import Recipe
+from radiosharp.trainers.distill import DistillTrainer
 
 
 def fresh_process() -> None:
@@ -116,6 +120,36 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], 
             assert torch.equal(a[key], b[key]), f"{key} differs by {(a[key] - b[key]).abs().max():.3g}"
         else:
             torch.testing.assert_close(a[key], b[key], atol=atol, rtol=0, msg=lambda m, k=key: f"{k}: {m}")
+
+
+class Killed(RuntimeError):
+    """Stands for a killed process: raised by a killable trainer as step ``kill_at`` begins."""
+
+
+class KillableTrainer(DistillTrainer):
+    """A distillation trainer killed (:class:`Killed`) as step ``kill_at`` begins (None: never)."""
+
+    kill_at: int | None = None
+
+    def train_step(self, batch, step):
+        if step == self.kill_at:
+            raise Killed(step)
+        return super().train_step(batch, step)
+
+
+def kill_and_resume(trainer_cls: type[KillableTrainer], recipe: Callable[..., Recipe], run_dir: Path) -> None:
+    """Run ``recipe("killed")`` (checkpointing every 3 steps, into ``run_dir``) until it is
+    killed as step 4 begins, leaving step 3's checkpoint; then resume it with
+    ``recipe("killed", resume=True)`` as a new process would: a fresh Accelerate state and
+    another global RNG (the checkpoint must restore the run's own)."""
+    killed = trainer_cls(recipe("killed"))
+    killed.kill_at = 4
+    with pytest.raises(Killed):
+        killed.run()
+    assert [p.name for p in checkpoint_dirs(run_dir)] == ["step_00000003"]
+    fresh_process()
+    torch.manual_seed(12345)
+    trainer_cls(recipe("killed", resume=True)).run()
 
 
 def free_port() -> int:

@@ -17,11 +17,19 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from conftest import base_recipe, fresh_process, stage3_recipe, write
+from conftest import (
+    KillableTrainer,
+    assert_same_weights,
+    base_recipe,
+    fresh_process,
+    kill_and_resume,
+    stage3_recipe,
+    weights,
+    write,
+)
 
 import radiosharp
-from radiosharp.engine import checkpoint_dirs, read_metrics
-from radiosharp.export import load_state_dict
+from radiosharp.engine import read_metrics
 from radiosharp.recipe import load_recipe
 from radiosharp.student_io import load_student, save_student
 from radiosharp.train import main as train_main
@@ -208,17 +216,6 @@ def test_partition_losses_are_weighted_by_their_share_of_the_batch(tmp_path, phi
 
 
 def test_resumed_distillation_equals_the_uninterrupted_run(tmp_path, phis):
-    class Killed(RuntimeError):
-        pass
-
-    class KillableTrainer(DistillTrainer):
-        kill_at: int | None = None
-
-        def train_step(self, batch, step):
-            if step == self.kill_at:
-                raise Killed(step)
-            return super().train_step(batch, step)
-
     def recipe(name: str, resume: bool = False) -> Any:
         data = base_recipe(tmp_path / name, phis, resume=resume)
         data["train"].update(steps=6, checkpoint_every=3)
@@ -226,20 +223,9 @@ def test_resumed_distillation_equals_the_uninterrupted_run(tmp_path, phis):
 
     KillableTrainer(recipe("straight")).run()
     fresh_process()
-    killed = KillableTrainer(recipe("killed"))
-    killed.kill_at = 4
-    with pytest.raises(Killed):
-        killed.run()
-    assert [p.name for p in checkpoint_dirs(tmp_path / "killed")] == ["step_00000003"]
-    fresh_process()
-    torch.manual_seed(12345)  # a new process's RNG; the checkpoint must restore the run's own
-    KillableTrainer(recipe("killed", resume=True)).run()
+    kill_and_resume(KillableTrainer, recipe, tmp_path / "killed")
 
-    a = load_state_dict(tmp_path / "straight" / "model.safetensors")
-    b = load_state_dict(tmp_path / "killed" / "model.safetensors")
-    assert a.keys() == b.keys()
-    for key in a:
-        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0, msg=lambda m, k=key: f"{k}: {m}")
+    assert_same_weights(weights(tmp_path / "straight"), weights(tmp_path / "killed"), atol=1e-6)
     losses_a = [r["loss"] for r in read_metrics(tmp_path / "straight")]
     losses_b = [r["loss"] for r in read_metrics(tmp_path / "killed")]
     assert losses_b == pytest.approx(losses_a, abs=1e-6)

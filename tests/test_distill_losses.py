@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_same_weights, base_recipe, fresh_process, weights, write
+from conftest import KillableTrainer, assert_same_weights, base_recipe, fresh_process, kill_and_resume, weights, write
 
 import radiosharp
 from radiosharp.contracts import TeacherOutput
-from radiosharp.engine import checkpoint_dirs, read_metrics
+from radiosharp.engine import read_metrics
 from radiosharp.images import resize
 from radiosharp.phis import PhiS
 from radiosharp.recipe import RecipeError, load_recipe
@@ -350,17 +350,6 @@ def test_a_tiny_run_with_each_option_trains(tmp_path, phis, option):
 
 
 def test_resume_with_the_shift_loss_equals_the_uninterrupted_run(tmp_path, phis):
-    class Killed(RuntimeError):
-        pass
-
-    class KillableTrainer(DistillTrainer):
-        kill_at: int | None = None
-
-        def train_step(self, batch, step):
-            if step == self.kill_at:
-                raise Killed(step)
-            return super().train_step(batch, step)
-
     def recipe(name: str, resume: bool = False, shift: bool = True) -> Any:
         data = base_recipe(tmp_path / name, phis, resume=resume)
         data["distill"]["losses"] = {"shift_equivariant": shift, "shift_std": 1.0}
@@ -369,14 +358,7 @@ def test_resume_with_the_shift_loss_equals_the_uninterrupted_run(tmp_path, phis)
 
     KillableTrainer(recipe("straight")).run()
     fresh_process()
-    killed = KillableTrainer(recipe("killed"))
-    killed.kill_at = 4
-    with pytest.raises(Killed):
-        killed.run()
-    assert [p.name for p in checkpoint_dirs(tmp_path / "killed")] == ["step_00000003"]
-    fresh_process()
-    torch.manual_seed(12345)  # a new process's RNG; the shifts must not come from it
-    KillableTrainer(recipe("killed", resume=True)).run()
+    kill_and_resume(KillableTrainer, recipe, tmp_path / "killed")  # the shifts must not come from the global RNG
     assert_same_weights(weights(tmp_path / "straight"), weights(tmp_path / "killed"), atol=1e-6)
     losses_a = [r["loss"] for r in read_metrics(tmp_path / "straight")]
     assert [r["loss"] for r in read_metrics(tmp_path / "killed")] == pytest.approx(losses_a, abs=1e-6)

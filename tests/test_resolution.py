@@ -19,9 +19,20 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from conftest import REPO, assert_same_weights, base_recipe, fresh_process, torchrun, weights, write
+from conftest import (
+    REPO,
+    KillableTrainer,
+    Killed,
+    assert_same_weights,
+    base_recipe,
+    fresh_process,
+    kill_and_resume,
+    torchrun,
+    weights,
+    write,
+)
 
-from radiosharp.engine import checkpoint_dirs, read_metrics
+from radiosharp.engine import read_metrics
 from radiosharp.images import resize
 from radiosharp.recipe import load_recipe
 from radiosharp.train import main as train_main
@@ -213,18 +224,13 @@ def stochastic_recipe(out: Path, phis: dict[str, str], **sections: Any) -> dict[
     return data
 
 
-class Killed(RuntimeError):
-    pass
-
-
-class RecordingTrainer(DistillTrainer):
+class RecordingTrainer(KillableTrainer):
     """Records the student input sizes of each step and can be killed at a step."""
 
-    kill_at: int | None = None
     sizes: dict[int, list[tuple[int, int]]] = {}
 
     def train_step(self, batch, step):
-        if step == self.kill_at:
+        if step == self.kill_at:  # killed before the step records anything
             raise Killed(step)
         self.sizes[step] = [
             tuple(self.partition_inputs(i, x[:1], step)[0].shape[-2:])
@@ -244,14 +250,7 @@ def test_a_resumed_stochastic_run_equals_the_uninterrupted_one(tmp_path, phis):
 
     fresh_process()
     RecordingTrainer.sizes = {}
-    killed = RecordingTrainer(recipe("killed"))
-    killed.kill_at = 4
-    with pytest.raises(Killed):
-        killed.run()
-    assert [p.name for p in checkpoint_dirs(tmp_path / "killed")] == ["step_00000003"]
-    fresh_process()
-    torch.manual_seed(12345)  # a new process's RNG; the draws must not depend on it
-    RecordingTrainer(recipe("killed", resume=True)).run()
+    kill_and_resume(RecordingTrainer, recipe, tmp_path / "killed")  # the draws must not depend on the global RNG
     assert RecordingTrainer.sizes == straight_sizes
 
     assert_same_weights(weights(tmp_path / "straight"), weights(tmp_path / "killed"), atol=1e-6)
