@@ -396,6 +396,28 @@ def test_bench_train_measures_drawn_sizes_and_non_square_partitions(tmp_path, mo
     assert low["shares"]["student_forward"] > 0 and hi["shares"]["upsamplers"] > 0
 
 
+def test_bench_profile_reports_ops_teacher_calls_and_a_trace(tmp_path, monkeypatch, capsys):
+    from radiosharp.bench.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    recipe = tmp_path / "distill.yaml"
+    recipe.write_text(DISTILL)
+    path, trace = tmp_path / "profile.json", tmp_path / "trace.json"
+    args = ["profile", str(recipe), "--steps", "2", "--warmup", "1", "--top", "5", "--trace", str(trace)]
+    assert main([*args, "--json", str(path)]) == 0
+    report = json.loads(path.read_text())
+    assert (report["kind"], report["steps"], len(report["ops"])) == ("distill", 2, 5)
+    shares = [op["share"] for op in report["ops"]]
+    assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1 + 1e-9
+    assert any(op["op"].startswith("aten::") for op in report["ops"])  # besides data loading, optimizer regions
+    # one batched call per teacher and input kind: the plain and the upsampled (tiles) dinov2
+    assert report["teacher_calls_per_step"] >= 2 and report["teacher_ms_per_step"] > 0
+    assert json.loads(trace.read_text())["traceEvents"]
+    assert set(tmp_path.iterdir()) == {recipe, path, trace}  # no run folder left behind
+    assert main(["profile", str(recipe), "--steps", "0"]) == 2
+    assert "need --steps >= 1" in capsys.readouterr().err
+
+
 def test_bench_train_refuses_other_kinds(tmp_path, capsys):
     from radiosharp.bench.cli import main
 

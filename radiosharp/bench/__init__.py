@@ -18,6 +18,9 @@
 - ``train RECIPE [k=v ...]``: images/s of a distillation step per partition and the
   share of step time in teachers, upsamplers, student forward and backward
   (:mod:`radiosharp.bench.train`).
+- ``profile RECIPE [k=v ...]``: :mod:`torch.profiler` over training steps of any kind: the
+  ops by self time, host syncs, copies and teacher calls per step, and a Chrome trace
+  (:mod:`radiosharp.bench.profile`).
 
 How time and memory are measured: :mod:`radiosharp.bench.measure`. Benchmarks live
 here, not in timed tests.

@@ -1,4 +1,4 @@
-"""``python -m radiosharp.bench {upsample,attention,train}``: argument parsing and the runs (``upsample --table
+"""``python -m radiosharp.bench {upsample,attention,train,profile}``: argument parsing and the runs (``upsample --table
 naf``: the NAF-style upsampler cost table of :mod:`radiosharp.bench.upsampler_cost`); the printed tables are
 :mod:`radiosharp.bench.cli_tables`'s."""
 
@@ -157,6 +157,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--stats-images", type=int, default=8, help="images for PHI-S statistics when the recipe has no statistics file"
     )
     tr.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH")
+    pr = sub.add_parser("profile", help="torch.profiler of training steps of any recipe: top ops, syncs, copies")
+    pr.add_argument("recipe", help="a recipe of any kind")
+    pr.add_argument("overrides", nargs="*", help="dotted.key=value overrides")
+    pr.add_argument("--steps", type=int, default=2, help="profiled steps (default 2)")
+    pr.add_argument("--warmup", type=int, default=1, help="unprofiled steps first (default 1)")
+    pr.add_argument("--top", type=int, default=25, help="ops to list (default 25)")
+    pr.add_argument("--trace", default=None, metavar="PATH", help="also write the Chrome trace here")
+    pr.add_argument("--stats-images", type=int, default=8, help="PHI-S images when the recipe has no statistics")
+    pr.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH")
     return parser
 
 
@@ -268,6 +277,27 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_profile(args: argparse.Namespace) -> int:
+    from radiosharp.bench.profile import profile_table, profile_training
+    from radiosharp.recipe import RecipeError, load_recipe
+
+    try:
+        if args.steps < 1 or args.warmup < 0 or args.top < 1 or args.stats_images < 2:
+            raise ValueError(
+                f"need --steps >= 1, --warmup >= 0, --top >= 1 and --stats-images >= 2, got {args.steps}, "
+                f"{args.warmup}, {args.top}, {args.stats_images}"
+            )
+        if args.trace is not None and Path(args.trace).is_dir():
+            raise ValueError(f"--trace {args.trace} is a folder; give a file path, e.g. {args.trace}/trace.json")
+        recipe = load_recipe(args.recipe, args.overrides)
+        report = profile_training(recipe, args.steps, args.warmup, args.top, args.trace, args.stats_images)
+    except (RecipeError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    _emit(report, args.json, profile_table(report))
+    return 0
+
+
 def run_attention(args: argparse.Namespace) -> int:
     from radiosharp.bench.attention import BACKENDS, SHAPES, TINY_SHAPES, attention_tables, bench_attention, kernels
 
@@ -314,4 +344,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "attention":
         return run_attention(args)
+    if args.command == "profile":
+        return run_profile(args)
     return run_upsample(args) if args.command == "upsample" else run_train(args)
