@@ -79,6 +79,26 @@ class AttentionDownsampler(nn.Module):
         else:
             keep = None
 
+        row_step, col_step = _step(rows), _step(cols)
+        if row_step is not None and col_step is not None:
+            # evenly spaced windows: every tap in one unfold, so the backward is one fold instead
+            # of k*k slice backwards (each of which fills and copies a whole hi-res gradient)
+            def windows(x: torch.Tensor) -> torch.Tensor:
+                """``[N,c,H',W'] -> [N,c,k*k,h*w]``: the k x k window of every output cell."""
+                r0, c0 = rows[0] + top, cols[0] + left
+                x = x[..., r0 : r0 + (h - 1) * row_step + k, c0 : c0 + (w - 1) * col_step + k]
+                n, c = x.shape[:2]
+                return nn.functional.unfold(x, k, stride=(row_step, col_step)).view(n, c, k * k, h * w)
+
+            a = windows(content)[:, 0]  # [N,k*k,h*w]
+            if keep is not None:
+                a = a * keep.view(keep.shape[0], 1, h * w)
+            logit = a * self.tap_scale.view(1, k * k, 1) + self.tap_bias.view(1, k * k, 1)
+            outside = windows(inside.to(content.dtype))[:, 0] < 0.5
+            weights = logit.masked_fill(outside, float("-inf")).softmax(dim=1)  # [N,k*k,h*w]
+            out = torch.einsum("nctl,ntl->ncl", windows(x_pad), weights)
+            return out.view(out.shape[0], out.shape[1], h, w)
+
         def taps(x: torch.Tensor, ty: int, tx: int) -> torch.Tensor:
             return _gather(x, [r + ty + top for r in rows], [c + tx + left for c in cols])
 
@@ -104,14 +124,18 @@ class AttentionDownsampler(nn.Module):
         )
 
 
+def _step(idx: list[int]) -> int | None:
+    """The common positive step of an arithmetic index list (1 for a single index), else None."""
+    step = idx[1] - idx[0] if len(idx) > 1 else 1
+    return step if step > 0 and all(b - a == step for a, b in zip(idx, idx[1:])) else None
+
+
 def _gather(x: torch.Tensor, rows: list[int], cols: list[int]) -> torch.Tensor:
     """``x[..., rows, :][..., cols]`` as a strided view when both index lists are arithmetic."""
 
     def as_slice(idx: list[int]) -> slice | None:
-        step = idx[1] - idx[0] if len(idx) > 1 else 1
-        if step > 0 and all(b - a == step for a, b in zip(idx, idx[1:])):
-            return slice(idx[0], idx[-1] + 1, step)
-        return None
+        step = _step(idx)
+        return None if step is None else slice(idx[0], idx[-1] + 1, step)
 
     rs, cs = as_slice(rows), as_slice(cols)
     x = x[..., rs, :] if rs is not None else x.index_select(-2, torch.tensor(rows, device=x.device))

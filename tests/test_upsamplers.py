@@ -265,6 +265,30 @@ def test_attention_downsampler_matches_naive_loops_in_eval(stride, k):
     torch.testing.assert_close(down(x, (4, 3)), out, rtol=0, atol=0)  # eval: no random mask
 
 
+@pytest.mark.parametrize("size,out,k", [((24, 24), (12, 12), 7), ((56, 42), (8, 6), 7), ((13, 17), (13, 17), 3)])
+def test_attention_downsampler_unfold_path_equals_the_tap_loop_in_training(size, out, k, monkeypatch):
+    """Evenly spaced windows take one unfold; the tap-by-tap loop (still used for uneven ones) is
+    the reference: same output and gradients, random mask and dropout included."""
+    import radiosharp.downsampler as ds
+
+    down = AttentionDownsampler(6, kernel_size=k).double().train()
+    x = torch.randn(2, 6, *size, dtype=torch.float64, requires_grad=True)
+
+    def run():
+        torch.manual_seed(3)
+        y = down(x, out)
+        return [
+            y,
+            *torch.autograd.grad((y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum(), [x, *down.parameters()]),
+        ]
+
+    fast = run()
+    monkeypatch.setattr(ds, "_step", lambda idx: None)  # every window list "uneven": the loop
+    slow = run()
+    for a, b in zip(fast, slow):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
 def test_attention_downsampler_sizes_constants_and_training_mask():
     down = AttentionDownsampler(4, kernel_size=7, output_size=5)
     const = torch.full((2, 4, 20, 20), 3.0)
