@@ -41,6 +41,7 @@ def _sections() -> dict[str, Callable[[Plan], dict[str, Any]]]:
         "comparison": comparison.comparison_section,
         "cost": probes.cost_section,
         "upsampler_cost": probes.upsampler_cost_section,
+        "upsampler_cost_448": probes.upsampler_cost_448_section,
         "student": student.student_section,
         "health": health.health_section,
         "ablation": ablation.ablation_section,
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     plan.out.mkdir(parents=True, exist_ok=True)
     sections = _sections()
     # cost first: it times on an otherwise idle machine, before any training has warmed it
-    timed = ("cost", "upsampler_cost")
+    timed = ("cost", "upsampler_cost", "upsampler_cost_448")
     order = (*timed, *[s for s in SECTIONS if s not in timed])
     wanted = [s for s in order if s in args.sections and (plan.student or s not in STUDENT_SECTIONS)]
     for name in [] if args.report_only else wanted:

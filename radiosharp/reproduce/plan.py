@@ -16,6 +16,7 @@ SECTIONS = (
     "comparison",
     "cost",
     "upsampler_cost",
+    "upsampler_cost_448",
     "student",
     "health",
     "ablation",
@@ -72,6 +73,15 @@ class Plan(BaseModel):
     comparison_semseg: bool = True  # probe the seed-0 run of multiview and the own objective
     upsampler_cost_factors: tuple[int, ...] = (2, 4, 8, 16)
     upsampler_cost_grid: int = 8  # low-res side in patches: 112 px, 16x = a 128x128 output
+    # NAF's own setting: a 448 px input (32x32 patches) at the widths of ViT-S (384) and ViT-L (1024);
+    # random weights (time and memory do not depend on them); 16x at 448 px does not fit this machine
+    upsampler_cost_448_teachers: tuple[str, ...] = (
+        "{family: dinov2, source: hf, model: facebook/dinov2-small, size: random, native_size: 448}",
+        "{family: dinov2, size: random, native_size: 448}",
+    )
+    upsampler_cost_448_factors: tuple[int, ...] = (2, 4, 8)
+    upsampler_cost_448_repeats: int = 1
+    upsampler_cost_448_teacher_max_factor: int = 2  # the teacher itself at u x input, up to this u
     student: bool = True
     ablation_seeds: tuple[int, ...] = (0, 1, 2)  # training seeds of each stage-3 variant
     overrides: tuple[str, ...] = ()  # extra dotted overrides for every upsampler run
@@ -120,5 +130,8 @@ def quick_plan() -> Plan:
         comparison_factors=(2,),
         upsampler_cost_factors=(2,),
         upsampler_cost_grid=2,
+        upsampler_cost_448_teachers=("{family: dinov2, size: tiny, native_size: 56}",),
+        upsampler_cost_448_factors=(2,),
+        upsampler_cost_448_teacher_max_factor=0,
         student=False,
     )

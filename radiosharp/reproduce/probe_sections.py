@@ -129,6 +129,48 @@ def upsampler_cost_section(plan: Plan) -> dict[str, Any]:
     return {"report": report, "threads": torch.get_num_threads()}
 
 
+def upsampler_cost_448_section(plan: Plan) -> dict[str, Any]:
+    """NAF's table in its own setting (a 448 px input; the widths of ViT-S and ViT-L), with the
+    teacher at u x input beside it and the time / memory vs factor plot."""
+    from radiosharp.bench.upsampler_cost import bench_upsampler_cost, plot_upsampler_cost
+    from radiosharp.builders import build_teacher
+    from radiosharp.specs import parse_teacher_spec
+
+    reports = []
+    for spec in plan.upsampler_cost_448_teachers:
+        teacher = build_teacher(parse_teacher_spec(spec), "upsampler_cost_448_teachers")
+        reports.append(
+            bench_upsampler_cost(
+                teacher,
+                plan.upsampler_cost_448_factors,
+                None,
+                batch=1,
+                warmup=1,
+                repeats=plan.upsampler_cost_448_repeats,
+                grid=teacher.native_size // teacher.patch_size,
+                progress=lambda message: print(f"  {message}", flush=True),
+                teacher_max_factor=plan.upsampler_cost_448_teacher_max_factor,
+            )
+        )
+        del teacher
+    picture = plan.out / "upsampler_cost_448.png"
+    plot_upsampler_cost(reports, str(picture))
+    return {"reports": reports, "threads": torch.get_num_threads(), "pictures": [str(picture)]}
+
+
+def upsampler_cost_448_markdown(data: dict[str, Any]) -> str:
+    from radiosharp.bench.upsampler_cost import upsampler_cost_markdown as table
+    from radiosharp.bench.upsampler_cost import upsampler_cost_teacher_markdown
+
+    parts = []
+    for report in data["reports"]:
+        parts.append(table(report))
+        ratios = upsampler_cost_teacher_markdown(report)
+        if ratios:
+            parts.append(ratios)
+    return "\n\n".join(parts)
+
+
 def upsampler_cost_markdown(data: dict[str, Any]) -> str:
     from radiosharp.bench.upsampler_cost import upsampler_cost_markdown as table
 

@@ -27,6 +27,7 @@ TITLES = {
     "comparison": "Every upsampler x objective: one teacher, one budget, the same scores",
     "cost": "Cost against the teacher at u x input (paper eq. 6)",
     "upsampler_cost": "What each upsampler costs on its own (NAF's benchmark table)",
+    "upsampler_cost_448": "The same table at NAF's 448 px input and ViT-S / ViT-L widths, beside the teacher at u x",
     "student": "The distilled student: bilinear vs FeatSharp hi-res targets (MTL)",
     "ablation": "Stage 3 with and without each newer distillation option (C-RADIOv4, RADIO Amplified)",
     "health": "Student health: mode switching, outlier tokens, tile seams (RADIO Amplified, FeatSharp figure 8)",
@@ -94,6 +95,14 @@ ABOUT = {
         "respect to the upsampler's weights (the inputs for weight-free ones). In brackets: the ratio to "
         "bilinear measured in the same interleaved run."
     ),
+    "upsampler_cost_448": (
+        "`python -m radiosharp.bench upsample --table naf --input-size 448` on DINOv2 teachers of the two widths "
+        "NAF reports (ViT-S/14: 384 channels, ViT-L/14: 1024; random weights, which time and memory do not depend "
+        "on), 32x32 low-res patches, batch 1, float32, this machine's CPU, one timed repeat after a warm-up, "
+        "round-robin with bilinear (ratios in brackets). The teacher rows run the teacher itself on the u x input. "
+        "16x (a 7168 px guidance image) does not fit this machine's memory for the learned upsamplers and is left "
+        "to the GPU check."
+    ),
     "student": (
         "The RADIO student (tiny ViT) is distilled in three stages from the real DINOv2-S/14 and VGG16-HED; "
         "stage 3 adds a hi-res partition whose DINOv2 targets come from bilinear or from the trained "
@@ -129,6 +138,7 @@ MARKDOWN: dict[str, Callable[[dict[str, Any]], str]] = {
     "comparison": comparison.comparison_markdown,
     "cost": probes.cost_markdown,
     "upsampler_cost": probes.upsampler_cost_markdown,
+    "upsampler_cost_448": probes.upsampler_cost_448_markdown,
     "student": student.student_markdown,
     "health": health.health_markdown,
     "ablation": ablation.ablation_markdown,
