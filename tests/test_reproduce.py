@@ -118,6 +118,19 @@ def test_ablation_table_and_check_use_the_spread_over_training_seeds():
     assert "**not shown**" in checks[1]  # a gain inside its seed spread is no result
 
 
+def test_quick_upsampler_cost_448_writes_its_table_and_plot(tmp_path):
+    out, page = tmp_path / "runs", tmp_path / "results.md"
+    assert main(["--quick", "--sections", "upsampler_cost_448", "--out-dir", str(out), "--page", str(page)]) == 0
+    record = json.loads((out / "upsampler_cost_448.json").read_text())
+    (report,) = record["data"]["reports"]
+    methods = {row["method"] for row in report["rows"]}
+    assert {"bilinear", "featsharp", "featup"} <= methods
+    assert (out / "upsampler_cost_448.png").stat().st_size > 0
+    text = page.read_text()
+    assert "## The same table at NAF's 448 px input" in text
+    assert "![upsampler_cost_448](figures/upsampler_cost_448.png)" in text
+
+
 def test_the_quick_plan_refuses_the_student_sections_in_one_line(tmp_path, capsys):
     assert main(["--quick", "--sections", "health", "--out-dir", str(tmp_path / "r")]) == 2
     assert "the quick plan has no health section" in capsys.readouterr().err
