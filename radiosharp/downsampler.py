@@ -13,6 +13,11 @@ is applied in TRAINING mode only (FeatUp applies it in eval too, a bug). Taps th
 fall outside the map are masked out. Windows are centred on each cell's footprint,
 so any size ratio works; integer ratios (the usual case) read strided views of the
 padded map, so no ``C x k x k`` unfold is ever made.
+
+How the windows are read (``window_method``, an attribute, not a weight): ``auto`` takes every tap in
+one ``unfold`` when the windows are evenly spaced (every integer size ratio), whose backward is one
+fold, and the tap-by-tap loop otherwise; ``taps`` always runs the loop, the reference the unfold path
+is tested and measured against (``python -m radiosharp.bench downsample``).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import torch
 from torch import nn
 
 SizeLike = int | tuple[int, int]
+WINDOW_METHODS = ("auto", "taps")
 
 
 def _pair(size: SizeLike) -> tuple[int, int]:
@@ -59,6 +65,7 @@ class AttentionDownsampler(nn.Module):
         taps = (kernel_size, kernel_size)
         self.tap_scale = nn.Parameter(torch.ones(taps) + 0.01 * torch.randn(taps))
         self.tap_bias = nn.Parameter(0.01 * torch.randn(taps))
+        self.window_method = "auto"  # or "taps" (module docstring)
 
     def forward(self, hires: torch.Tensor, output_size: SizeLike | None = None) -> torch.Tensor:
         size = _pair(output_size) if output_size is not None else self.output_size
@@ -79,8 +86,10 @@ class AttentionDownsampler(nn.Module):
         else:
             keep = None
 
+        if self.window_method not in WINDOW_METHODS:
+            raise ValueError(f"AttentionDownsampler: window_method must be one of {WINDOW_METHODS}")
         row_step, col_step = _step(rows), _step(cols)
-        if row_step is not None and col_step is not None:
+        if self.window_method == "auto" and row_step is not None and col_step is not None:
             # evenly spaced windows: every tap in one unfold, so the backward is one fold instead
             # of k*k slice backwards (each of which fills and copies a whole hi-res gradient)
             def windows(x: torch.Tensor) -> torch.Tensor:

@@ -92,7 +92,7 @@ def stage3_recipe(out: Path, dry: bool) -> Path:
 
 
 def steps(out: Path, dry: bool) -> list[tuple[str, list[str], int]]:
-    """(name, command, time limit in s); the limits sum to 460 s, inside the wrapper's 470 s and 8 minutes."""
+    """(name, command, time limit in s); the limits sum to 465 s, inside the wrapper's 470 s and 8 minutes."""
     py = sys.executable
     teacher = "{family: dinov2, size: tiny}" if dry else "{family: dinov2, size: random}"
     factors = ["2"] if dry else ["2", "3", "4"]
@@ -100,21 +100,28 @@ def steps(out: Path, dry: bool) -> list[tuple[str, list[str], int]]:
     precision = ["--precision", "fp32"] if dry else ["--precision", "bf16"]
     check = [py, str(REPO / "scripts" / "device_steps.py")] + (["--dry-run"] if dry else [])
     return [
-        ("environment", [*check, "environment", "--json", str(out / "environment.json")], 45),
+        ("environment", [*check, "environment", "--json", str(out / "environment.json")], 30),
         ("gpu_tests", [py, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", *GPU_TEST_ARGS], 120),
         ("attention_parity", [*check, "attention", "--json", str(out / "attention_parity.json")], 45),
+        (
+            "bench_attention",  # reference vs flex vs triton, fwd and fwd+bwd, timed round-robin
+            [py, "-m", "radiosharp.bench", "attention", *(["--tiny"] if dry else []), *precision]
+            + ["--repeats", "1" if dry else "3", "--warmup", "1"]
+            + ["--json", str(out / "bench_attention.json")],
+            40,
+        ),
         ("upsampled_memory", [*check, "memory", "--json", str(out / "upsampled_memory.json")], 60),
         (
             "bench_upsample",
             [py, "-m", "radiosharp.bench", "upsample", "--teacher", teacher, "--factors", *factors, "--no-train"]
             + [*reps, *precision, "--json", str(out / "bench_upsample.json")],
-            100,
+            90,
         ),
         (
             "bench_train",
             [py, "-m", "radiosharp.bench", "train", str(stage3_recipe(out, dry)), "--steps", "1" if dry else "3"]
             + ["--warmup", "0" if dry else "1", "--stats-images", "4", "--json", str(out / "bench_train.json")],
-            90,
+            80,
         ),
     ]
 

@@ -13,7 +13,8 @@
 #   2. runs scripts/device_check.py, whose steps each run in their own process with a time limit:
 #      environment (torch, CUDA, device, package versions, that the project imports), the tests
 #      marked `gpu` (pytest -m gpu; skipped without CUDA), parity and speed of the neighbourhood-
-#      attention backends vs the reference (fp32 and bf16, forward and backward), CUDA peak memory of
+#      attention backends vs the reference (fp32 and bf16, forward and backward),
+#      `bench attention` (reference vs flex vs triton, time and peak memory), CUDA peak memory of
 #      an UpsampledTeacher (DINOv2-L size: random, featup 4x) unbounded vs max_memory_mb,
 #      `bench upsample` (DINOv2-L size: random at 2x/3x/4x vs the teacher at u x input, bf16) and
 #      `bench train` on a stage-3 recipe (a hi-res partition through FeatSharp 3x, bf16: images/s,
@@ -55,6 +56,6 @@ if [[ "$DRY_RUN" != 1 ]] && compgen -G "$WHEELS/*.whl" >/dev/null; then
 fi
 
 DRY=()
-LIMIT=470  # seconds: the steps' own limits sum to 460
+LIMIT=470  # seconds: the steps' own limits sum to 465
 [[ "$DRY_RUN" == 1 ]] && DRY=(--dry-run) && LIMIT=1500
 exec timeout "$LIMIT" "$PYTHON" scripts/device_check.py "${DRY[@]}" --out "$OUT" "${ARGS[@]}"

@@ -108,6 +108,9 @@ def attention(dry: bool) -> dict[str, Any]:
             for backend in backends:
                 row: dict[str, Any] = {"shape": shape_name, "dtype": str(dtype), "backend": backend}
                 try:
+                    if "v" in inspect.signature(_kernels.resolve_backend).parameters:  # what runs: a fallback says so
+                        ran = _kernels.resolve_backend(backend, inputs[0], v=inputs[2], kernel_size=k)
+                        row["ran"], row["why"] = ran
                     leaves = [t.detach().requires_grad_(True) for t in inputs]
                     kw = {} if backend == "reference" or "backend" not in params else {"backend": backend}
                     call = lambda: _kernels.neighborhood_attention(*leaves[:3], k, leaves[3], scale=d**-0.5, **kw)  # noqa: B023

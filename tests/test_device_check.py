@@ -30,7 +30,15 @@ def find_spec(name, package=None):
     return None if name.split(".")[0] in ABSENT else _find_spec(name, package)
 importlib.util.find_spec = find_spec
 """
-STEPS = ["environment", "gpu_tests", "attention_parity", "upsampled_memory", "bench_upsample", "bench_train"]
+STEPS = [
+    "environment",
+    "gpu_tests",
+    "attention_parity",
+    "bench_attention",
+    "upsampled_memory",
+    "bench_upsample",
+    "bench_train",
+]
 
 
 @pytest.mark.subprocess
@@ -65,6 +73,10 @@ def test_dry_run_exercises_every_step_and_writes_the_report(tmp_path):
     memory = results["upsampled_memory"]
     assert [r["mode"] for r in memory["rows"]] == ["unbounded", "bounded"] and memory["max_abs_diff"] < 1e-5
     assert all(r["status"] == "ok" for r in results["attention_parity"]["rows"])
+    ran = {r["backend"]: r["ran"] for r in results["attention_parity"]["rows"]}
+    assert ran["triton"] == "reference" and ran["reference_tiled"] == "reference_tiled"  # no CUDA: it says so
+    status = {(r["backend"], r["phase"]): r["status"] for r in results["bench_attention"]["rows"]}
+    assert status[("reference", "fwd+bwd")] == "ok" and status[("triton", "fwd")] == "n/a"
     assert results["bench_upsample"]["rows"] and results["bench_train"]["images_per_s"] > 0
     text = (out / "device_report.md").read_text()
     assert text.startswith("# Device check (dry run, CPU)") and "| bench_train | ok |" in text

@@ -266,11 +266,10 @@ def test_attention_downsampler_matches_naive_loops_in_eval(stride, k):
 
 
 @pytest.mark.parametrize("size,out,k", [((24, 24), (12, 12), 7), ((56, 42), (8, 6), 7), ((13, 17), (13, 17), 3)])
-def test_attention_downsampler_unfold_path_equals_the_tap_loop_in_training(size, out, k, monkeypatch):
-    """Evenly spaced windows take one unfold; the tap-by-tap loop (still used for uneven ones) is
-    the reference: same output and gradients, random mask and dropout included."""
-    import radiosharp.downsampler as ds
-
+def test_attention_downsampler_unfold_path_equals_the_tap_loop_in_training(size, out, k):
+    """Evenly spaced windows take one unfold; the tap-by-tap loop (``window_method = "taps"``, also
+    used for uneven windows) is the reference: same output and gradients, random mask and dropout
+    included."""
     down = AttentionDownsampler(6, kernel_size=k).double().train()
     x = torch.randn(2, 6, *size, dtype=torch.float64, requires_grad=True)
 
@@ -283,10 +282,13 @@ def test_attention_downsampler_unfold_path_equals_the_tap_loop_in_training(size,
         ]
 
     fast = run()
-    monkeypatch.setattr(ds, "_step", lambda idx: None)  # every window list "uneven": the loop
+    down.window_method = "taps"
     slow = run()
     for a, b in zip(fast, slow):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    down.window_method = "unfold"
+    with pytest.raises(ValueError, match="window_method must be one of"):
+        down(x, out)
 
 
 def test_attention_downsampler_sizes_constants_and_training_mask():

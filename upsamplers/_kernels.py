@@ -54,7 +54,12 @@ Backends (:func:`neighborhood_attention`'s ``backend``):
   a power of two (>= 16) for the fused kernel. flex has no backward on CPU; a failed compile is
   logged once and the reference runs from then on.
 - ``flex_eager``: flex without compile (materializes all ``[B,N,HW,HW]`` scores; tests only).
-- ``auto``: ``flex`` on CUDA, the reference elsewhere.
+- ``triton``: the Triton kernels of :mod:`upsamplers._triton_attention` (forward, and a gather backward
+  that fills every tap's bias gradient): one program per block of pixels walks the window in registers.
+  CUDA only (or Triton's CPU interpreter, ``TRITON_INTERPRET=1``, which the tests use); float64 and a
+  failed compile run the reference and log why, once.
+- ``auto``: on CUDA, ``triton`` for JBU-like calls (:func:`prefers_tiles`: one head, wide values) and
+  ``flex`` for multi-head ones; the reference elsewhere.
 
 Tests: ``tests/test_kernels.py`` (the kernel against unfold) and ``tests/test_attention_backends.py``
 (every backend against the others, fp32 and bf16, border pixels included; CUDA ones marked ``gpu``).
@@ -77,6 +82,7 @@ __all__ = [
     "neighborhood_attention_reference",
     "prefers_tiles",
     "resolve_backend",
+    "triton_unavailable",
     "window_offsets",
 ]
 
@@ -394,8 +400,37 @@ class _NeighborhoodAttentionTiled(torch.autograd.Function):
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "reference", "reference_tiled", "reference_v1", "flex", "flex_eager")
+BACKENDS = ("auto", "reference", "reference_tiled", "reference_v1", "flex", "flex_eager", "triton")
 _FLEX_STATE: dict[str, Any] = {"compiled": None, "broken": None, "warned": set(), "masks": {}}
+_TRITON_STATE: dict[tuple, str | None] = {}  # (device, kernel_size, bias?) -> None (works) or why not
+
+
+def _triton_module():
+    import upsamplers._triton_attention as triton_attention
+
+    return triton_attention
+
+
+def triton_unavailable(q: Tensor, kernel_size: int, with_bias: bool) -> str | None:
+    """None when the Triton backend runs this call, else why not. The first call per (device, window,
+    bias) compiles and runs a tiny forward + backward, so a kernel that fails to build is found before a
+    training step depends on its backward."""
+    if q.dtype == torch.float64:
+        return "the triton kernels accumulate in float32; float64 runs the reference"
+    module = _triton_module()
+    why = module.triton_unavailable(q)
+    if why:
+        return why
+    key = (str(q.device), kernel_size, with_bias)
+    if key not in _TRITON_STATE:
+        try:
+            x = torch.randn(1, 1, 2, 3, 3, device=q.device, requires_grad=True)
+            b = torch.zeros(1, kernel_size * kernel_size, device=q.device, requires_grad=True) if with_bias else None
+            module.neighborhood_attention_triton(x, x, x, kernel_size, b).sum().backward()
+            _TRITON_STATE[key] = None
+        except Exception as err:
+            _TRITON_STATE[key] = f"the triton kernels failed: {type(err).__name__}: {str(err)[:300]}"
+    return _TRITON_STATE[key]
 
 
 def flex_available() -> str | None:
@@ -532,12 +567,26 @@ def _needs_grad(*tensors: Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def resolve_backend(backend: str, q: Tensor, *grad_inputs: Tensor | None) -> tuple[str, str]:
-    """``(backend that runs, why)`` for a requested one (see :func:`neighborhood_attention`)."""
+def resolve_backend(
+    backend: str,
+    q: Tensor,
+    *grad_inputs: Tensor | None,
+    v: Tensor | None = None,
+    kernel_size: int = 3,
+    with_bias: bool = True,
+) -> tuple[str, str]:
+    """``(backend that runs, why)`` for a requested one (see :func:`neighborhood_attention`); ``v``,
+    ``kernel_size`` and ``with_bias`` describe the call for ``triton`` and ``auto``."""
     if backend not in BACKENDS:
         raise ValueError(f"attention backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
     if backend in ("reference", "reference_tiled", "reference_v1"):
         return backend, "requested"
+    if backend == "triton":
+        reason = triton_unavailable(q, kernel_size, with_bias)
+        return ("reference", reason) if reason else ("triton", "requested")
+    jbu_like = v is not None and prefers_tiles(q, v)
+    if backend == "auto" and q.is_cuda and jbu_like and not triton_unavailable(q, kernel_size, with_bias):
+        return "triton", "auto on CUDA, a JBU-like call (one head, wide values)"
     reason = flex_available()
     if backend != "flex_eager":
         reason = reason or _FLEX_STATE["broken"]
@@ -573,14 +622,17 @@ def neighborhood_attention(
     ``backend``: ``reference`` (default; the faster pure-PyTorch kernel for the call, see
     :func:`prefers_tiles`), ``reference_tiled`` (the row-tiled kernel), ``reference_v1`` (the first,
     one-pass-per-offset kernel), ``flex`` (compiled ``flex_attention``),
-    ``flex_eager`` (uncompiled flex; materializes all scores, tests only), or ``auto`` (flex on CUDA,
-    the reference elsewhere). A flex request that cannot run (no flex in this torch, a failed compile,
-    a backward on CPU) runs the reference and logs why, once.
+    ``flex_eager`` (uncompiled flex; materializes all scores, tests only), ``triton`` (the Triton kernels),
+    or ``auto`` (on CUDA triton for JBU-like calls and flex otherwise; the reference elsewhere). A flex or
+    triton request that cannot run (not in this build, a failed compile, a backward of flex on CPU, a
+    float64 triton call) runs the reference and logs why, once.
     """
     _check(q, k, v, bias, kernel_size)
-    chosen, why = resolve_backend(backend, q, k, v, bias)
+    chosen, why = resolve_backend(backend, q, k, v, bias, v=v, kernel_size=kernel_size, with_bias=bias is not None)
     if chosen != backend and backend != "auto":
         _warn_once(f"{backend}:{why}", f"neighborhood_attention: backend={backend} runs the reference ({why})")
+    if chosen == "triton":
+        return _triton_module().neighborhood_attention_triton(q, k, v, kernel_size, bias, scale)
     if chosen in ("flex", "flex_eager"):
         try:
             return neighborhood_attention_flex(q, k, v, kernel_size, bias, scale, compile=chosen == "flex")

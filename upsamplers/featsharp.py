@@ -53,6 +53,7 @@ from torch import Tensor, nn
 from radiosharp.registry import UPSAMPLERS
 from upsamplers._base import Featurize, Upsampler
 from upsamplers._kernels import BACKENDS, neighborhood_attention, neighborhood_attention_flex, window_offsets
+from upsamplers._triton_attention import neighborhood_attention_triton
 
 MAX_AUTO_HEADS = 16
 WINDOW_SIZES = (1, 3, 5, 7, 9, 11)
@@ -235,6 +236,7 @@ class FeatSharpUpsampler(Upsampler):
     # plug-ins through the registry only)
     attention_kernel = staticmethod(neighborhood_attention)
     attention_kernel_flex = staticmethod(neighborhood_attention_flex)
+    attention_kernel_triton = staticmethod(neighborhood_attention_triton)
     attention_backends = BACKENDS
 
     def __init__(

@@ -182,8 +182,9 @@ class JointBilateralUpsampler(nn.Module):
             else None
         )
         self.radius = max(kernel_size // 2, 1)
-        # the kernel of the filter (upsamplers._kernels.BACKENDS); set on the module, not a recipe option
-        self.attention_backend = "reference"
+        # the kernel of the filter (upsamplers._kernels.BACKENDS); set on the module, not a recipe option.
+        # auto: the Triton kernels on CUDA, the pure-PyTorch reference elsewhere (bit-identical on CPU)
+        self.attention_backend = "auto"
         dist_sq = torch.tensor([float(dy * dy + dx * dx) for dy, dx in window_offsets(kernel_size)])
         self.register_buffer("offset_dist_sq", dist_sq.view(1, -1), persistent=False)  # exact integers
         self.register_buffer("guidance_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)

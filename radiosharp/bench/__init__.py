@@ -12,8 +12,8 @@
   (:mod:`radiosharp.bench.upsampler_cost`; ``--grid`` sets the low-res grid, 8 patches
   by default for a CPU).
 - ``attention``: the neighbourhood-attention backends (row-tiled reference, the first kernel,
-  compiled ``flex_attention``) side by side at the JBU and FeatSharp block shapes: time and peak
-  memory, forward and forward+backward, as ratios from one round-robin run
+  compiled ``flex_attention``, the Triton kernels on CUDA) side by side at the JBU and FeatSharp
+  block shapes: time and peak memory, forward and forward+backward, as ratios from one round-robin run
   (:mod:`radiosharp.bench.attention`).
 - ``train RECIPE [k=v ...]``: images/s of a distillation step per partition and the
   share of step time in teachers, upsamplers, student forward and backward
@@ -21,12 +21,19 @@
 - ``profile RECIPE [k=v ...]``: :mod:`torch.profiler` over training steps of any kind: the
   ops by self time, host syncs, copies and teacher calls per step, and a Chrome trace
   (:mod:`radiosharp.bench.profile`).
+- ``bounded --teacher CFG``: each upsampler with and without a memory budget (the chunked call of
+  ``max_memory_mb``) side by side: time, peak memory, and the largest difference between the two
+  outputs (:mod:`radiosharp.bench.bounded`).
+- ``downsample``: the attention downsampler's one-unfold window path against its tap-by-tap loop,
+  forward and forward+backward (:mod:`radiosharp.bench.downsample`).
 
 How time and memory are measured: :mod:`radiosharp.bench.measure`. Benchmarks live
 here, not in timed tests.
 """
 
+from radiosharp.bench.bounded import bench_bounded
 from radiosharp.bench.crossover import crossover
+from radiosharp.bench.downsample import bench_downsample
 from radiosharp.bench.measure import Cost, measure
 from radiosharp.bench.train import bench_train
 from radiosharp.bench.upsample import ReplayFeaturize, bench_upsample
@@ -35,6 +42,8 @@ from radiosharp.bench.upsampler_cost import bench_upsampler_cost, upsampler_cost
 __all__ = [
     "Cost",
     "ReplayFeaturize",
+    "bench_bounded",
+    "bench_downsample",
     "bench_train",
     "bench_upsample",
     "bench_upsampler_cost",

@@ -12,8 +12,9 @@ the shapes those upsamplers run:
 Backends: ``reference`` (the default: the tiled kernel for JBU-like calls, the first kernel
 otherwise), ``reference_tiled`` (the row-tiled kernel), ``reference_v1`` (the first kernel, one pass
 per window offset), ``flex`` (``torch.compile`` of ``flex_attention``; its first call compiles
-and is a warm-up call, not timed; on CPU it has no backward, so its fwd+bwd rows say so), and
-``flex_eager`` on request (materializes the ``[heads, HW, HW]`` scores). Phases: ``fwd`` under
+and is a warm-up call, not timed; on CPU it has no backward, so its fwd+bwd rows say so), ``triton``
+(the Triton kernels; CUDA only, so on CPU its rows say so), and ``flex_eager`` on request
+(materializes the ``[heads, HW, HW]`` scores). Phases: ``fwd`` under
 ``torch.no_grad``; ``fwd+bwd``: forward, then ``torch.autograd.grad`` of ``<out, g>`` w.r.t. q, k,
 v and the bias. All calls of one (shape, phase) are timed round-robin in one run
 (:func:`radiosharp.bench.measure.measure_interleaved`), so the ratios share the machine's load;
@@ -43,7 +44,7 @@ TINY_SHAPES: dict[str, tuple[int, int, int, int, int, int, int, float]] = {
     "jbu": (1, 1, 4, 8, 6, 7, 3, 1.0),
     "featsharp": (1, 2, 4, 4, 5, 6, 3, 0.5),
 }
-BACKENDS = ("reference", "reference_tiled", "reference_v1", "flex")
+BACKENDS = ("reference", "reference_tiled", "reference_v1", "flex", "triton")
 PHASES = ("fwd", "fwd+bwd")
 
 
@@ -56,13 +57,17 @@ def _inputs(shape: tuple, device: torch.device, dtype: torch.dtype, seed: int = 
     return [t.to(device=device, dtype=dtype if i < 3 else torch.float32) for i, t in enumerate((q, key, v, bias))]
 
 
-def kernels() -> tuple[Callable[..., Any], Callable[..., Any], tuple[str, ...]]:
-    """``(neighborhood_attention, neighborhood_attention_flex, backends)`` of the ``featsharp`` upsampler
-    (its block's kernel, shared with featup's JBU), reached through the registry as the core does."""
+def _featsharp_class() -> Any:
     from radiosharp.registry import UPSAMPLERS
 
     entry = UPSAMPLERS.get("featsharp")
-    cls = getattr(entry, "__wrapped__", entry)
+    return getattr(entry, "__wrapped__", entry)
+
+
+def kernels() -> tuple[Callable[..., Any], Callable[..., Any], tuple[str, ...]]:
+    """``(neighborhood_attention, neighborhood_attention_flex, backends)`` of the ``featsharp`` upsampler
+    (its block's kernel, shared with featup's JBU), reached through the registry as the core does."""
+    cls = _featsharp_class()
     return cls.attention_kernel, cls.attention_kernel_flex, tuple(cls.attention_backends)
 
 
@@ -73,6 +78,8 @@ def _call(backend: str, shape: tuple, inputs: list[torch.Tensor], phase: str) ->
     def attend(q, key, v, bias):
         if backend in ("flex", "flex_eager"):  # directly, so a failure is reported, not replaced
             return neighborhood_attention_flex(q, key, v, k, bias, scale, compile=backend == "flex")
+        if backend == "triton":
+            return _featsharp_class().attention_kernel_triton(q, key, v, k, bias, scale)
         return neighborhood_attention(q, key, v, k, bias, scale, backend=backend)
 
     if phase == "fwd":
@@ -116,6 +123,10 @@ def bench_attention(
             for backend in backends:
                 if phase == "fwd+bwd" and backend.startswith("flex") and device.type == "cpu":
                     failed[backend] = "flex_attention has no backward on CPU"
+                    skipped.add(backend)
+                    continue
+                if backend == "triton" and device.type == "cpu":
+                    failed[backend] = "the triton kernels need a CUDA device"
                     skipped.add(backend)
                     continue
                 fn = _call(backend, shape, inputs, phase)

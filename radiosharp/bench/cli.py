@@ -1,5 +1,6 @@
-"""``python -m radiosharp.bench {upsample,attention,train,profile}``: argument parsing and the runs (``upsample --table
-naf``: the NAF-style upsampler cost table of :mod:`radiosharp.bench.upsampler_cost`); the printed tables are
+"""``python -m radiosharp.bench {upsample,attention,train,profile,bounded,downsample}``: argument parsing and
+the runs (``upsample --table naf``: the NAF-style upsampler cost table of :mod:`radiosharp.bench.upsampler_cost`;
+``bounded`` and ``downsample``: :mod:`radiosharp.bench.cli_memory`); the printed tables are
 :mod:`radiosharp.bench.cli_tables`'s."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 import torch
 
+from radiosharp.bench import cli_memory
 from radiosharp.bench.cli_tables import train_tables, upsample_tables, upsampler_cost_tables
 
 
@@ -130,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     at = sub.add_parser(
         "attention",
-        help="neighbourhood-attention backends side by side (reference, reference_v1, flex): time and peak "
+        help="neighbourhood-attention backends side by side (reference, reference_v1, flex, triton): time and peak "
         "memory, fwd and fwd+bwd, at the JBU and FeatSharp block shapes (radiosharp.bench.attention)",
     )
     at.add_argument(
@@ -139,7 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="jbu featsharp768 featsharp2048 (default: all); --tiny: tiny shapes for a smoke run",
     )
-    at.add_argument("--backends", nargs="+", default=None, help="default: reference reference_tiled reference_v1 flex")
+    at.add_argument(
+        "--backends", nargs="+", default=None, help="default: reference reference_tiled reference_v1 flex triton"
+    )
     at.add_argument("--phases", nargs="+", choices=("fwd", "fwd+bwd"), default=None)
     at.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     at.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
@@ -166,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--trace", default=None, metavar="PATH", help="also write the Chrome trace here")
     pr.add_argument("--stats-images", type=int, default=8, help="PHI-S images when the recipe has no statistics")
     pr.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH")
+    cli_memory.add_parsers(sub)
     return parser
 
 
@@ -313,7 +318,7 @@ def run_attention(args: argparse.Namespace) -> int:
         bad = [b for b in backends if b not in kernel_backends or b == "auto"]
         if bad:
             raise ValueError(
-                f"unknown --backends {bad}; choose from reference reference_tiled reference_v1 flex flex_eager"
+                f"unknown --backends {bad}; choose from {' '.join(b for b in kernel_backends if b != 'auto')}"
             )
         if args.repeats < 1 or args.warmup < 1:
             raise ValueError(f"need --repeats >= 1 and --warmup >= 1, got {args.repeats}, {args.warmup}")
@@ -346,4 +351,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_attention(args)
     if args.command == "profile":
         return run_profile(args)
+    if args.command == "bounded":
+        return cli_memory.run_bounded(args, _emit, _progress(args))
+    if args.command == "downsample":
+        return cli_memory.run_downsample(args, _emit, _progress(args))
     return run_upsample(args) if args.command == "upsample" else run_train(args)

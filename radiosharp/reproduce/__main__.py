@@ -27,6 +27,7 @@ def _sections() -> dict[str, Callable[[Plan], dict[str, Any]]]:
     from radiosharp.reproduce import ablation_section as ablation
     from radiosharp.reproduce import comparison_section as comparison
     from radiosharp.reproduce import health_section as health
+    from radiosharp.reproduce import memory_sections as memory
     from radiosharp.reproduce import probe_sections as probes
     from radiosharp.reproduce import protocol_section as protocols
     from radiosharp.reproduce import student_section as student
@@ -45,6 +46,8 @@ def _sections() -> dict[str, Callable[[Plan], dict[str, Any]]]:
         "student": student.student_section,
         "health": health.health_section,
         "ablation": ablation.ablation_section,
+        "bounded": memory.bounded_section,
+        "downsample": memory.downsample_section,
     }
 
 
@@ -129,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     plan.out.mkdir(parents=True, exist_ok=True)
     sections = _sections()
     # cost first: it times on an otherwise idle machine, before any training has warmed it
-    timed = ("cost", "upsampler_cost", "upsampler_cost_448")
+    timed = ("cost", "upsampler_cost", "upsampler_cost_448", "bounded", "downsample")
     order = (*timed, *[s for s in SECTIONS if s not in timed])
     wanted = [s for s in order if s in args.sections and (plan.student or s not in STUDENT_SECTIONS)]
     for name in [] if args.report_only else wanted:

@@ -20,6 +20,8 @@ SECTIONS = (
     "student",
     "health",
     "ablation",
+    "bounded",
+    "downsample",
 )
 # the sections that train and probe the student (the quick plan has none)
 STUDENT_SECTIONS = ("student", "health", "ablation")
@@ -39,6 +41,15 @@ LABELS = {
 # the objective each method's own paper trains with (the others: multi-view consistency)
 OWN_OBJECTIVE = {"jafar": "low_to_high", "naf": "low_to_high", "anyup": "crop_hires", "loftup": "hires_teacher"}
 COMPARISON_METHODS = ("bilinear", "featup", "featsharp", "featsharp_jafar", "jafar", "loftup", "naf", "anyup")
+
+
+class BoundedRun(BaseModel):
+    """One teacher of the ``bounded`` section, with the upsamplers and factors measured on it."""
+
+    model_config = ConfigDict(extra="forbid")
+    teacher: str
+    methods: tuple[str, ...]
+    factors: tuple[int, ...]
 
 
 class Plan(BaseModel):
@@ -82,6 +93,19 @@ class Plan(BaseModel):
     upsampler_cost_448_factors: tuple[int, ...] = (2, 4, 8)
     upsampler_cost_448_repeats: int = 1
     upsampler_cost_448_teacher_max_factor: int = 2  # the teacher itself at u x input, up to this u
+    # bounded vs unbounded upsampler calls: SAM-H (ViT-H/16, 1280 channels, 1024 px) with the local
+    # upsamplers at 4x (its tile upsamplers would run ViT-H 16 times a call), and DINOv2-L at 224 px
+    bounded_runs: tuple[BoundedRun, ...] = (
+        BoundedRun(teacher="{family: sam, size: random}", methods=("bilinear", "featup"), factors=(4,)),
+        BoundedRun(
+            teacher="{family: dinov2, size: random, native_size: 224}",
+            methods=("bilinear", "featup", "featsharp", "naf", "jafar"),
+            factors=(4, 8),
+        ),
+    )
+    bounded_budget_mb: float = 512.0
+    downsample_shapes: tuple[str, ...] = ("vits_48to12", "vits_24to12", "vitl_64to16")
+    downsample_repeats: int = 3
     student: bool = True
     ablation_seeds: tuple[int, ...] = (0, 1, 2)  # training seeds of each stage-3 variant
     overrides: tuple[str, ...] = ()  # extra dotted overrides for every upsampler run
@@ -133,5 +157,13 @@ def quick_plan() -> Plan:
         upsampler_cost_448_teachers=("{family: dinov2, size: tiny, native_size: 56}",),
         upsampler_cost_448_factors=(2,),
         upsampler_cost_448_teacher_max_factor=0,
+        bounded_runs=(
+            BoundedRun(
+                teacher="{family: dinov2, size: tiny, native_size: 56}", methods=("bilinear", "featup"), factors=(2,)
+            ),
+        ),
+        bounded_budget_mb=1.0,
+        downsample_shapes=("tiny_8to4",),
+        downsample_repeats=1,
         student=False,
     )

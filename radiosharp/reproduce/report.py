@@ -11,6 +11,7 @@ from typing import Any
 from radiosharp.reproduce import ablation_section as ablation
 from radiosharp.reproduce import comparison_section as comparison
 from radiosharp.reproduce import health_section as health
+from radiosharp.reproduce import memory_sections as memory
 from radiosharp.reproduce import probe_sections as probes
 from radiosharp.reproduce import protocol_section as protocols
 from radiosharp.reproduce import student_section as student
@@ -31,6 +32,8 @@ TITLES = {
     "student": "The distilled student: bilinear vs FeatSharp hi-res targets (MTL)",
     "ablation": "Stage 3 with and without each newer distillation option (C-RADIOv4, RADIO Amplified)",
     "health": "Student health: mode switching, outlier tokens, tile seams (RADIO Amplified, FeatSharp figure 8)",
+    "bounded": "Bounded memory: every upsampler call within a budget, against the unbounded call",
+    "downsample": "The attention downsampler: one unfold against the tap-by-tap loop",
 }
 
 ABOUT = {
@@ -116,6 +119,21 @@ ABOUT = {
         "section's suite; every metric is the mean ± std over the training seeds (of each student's mean over "
         "probe seeds), and Δm is the MTL gain over the baseline of the same seed, mean ± std over seeds."
     ),
+    "bounded": (
+        "`python -m radiosharp.bench bounded` on teachers of real architecture (`size: random`: random weights, "
+        "which time and memory do not depend on), one random image at u x the teacher's native size, batch 1, "
+        "float32, this machine's CPU, under no_grad: each upsampler's plain call and its chunked call under the "
+        "budget (what `teachers.<key>.max_memory_mb` / `UpsampledTeacher(max_memory_mb=...)` runs), timed "
+        "round-robin in one run (one repeat each). Peak = extra memory during the call, output included; the "
+        "budget bounds the working memory (peak - output). Tile upsamplers run the teacher on their u x u tiles "
+        "inside both calls."
+    ),
+    "downsample": (
+        "`python -m radiosharp.bench downsample`: FeatUp's attention downsampler in training mode (dropout and "
+        "the random cell mask seeded alike for both), float32, this machine's CPU, median of 3 round-robin "
+        "repeats after a warm-up; N views of C channels brought down from the hi-res side to the low-res one "
+        "with a 7x7 window, as multi-view training calls it each step."
+    ),
     "health": (
         "`python -m radiosharp.eval health` on the student section's students over input sides {health_sizes} "
         "px on the {health_images} held-out photos, which no student saw in training: read the absolute values "
@@ -142,6 +160,8 @@ MARKDOWN: dict[str, Callable[[dict[str, Any]], str]] = {
     "student": student.student_markdown,
     "health": health.health_markdown,
     "ablation": ablation.ablation_markdown,
+    "bounded": memory.bounded_markdown,
+    "downsample": memory.downsample_markdown,
 }
 
 
@@ -230,6 +250,10 @@ def paper_checks(section: str, data: dict[str, Any]) -> list[str]:
     elif section == "health":
         for claim, holds, detail in health.health_checks(data):
             say(claim + " (RADIO Amplified)", holds, detail)
+    elif section in ("bounded", "downsample"):
+        checks = memory.bounded_checks if section == "bounded" else memory.downsample_checks
+        for claim, holds, detail in checks(data):
+            say(claim + " (this project's claim)", holds, detail)
     return out
 
 
