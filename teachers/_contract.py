@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from radiosharp.contracts import Teacher, TeacherOutput, nearest_multiples
+from teachers._weights import check_weights_path
 
 SIZES = ("tiny", "real", "random")
 
@@ -72,6 +73,22 @@ def check_random_size(
             f"{family}: size=random needs a library that holds the architecture's config: "
             f"source={source!r} reads it from the model's files; use source: {' or '.join(sources)}"
         )
+
+
+def check_size(family: str, size: str, weights: Any = None) -> None:
+    """``size`` is one of :data:`SIZES`, and ``size: random`` takes no weights (:func:`check_random_size`)."""
+    check_choice(family, "size", size, SIZES)
+    check_random_size(family, size, weights)
+
+
+def weights_and_native(
+    family: str, size: str, weights: Any, native_size: int | None, natives: tuple[int, int], patch_size: int
+) -> tuple[Path | None, int]:
+    """The checked ``weights:`` file (before any build) and the native size: ``native_size``, else
+    ``natives`` (the tiny, the real default) by ``size`` (:func:`resolve_native_size`)."""
+    weights_path = check_weights_path(family, weights)
+    tiny, real = natives
+    return weights_path, resolve_native_size(family, native_size, tiny if size == "tiny" else real, patch_size)
 
 
 def resolve_native_size(family: str, native_size: int | None, default: int, patch_size: int) -> int:

@@ -18,70 +18,35 @@ in the space of ``summary``.
 
 from __future__ import annotations
 
-from typing import Literal
-
-from radiosharp.contracts import CLIP_MEAN, CLIP_STD
 from radiosharp.registry import TEACHERS
-from teachers._contract import TeacherRequest, check_text_layer
-from teachers._open_clip import OpenClipViTTeacher, build_open_clip_teacher, build_open_clip_text_only
-from teachers._text import TextTower, text_tower_builder
+from teachers._open_clip_family import open_clip_builders
 
 FAMILY = "dfn_clip"
+DEFAULT_MODEL = "ViT-H-14-378-quickgelu"
+DEFAULT_PRETRAINED = "dfn5b"
 
+BUILD_DOC = """DFN CLIP through open_clip.
 
-@TEACHERS.register(FAMILY)
-def build_dfn_clip(
-    size: Literal["tiny", "real", "random"] = "real",
-    model: str = "ViT-H-14-378-quickgelu",
-    pretrained: str | None = "dfn5b",
-    weights: str | None = None,
-    native_size: int | None = None,
-    cache_dir: str | None = None,
-    seed: int = 0,
-    text: bool = False,
-    layer: int = -1,
-) -> OpenClipViTTeacher:
-    """DFN CLIP through open_clip.
-
-    - ``size``: ``real`` (the named model, real weights), ``tiny`` (same open_clip
-      ViT family: width 64, 2 blocks, 4 heads, projection 24, 112 px, seeded random
-      weights; with ``text``, a text transformer of width 32, 2 blocks, 16 tokens,
-      projected to 24) for tests and demos, or ``random`` (the named model's
-      architecture with seeded random weights, for benchmarks).
-    - ``model``: an open_clip model name (``ViT-H-14-378-quickgelu``) or ``hf-hub:ORG/REPO``
-      (e.g. ``hf-hub:apple/DFN5B-CLIP-ViT-H-14-378``; then ``pretrained`` is unused).
-    - ``pretrained``: the open_clip pretrained tag (``dfn5b``).
-    - ``weights``: a local state-dict file (whole CLIP or the visual tower); overrides the tag.
-    - ``native_size``: the input side the teacher runs at (378 real, 112 tiny).
-    - ``cache_dir``: the Hugging Face cache to read weights from (default HF_HUB_CACHE).
-    - ``seed``: the random weights of ``size: tiny`` / ``random``.
-    - ``text``: also load the (frozen) text tower and its tokenizer, exposing
-      ``encode_text(tokens) -> [K, summary_dim]`` and ``tokenize(prompts)`` for zero-shot
-      classification (needs a whole-CLIP weights file).
-    - ``layer``: the block whose patch tokens are the features (``-1``: the last, as without
-      the option; ``-4``: the fourth from last), after ``ln_post``; an intermediate
-      layer gives no summary and takes no text tower.
-    """
-    check_text_layer(FAMILY, text, layer)
-    request = TeacherRequest(size, model, pretrained, weights, native_size, cache_dir, seed, text, layer)
-    return build_open_clip_teacher(FAMILY, request, CLIP_MEAN, CLIP_STD)
-
-
-@text_tower_builder(build_dfn_clip)
-def build_dfn_clip_text_tower(
-    size: str,
-    model: str,
-    pretrained: str | None,
-    weights: str | None,
-    native_size: int | None,
-    cache_dir: str | None,
-    seed: int,
-    text: bool,
-    layer: int,
-) -> TextTower:  # noqa: ARG001 - text, layer: the teacher's options, as stored
-    """Only the text tower of ``build_dfn_clip(**same options, text=True)`` (no vision tower built).
-
-    Takes ``build_dfn_clip``'s options with its defaults (see ``text_tower_builder``).
-    """
-    request = TeacherRequest(size, model, pretrained, weights, native_size, cache_dir, seed, text=True)
-    return build_open_clip_text_only(FAMILY, request, CLIP_MEAN, CLIP_STD)
+- ``size``: ``real`` (the named model, real weights), ``tiny`` (same open_clip
+  ViT family: width 64, 2 blocks, 4 heads, projection 24, 112 px, seeded random
+  weights; with ``text``, a text transformer of width 32, 2 blocks, 16 tokens,
+  projected to 24) for tests and demos, or ``random`` (the named model's
+  architecture with seeded random weights, for benchmarks).
+- ``model``: an open_clip model name (``ViT-H-14-378-quickgelu``) or ``hf-hub:ORG/REPO``
+  (e.g. ``hf-hub:apple/DFN5B-CLIP-ViT-H-14-378``; then ``pretrained`` is unused).
+- ``pretrained``: the open_clip pretrained tag (``dfn5b``).
+- ``weights``: a local state-dict file (whole CLIP or the visual tower); overrides the tag.
+- ``native_size``: the input side the teacher runs at (378 real, 112 tiny).
+- ``cache_dir``: the Hugging Face cache to read weights from (default HF_HUB_CACHE).
+- ``seed``: the random weights of ``size: tiny`` / ``random``.
+- ``text``: also load the (frozen) text tower and its tokenizer, exposing
+  ``encode_text(tokens) -> [K, summary_dim]`` and ``tokenize(prompts)`` for zero-shot
+  classification (needs a whole-CLIP weights file).
+- ``layer``: the block whose patch tokens are the features (``-1``: the last, as without
+  the option; ``-4``: the fourth from last), after ``ln_post``; an intermediate
+  layer gives no summary and takes no text tower.
+"""
+build_dfn_clip, build_dfn_clip_text_tower = open_clip_builders(
+    FAMILY, DEFAULT_MODEL, DEFAULT_PRETRAINED, BUILD_DOC, __name__
+)
+TEACHERS.register(FAMILY)(build_dfn_clip)

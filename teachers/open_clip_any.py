@@ -18,18 +18,9 @@ timm name, ``weights:`` the open_clip checkpoint: its ``visual.trunk.*`` is read
 
 from __future__ import annotations
 
-from typing import Literal
-
-from radiosharp.contracts import CLIP_MEAN, CLIP_STD
 from radiosharp.registry import TEACHERS
-from teachers._contract import TeacherRequest, check_text_layer
-from teachers._open_clip import (
-    OpenClipViTTeacher,
-    build_open_clip_teacher,
-    build_open_clip_text_only,
-    open_clip_model_config,
-)
-from teachers._text import TextTower, text_tower_builder
+from teachers._open_clip import open_clip_model_config
+from teachers._open_clip_family import open_clip_builders
 
 FAMILY = "open_clip"
 DEFAULT_MODEL = "ViT-B-16"
@@ -49,52 +40,23 @@ def _check_tower(model: str, cache_dir: str | None) -> None:
         raise ValueError(f"{FAMILY}: '{model}' has a ResNet vision tower; only ViT towers are supported")
 
 
-@TEACHERS.register(FAMILY)
-def build_open_clip_any(
-    size: Literal["tiny", "real", "random"] = "real",
-    model: str = DEFAULT_MODEL,
-    pretrained: str | None = DEFAULT_PRETRAINED,
-    weights: str | None = None,
-    native_size: int | None = None,
-    cache_dir: str | None = None,
-    seed: int = 0,
-    text: bool = False,
-    layer: int = -1,
-) -> OpenClipViTTeacher:
-    """Any open_clip ViT (``teachers.<key>.family: open_clip``, ``model:`` + ``pretrained:``).
+BUILD_DOC = """Any open_clip ViT (``teachers.<key>.family: open_clip``, ``model:`` + ``pretrained:``).
 
-    - ``size``: ``real``, ``tiny`` (the model's open_clip ViT at width 64, 2 blocks, 4 heads,
-      projection 24, 112 px for /14 or the tag's grid, seeded random weights) or ``random``
-      (the named architecture with seeded random weights).
-    - ``model``: an open_clip model name (``ViT-B-16``) or ``hf-hub:ORG/REPO``.
-    - ``pretrained``: its open_clip pretrained tag (``laion2b_s34b_b88k``); unused for ``hf-hub:``.
-    - ``weights``: a local state-dict file (whole CLIP or the visual tower); overrides the tag.
-    - ``native_size``: the input side (default: the model's image size cut to a multiple
-      of the patch; 112 tiny).
-    - ``cache_dir``: the Hugging Face cache to read weights from (default HF_HUB_CACHE).
-    - ``seed``: the random weights of ``size: tiny`` / ``random``.
-    - ``text``: also load the (frozen) text tower and its tokenizer (zero-shot).
-    - ``layer``: the block whose patch tokens are the features (``-1``: the last, as without
-      the option), after ``ln_post``; an intermediate layer gives no summary and no text tower.
-    """
-    check_text_layer(FAMILY, text, layer)
-    _check_tower(model, cache_dir)
-    request = TeacherRequest(size, model, pretrained, weights, native_size, cache_dir, seed, text, layer)
-    return build_open_clip_teacher(FAMILY, request, CLIP_MEAN, CLIP_STD)
-
-
-@text_tower_builder(build_open_clip_any)
-def build_open_clip_any_text_tower(
-    size: str,
-    model: str,
-    pretrained: str | None,
-    weights: str | None,
-    native_size: int | None,
-    cache_dir: str | None,
-    seed: int,
-    text: bool,
-    layer: int,
-) -> TextTower:  # noqa: ARG001 - text, layer: the teacher's options, as stored
-    """Only the text tower of ``build_open_clip_any(**same options, text=True)`` (no vision tower built)."""
-    request = TeacherRequest(size, model, pretrained, weights, native_size, cache_dir, seed, text=True)
-    return build_open_clip_text_only(FAMILY, request, CLIP_MEAN, CLIP_STD)
+- ``size``: ``real``, ``tiny`` (the model's open_clip ViT at width 64, 2 blocks, 4 heads,
+  projection 24, 112 px for /14 or the tag's grid, seeded random weights) or ``random``
+  (the named architecture with seeded random weights).
+- ``model``: an open_clip model name (``ViT-B-16``) or ``hf-hub:ORG/REPO``.
+- ``pretrained``: its open_clip pretrained tag (``laion2b_s34b_b88k``); unused for ``hf-hub:``.
+- ``weights``: a local state-dict file (whole CLIP or the visual tower); overrides the tag.
+- ``native_size``: the input side (default: the model's image size cut to a multiple
+  of the patch; 112 tiny).
+- ``cache_dir``: the Hugging Face cache to read weights from (default HF_HUB_CACHE).
+- ``seed``: the random weights of ``size: tiny`` / ``random``.
+- ``text``: also load the (frozen) text tower and its tokenizer (zero-shot).
+- ``layer``: the block whose patch tokens are the features (``-1``: the last, as without
+  the option), after ``ln_post``; an intermediate layer gives no summary and no text tower.
+"""
+build_open_clip_any, build_open_clip_any_text_tower = open_clip_builders(
+    FAMILY, DEFAULT_MODEL, DEFAULT_PRETRAINED, BUILD_DOC, __name__, check_model=_check_tower, name="build_open_clip_any"
+)
+TEACHERS.register(FAMILY)(build_open_clip_any)

@@ -13,7 +13,7 @@ windows; the global layers resize their relative-position tables themselves).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -21,17 +21,16 @@ from torch import nn
 from radiosharp.contracts import IMAGENET_MEAN, IMAGENET_STD, TeacherOutput, seeded
 from radiosharp.registry import TEACHERS
 from teachers._contract import (
-    SIZES,
     FrozenTeacher,
     check_choice,
     check_layer,
-    check_random_size,
+    check_size,
     jitter_zero_tables,
     resize_pos_grid,
-    resolve_native_size,
+    weights_and_native,
 )
 from teachers._transformers import hf_from_pretrained, hf_vision_config
-from teachers._weights import check_weights_path, load_weights_file
+from teachers._weights import load_weights_file
 
 FAMILY = "sam"
 DEFAULT_MODEL = "facebook/sam-vit-huge"
@@ -50,26 +49,25 @@ TINY_CONFIG = dict(
     output_channels=32,
     initializer_range=0.02,  # the library default (1e-10) would give an all-but-zero model
 )
+
+
+def _sam_encoder(width: int, depth: int, heads: int) -> dict[str, Any]:
+    """A SAM image encoder's config: MLP 4x the width, 4 evenly spaced global layers (the last one last)."""
+    return dict(
+        hidden_size=width,
+        num_hidden_layers=depth,
+        num_attention_heads=heads,
+        mlp_dim=4 * width,
+        global_attn_indexes=[(i + 1) * depth // 4 - 1 for i in range(4)],
+    )
+
+
 # The image encoders of the three SAM checkpoints (Kirillov et al. 2023: ViT-B/L/H with
 # 14x14 windows and 4 evenly spaced global layers), for `size: random` without config files.
 RANDOM_CONFIGS = {
-    "facebook/sam-vit-base": dict(
-        hidden_size=768, num_hidden_layers=12, num_attention_heads=12, mlp_dim=3072, global_attn_indexes=[2, 5, 8, 11]
-    ),
-    "facebook/sam-vit-large": dict(
-        hidden_size=1024,
-        num_hidden_layers=24,
-        num_attention_heads=16,
-        mlp_dim=4096,
-        global_attn_indexes=[5, 11, 17, 23],
-    ),
-    "facebook/sam-vit-huge": dict(
-        hidden_size=1280,
-        num_hidden_layers=32,
-        num_attention_heads=16,
-        mlp_dim=5120,
-        global_attn_indexes=[7, 15, 23, 31],
-    ),
+    "facebook/sam-vit-base": _sam_encoder(768, 12, 12),
+    "facebook/sam-vit-large": _sam_encoder(1024, 24, 16),
+    "facebook/sam-vit-huge": _sam_encoder(1280, 32, 16),
 }
 HF_MODEL_TYPES = ("sam", "sam_vision_model")
 # Where the encoder sits in a SamModel checkpoint / in a teacher.state_dict().
@@ -129,12 +127,10 @@ def build_sam(
     """
     from transformers import SamVisionConfig, SamVisionModel
 
-    check_choice(FAMILY, "size", size, SIZES)
-    check_random_size(FAMILY, size, weights)
+    check_size(FAMILY, size, weights)
     if size == "random":
         check_choice(FAMILY, "model (with size=random)", model, list(RANDOM_CONFIGS))
-    weights_path = check_weights_path(FAMILY, weights)
-    native = resolve_native_size(FAMILY, native_size, TINY_NATIVE if size == "tiny" else REAL_NATIVE, PATCH)
+    weights_path, native = weights_and_native(FAMILY, size, weights, native_size, (TINY_NATIVE, REAL_NATIVE), PATCH)
     if size in ("tiny", "random"):
         if size == "tiny":
             config = SamVisionConfig(**TINY_CONFIG, image_size=native, patch_size=PATCH)

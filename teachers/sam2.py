@@ -29,17 +29,10 @@ from torch import nn
 
 from radiosharp.contracts import IMAGENET_MEAN, IMAGENET_STD, TeacherOutput, seeded
 from radiosharp.registry import TEACHERS
-from teachers._contract import (
-    SIZES,
-    FrozenTeacher,
-    check_choice,
-    check_random_size,
-    jitter_zero_tables,
-    resolve_native_size,
-)
+from teachers._contract import FrozenTeacher, check_choice, check_size, jitter_zero_tables, weights_and_native
 from teachers._hub import fetch_hub_file, missing_weights
 from teachers._transformers import hf_vision_config
-from teachers._weights import check_weights_path, load_weights_file
+from teachers._weights import load_weights_file
 
 FAMILY = "sam2"
 DEFAULT_MODEL = "facebook/sam2.1-hiera-large"
@@ -162,10 +155,8 @@ def build_sam2(
     """
     from transformers import Sam2VisionModel
 
-    check_choice(FAMILY, "size", size, SIZES)
-    check_random_size(FAMILY, size, weights)
-    weights_path = check_weights_path(FAMILY, weights)
-    native = resolve_native_size(FAMILY, native_size, TINY_NATIVE if size == "tiny" else REAL_NATIVE, 32)
+    check_size(FAMILY, size, weights)
+    weights_path, native = weights_and_native(FAMILY, size, weights, native_size, (TINY_NATIVE, REAL_NATIVE), 32)
     config = _config(size, model, native, cache_dir)
     if size == "real" and weights_path is None:  # the checkpoint before the (slow) build
         weights_path = _checkpoint(model, cache_dir)

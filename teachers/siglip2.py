@@ -23,15 +23,14 @@ branches to both.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
 from radiosharp.registry import TEACHERS
-from teachers._contract import SIZES, check_choice, check_random_size, resolve_native_size
+from teachers._contract import check_choice, check_size, weights_and_native
 from teachers._transformers import HFAttentionPoolTeacher, hf_pretrained_or_seeded, hf_vision_config
-from teachers._weights import check_weights_path, load_weights_file
+from teachers._weights import load_weights_file
 
 FAMILY = "siglip2"
 DEFAULT_MODEL = "google/siglip2-so400m-patch16-naflex"
@@ -137,10 +136,8 @@ def build_siglip2(
     """
     from transformers import Siglip2VisionModel
 
-    check_choice(FAMILY, "size", size, SIZES)
-    check_random_size(FAMILY, size, weights)
-    weights_path: Path | None = check_weights_path(FAMILY, weights)
-    native = resolve_native_size(FAMILY, native_size, TINY_NATIVE if size == "tiny" else REAL_NATIVE, PATCH)
+    check_size(FAMILY, size, weights)
+    weights_path, native = weights_and_native(FAMILY, size, weights, native_size, (TINY_NATIVE, REAL_NATIVE), PATCH)
     config = _config(size, model, cache_dir)
     net = hf_pretrained_or_seeded(FAMILY, Siglip2VisionModel, model, config, size, weights_path, cache_dir, seed)
     if weights_path is not None:

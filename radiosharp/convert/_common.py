@@ -134,6 +134,24 @@ class KeyReader:
             )
 
 
+def module_keys(
+    ckpt: Mapping[str, Any], marker: re.Pattern[str], what: str
+) -> tuple[dict[str, Tensor], str, KeyReader]:
+    """``(state, prefix, keys)`` of the one module in ``ckpt`` with a key ``marker`` matches:
+    its state dict (:func:`tensors_of`), the module's prefix (:func:`find_prefix`, plain weights
+    only) and a :class:`KeyReader` of the keys under it."""
+    state = tensors_of(ckpt, marker, what)
+    prefix = find_prefix(state, marker, what)
+    reject_parametrizations(state, prefix)
+    return state, prefix, KeyReader(state, prefix, what)
+
+
+def unconverted_note(state: Mapping[str, Tensor], prefix: str) -> list[str]:
+    """The note naming the top-level modules of ``state`` outside ``prefix`` (none: no note)."""
+    others = sorted({k.split(".")[0] for k in state if not k.startswith(prefix)})
+    return [f"not converted (not part of the upsampler): {', '.join(p + '.*' for p in others)}"] if others else []
+
+
 def scalar(value: Tensor) -> Tensor:
     """A reference 0-dim (or [1]) scalar as radiosharp's shape-[1] parameter."""
     if value.numel() != 1:

@@ -46,9 +46,11 @@ from radiosharp.convert._common import (
     find_prefix,
     fold_guidance,
     is_default_guidance,
+    module_keys,
     reject_parametrizations,
     scalar,
     tensors_of,
+    unconverted_note,
 )
 from radiosharp.factors import prime_factors
 
@@ -281,9 +283,7 @@ def convert_featsharp(
     keys.finish()
     if hidden != nvlabs_mlp_hidden(width):
         notes.append(f"SwiGLU hidden width {hidden} (NVlabs' rule gives {nvlabs_mlp_hidden(width)})")
-    others = sorted({k.split(".")[0] for k in state if not k.startswith(prefix)})
-    if others:
-        notes.append(f"not converted (not part of the upsampler): {', '.join(p + '.*' for p in others)}")
+    notes.extend(unconverted_note(state, prefix))
     if not is_default_guidance(guidance_mean, guidance_std):
         notes.append("guidance whitening folded into the JBU's range_proj.0")
     elif base is not None and base != "bilinear":
@@ -321,10 +321,7 @@ def _convert_jbu_stack(
     notes: list[str],
 ) -> Converted:
     marker = re.compile(r"ups\.0\.range_temp$")
-    state = tensors_of(ckpt, marker, "NVlabs JBU stack")
-    prefix = find_prefix(state, marker, "NVlabs JBU stack")
-    reject_parametrizations(state, prefix)
-    keys = KeyReader(state, prefix, "NVlabs JBU stack")
+    _, prefix, keys = module_keys(ckpt, marker, "NVlabs JBU stack")
     if factor is None:
         factor = 2 ** len({k.split(".")[1] for k in keys.left if k.startswith("ups.")})
         notes.append(f"factor {factor} assumed from the level count (pass --factor if it was not a power of 2)")

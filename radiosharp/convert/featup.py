@@ -29,13 +29,11 @@ from radiosharp.contracts import IMAGENET_MEAN, IMAGENET_STD
 from radiosharp.convert._common import (
     ConversionError,
     Converted,
-    KeyReader,
-    find_prefix,
     fold_guidance,
     is_default_guidance,
-    reject_parametrizations,
+    module_keys,
     scalar,
-    tensors_of,
+    unconverted_note,
 )
 
 MARKER = re.compile(r"up1\.range_temp$")
@@ -70,10 +68,7 @@ def convert_featup_jbu(
     ``guidance_mean``/``guidance_std``: how the reference whitened its guidance image
     (FeatUp: ImageNet, radiosharp's own); anything else is folded into the convs that read it.
     """
-    state = tensors_of(ckpt, MARKER, "FeatUp JBU stack")
-    prefix = find_prefix(state, MARKER, "FeatUp JBU stack")
-    reject_parametrizations(state, prefix)
-    keys = KeyReader(state, prefix, "FeatUp JBU stack")
+    state, prefix, keys = module_keys(ckpt, MARKER, "FeatUp JBU stack")
     numbers = sorted({int(m.group(1)) for k in keys.left if (m := re.match(r"up(\d+)\.", k))})
     if numbers != list(range(1, len(numbers) + 1)):
         raise ConversionError(f"FeatUp JBU stack: stages {numbers} are not up1..upN")
@@ -124,10 +119,7 @@ def convert_featup_jbu(
     out["jbu.fixup_proj.1.weight"] = final
     out["jbu.fixup_proj.1.bias"] = keys.pop("fixup_proj.1.bias", (dim,))
     keys.finish()
-    notes: list[str] = []
-    others = sorted({k.split(".")[0] for k in state if not k.startswith(prefix)})
-    if others:
-        notes.append(f"not converted (not part of the upsampler): {', '.join(p + '.*' for p in others)}")
+    notes = unconverted_note(state, prefix)
     if not is_default_guidance(guidance_mean, guidance_std):
         notes.append("guidance whitening folded into range_proj.0 and fixup_proj.0")
     options = {

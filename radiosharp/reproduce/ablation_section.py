@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from radiosharp.reproduce.plan import Plan
-from radiosharp.reproduce.runs import run_once, upsampler_run
+from radiosharp.reproduce.runs import upsampler_run
 from radiosharp.reproduce.stats_text import fmt, mean_std
-from radiosharp.reproduce.student_section import STUDENT_TASKS, student_overrides, train_students
+from radiosharp.reproduce.student_section import STUDENT_TASKS, stage3_run, student_overrides, train_students
 
 BASELINE = "baseline"
 # variant -> the recipe overrides that switch it on (the baseline: the demo's stage 3 as it is)
@@ -46,18 +46,8 @@ def ablation_runs(plan: Plan) -> dict[str, dict[int, Path]]:
     for variant, overrides in VARIANTS.items():
         for seed in plan.ablation_seeds:
             name = f"{variant}_seed{seed}"
-            runs.setdefault(variant, {})[seed], _ = run_once(
-                "../demo/stage3_hires.yaml",
-                [
-                    f"output_dir={root / name}",
-                    f"name=stage3_{name}",
-                    f"seed={seed}",
-                    f"init_from={stage2}",
-                    f"teachers.dinov2.upsampler={bilinear}",
-                    *common,
-                    *overrides,
-                ],
-            )
+            run = stage3_run(root / name, name, stage2, bilinear, common, seed, overrides)
+            runs.setdefault(variant, {})[seed] = run
     return runs
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,17 +41,28 @@ def train_students(plan: Plan) -> dict[str, Path]:
     assert previous is not None
     runs = {"stage2": previous}
     for name, up in (("bilinear", bilinear), ("featsharp", featsharp)):
-        runs[name], _ = run_once(
-            "../demo/stage3_hires.yaml",
-            [
-                f"output_dir={root / ('stage3_' + name)}",
-                f"name=stage3_{name}",
-                f"init_from={previous}",
-                f"teachers.dinov2.upsampler={up}",
-                *common,
-            ],
-        )
+        runs[name] = stage3_run(root / ("stage3_" + name), name, previous, up, common)
     return runs
+
+
+def stage3_run(
+    out: Path,
+    name: str,
+    init: Path,
+    upsampler: Path,
+    common: Sequence[str],
+    seed: int | None = None,
+    extra: Sequence[str] = (),
+) -> Path:
+    """The demo's stage 3 (``stage3_hires.yaml``) in ``out`` as run ``stage3_{name}``: from the student
+    ``init``, DINOv2's hi-res targets lifted by the ``upsampler`` run, with the plan's ``common``
+    overrides (:func:`student_overrides`), then ``extra``; a finished run is reused."""
+    seeded = [] if seed is None else [f"seed={seed}"]
+    lifted = [f"init_from={init}", f"teachers.dinov2.upsampler={upsampler}"]
+    run, _ = run_once(
+        "../demo/stage3_hires.yaml", [f"output_dir={out}", f"name=stage3_{name}", *seeded, *lifted, *common, *extra]
+    )
+    return run
 
 
 def student_section(plan: Plan) -> dict[str, Any]:

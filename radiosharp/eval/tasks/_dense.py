@@ -12,7 +12,8 @@ import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from radiosharp.eval.task import EvalTask
+from radiosharp.eval.features import FeatureSet
+from radiosharp.eval.task import EvalContext, EvalTask
 
 FIT_KEYS = ("steps", "lr", "weight_decay", "batch_size", "pixels_per_image")
 Builder = TypeVar("Builder", bound=Callable[..., Any])
@@ -61,3 +62,8 @@ class DenseProbeTask(EvalTask):
         for key, value in options.items():
             setattr(self, key, value)
         self.fit_args = {key: options[key] for key in FIT_KEYS}
+
+    def fit_options(self, ctx: EvalContext, train: FeatureSet, seed: int) -> dict[str, Any]:
+        """The keywords every dense probe fit takes: the probe ``seed``, the eval's device, the
+        train features' statistics and the task's fit options (``fit_args``)."""
+        return dict(seed=seed, device=ctx.device, stats=train.dense_stats, **self.fit_args)

@@ -39,7 +39,7 @@ class DepthTask(DenseProbeTask):
         shown: dict[str, torch.Tensor] = {}
 
         def one_seed(seed: int) -> dict[str, float]:
-            common = dict(seed=seed, device=ctx.device, stats=train.dense_stats, **self.fit_args)
+            common = self.fit_options(ctx, train, seed)
             if self.head == "binned":
                 probe = fit_binned_depth_probe(train.dense, train_depth, self.min_depth, self.bins, **common)
             else:

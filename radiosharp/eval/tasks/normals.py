@@ -142,15 +142,7 @@ class NormalsTask(DenseProbeTask):
         shown: dict[str, torch.Tensor] = {}
 
         def one_seed(seed: int) -> dict[str, float]:
-            probe = fit_normals_probe(
-                train.dense,
-                train_normals,
-                train_valid,
-                seed=seed,
-                device=ctx.device,
-                stats=train.dense_stats,
-                **self.fit_args,
-            )
+            probe = fit_normals_probe(train.dense, train_normals, train_valid, **self.fit_options(ctx, train, seed))
             pred = predict_normals(probe, val.dense, size, ctx.device)
             if seed == 0:
                 shown["pred"] = pred[:EXAMPLES]

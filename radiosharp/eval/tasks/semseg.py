@@ -50,16 +50,8 @@ class SemsegTask(DenseProbeTask):
         shown: dict[str, torch.Tensor] = {}
 
         def one_seed(seed: int) -> dict[str, float]:
-            probe = fit_segmentation_probe(
-                train.dense,
-                train_masks,
-                num_classes,
-                self.ignore_index,
-                seed=seed,
-                device=ctx.device,
-                stats=train.dense_stats,
-                **self.fit_args,
-            )
+            fit = self.fit_options(ctx, train, seed)
+            probe = fit_segmentation_probe(train.dense, train_masks, num_classes, self.ignore_index, **fit)
             pred = predict_segmentation(probe, val.dense, size, device=ctx.device)
             if seed == 0:
                 shown["pred"] = pred[:EXAMPLES]
