@@ -13,8 +13,8 @@ Kernels (all on ``[B*N, C, H*W]`` maps, pixels contiguous):
 - ``_backward_query``: per block of query pixels, recomputes every tap's weight ``p`` from the
   log-sum-exp, its ``dp = dout . v`` (looping over value chunks) and ``ds = p (dp - delta)``; writes
   ``dq`` and the ``[B*N, k*k, H*W]`` maps of ``p`` and ``ds``.
-- ``_backward_key`` / ``_backward_value``: per block of KEY pixels, gather from the queries that see each
-  key (``i = j - offset``) ``dk = scale sum ds q`` and ``dv = sum p dout``. Gathering instead of scattering
+- ``_backward_gather`` (twice): per block of KEY pixels, gather from the queries that see each key
+  (``i = j - offset``) ``dk = scale sum ds q`` and ``dv = sum p dout``. Gathering instead of scattering
   needs no atomics, so gradients are deterministic.
 
 Every tap's gradient is filled: ``dbias[n, o]`` is the sum of the ``ds`` map of tap ``o`` (FeatUp's CUDA
@@ -68,6 +68,38 @@ def _pow2(x: int, least: int = 16) -> int:
 if triton is not None:
 
     @triton.jit
+    def _load(ptr, bn, width, hw, cols, ncols, pix, pix_ok):
+        """``[pixels, cols]`` float32 of a ``[B*N, width, H*W]`` map (zero where masked)."""
+        mask = pix_ok[:, None] & (cols < ncols)[None, :]
+        return tl.load(ptr + bn * width * hw + cols[None, :] * hw + pix[:, None], mask=mask, other=0.0).to(tl.float32)
+
+    @triton.jit
+    def _store(ptr, bn, width, hw, cols, ncols, pix, pix_ok, value):
+        mask = pix_ok[:, None] & (cols < ncols)[None, :]
+        tl.store(ptr + bn * width * hw + cols[None, :] * hw + pix[:, None], value, mask=mask)
+
+    @triton.jit
+    def _pixels(H, W, BLOCK_P: tl.constexpr):
+        """This program's block of pixels: flat index, in-map mask, row, column."""
+        p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
+        return p, p < H * W, p // W, p % W
+
+    @triton.jit
+    def _moved(y, x, pix_ok, H, W, dy, dx):
+        """The pixel at ``(y + dy, x + dx)``: flat index and whether it is inside the map."""
+        yy, xx = y + dy, x + dx
+        return yy * W + xx, pix_ok & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
+
+    @triton.jit
+    def _logits(q, k_ptr, bias_ptr, bn, N, D, hw, d, j, ok, o, KS: tl.constexpr, HAS_BIAS: tl.constexpr):
+        """The scaled ``q . k[j]`` (+ ``bias[head, o]``) of tap ``o``, and the keys read."""
+        key = _load(k_ptr, bn, D, hw, d, D, j, ok)
+        s = tl.sum(q * key, axis=1)
+        if HAS_BIAS:
+            s += tl.load(bias_ptr + (bn % N) * KS * KS + o)
+        return s, key
+
+    @triton.jit
     def _forward(
         q_ptr, k_ptr, v_ptr, bias_ptr, out_ptr, lse_ptr,
         N, H, W, D, DV, scale,
@@ -76,27 +108,17 @@ if triton is not None:
     ):  # fmt: skip
         bn = tl.program_id(0).to(tl.int64)
         hw = H * W
-        p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
-        p_in = p < hw
-        y, x = p // W, p % W
+        p, p_in, y, x = _pixels(H, W, BLOCK_P)
         d = tl.arange(0, BLOCK_D)
         c = tl.program_id(2) * BLOCK_DV + tl.arange(0, BLOCK_DV)
-        qk_mask = p_in[:, None] & (d < D)[None, :]
-        q = tl.load(q_ptr + bn * D * hw + d[None, :] * hw + p[:, None], mask=qk_mask, other=0.0).to(tl.float32)
-        q = q * scale
+        q = _load(q_ptr, bn, D, hw, d, D, p, p_in) * scale
         m = tl.full([BLOCK_P], float("-inf"), tl.float32)
         den = tl.zeros([BLOCK_P], tl.float32)
         acc = tl.zeros([BLOCK_P, BLOCK_DV], tl.float32)
         for t in tl.static_range(KS * KS):
             o = (t + (KS * KS) // 2) % (KS * KS)  # the centre first: always inside the map
-            yy = y + (o // KS - KS // 2)
-            xx = x + (o % KS - KS // 2)
-            ok = p_in & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
-            j = yy * W + xx
-            key = tl.load(k_ptr + bn * D * hw + d[None, :] * hw + j[:, None], mask=ok[:, None] & qk_mask, other=0.0)
-            s = tl.sum(q * key.to(tl.float32), axis=1)
-            if HAS_BIAS:
-                s += tl.load(bias_ptr + (bn % N) * KS * KS + o)
+            j, ok = _moved(y, x, p_in, H, W, o // KS - KS // 2, o % KS - KS // 2)
+            s, _ = _logits(q, k_ptr, bias_ptr, bn, N, D, hw, d, j, ok, o, KS, HAS_BIAS)
             if t == 0:
                 s = tl.where(p_in, s, 0.0)
             else:
@@ -105,12 +127,9 @@ if triton is not None:
             decay = tl.exp(m - m_new)
             w = tl.exp(s - m_new)
             den = den * decay + w
-            val_mask = ok[:, None] & (c < DV)[None, :]
-            val = tl.load(v_ptr + bn * DV * hw + c[None, :] * hw + j[:, None], mask=val_mask, other=0.0)
-            acc = acc * decay[:, None] + w[:, None] * val.to(tl.float32)
+            acc = acc * decay[:, None] + w[:, None] * _load(v_ptr, bn, DV, hw, c, DV, j, ok)
             m = m_new
-        out_mask = p_in[:, None] & (c < DV)[None, :]
-        tl.store(out_ptr + bn * DV * hw + c[None, :] * hw + p[:, None], acc / den[:, None], mask=out_mask)
+        _store(out_ptr, bn, DV, hw, c, DV, p, p_in, acc / den[:, None])
         if tl.program_id(2) == 0:
             tl.store(lse_ptr + bn * hw + p, m + tl.log(den), mask=p_in)
 
@@ -123,87 +142,45 @@ if triton is not None:
     ):  # fmt: skip
         bn = tl.program_id(0).to(tl.int64)
         hw = H * W
-        p = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
-        p_in = p < hw
-        y, x = p // W, p % W
+        p, p_in, y, x = _pixels(H, W, BLOCK_P)
         d = tl.arange(0, BLOCK_D)
-        qk_mask = p_in[:, None] & (d < D)[None, :]
-        q = tl.load(q_ptr + bn * D * hw + d[None, :] * hw + p[:, None], mask=qk_mask, other=0.0).to(tl.float32)
-        q = q * scale
+        q = _load(q_ptr, bn, D, hw, d, D, p, p_in) * scale
         lse = tl.load(lse_ptr + bn * hw + p, mask=p_in, other=0.0)
         delta = tl.load(delta_ptr + bn * hw + p, mask=p_in, other=0.0)
         dq = tl.zeros([BLOCK_P, BLOCK_D], tl.float32)
         for o in tl.static_range(KS * KS):
-            yy = y + (o // KS - KS // 2)
-            xx = x + (o % KS - KS // 2)
-            ok = p_in & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
-            j = yy * W + xx
-            key = tl.load(k_ptr + bn * D * hw + d[None, :] * hw + j[:, None], mask=ok[:, None] & qk_mask, other=0.0)
-            key = key.to(tl.float32)
-            s = tl.sum(q * key, axis=1)
-            if HAS_BIAS:
-                s += tl.load(bias_ptr + (bn % N) * KS * KS + o)
+            j, ok = _moved(y, x, p_in, H, W, o // KS - KS // 2, o % KS - KS // 2)
+            s, key = _logits(q, k_ptr, bias_ptr, bn, N, D, hw, d, j, ok, o, KS, HAS_BIAS)
             w = tl.where(ok, tl.exp(s - lse), 0.0)
             dp = tl.zeros([BLOCK_P], tl.float32)
             for c0 in range(0, DV, BLOCK_DV):
                 c = c0 + tl.arange(0, BLOCK_DV)
-                cm = (c < DV)[None, :]
-                g = tl.load(dout_ptr + bn * DV * hw + c[None, :] * hw + p[:, None], mask=p_in[:, None] & cm, other=0.0)
-                val = tl.load(v_ptr + bn * DV * hw + c[None, :] * hw + j[:, None], mask=ok[:, None] & cm, other=0.0)
-                dp += tl.sum(g * val.to(tl.float32), axis=1)
+                dp += tl.sum(
+                    _load(dout_ptr, bn, DV, hw, c, DV, p, p_in) * _load(v_ptr, bn, DV, hw, c, DV, j, ok), axis=1
+                )
             ds = w * (dp - delta)
             tl.store(p_ptr + (bn * KS * KS + o) * hw + p, w, mask=p_in)
             tl.store(ds_ptr + (bn * KS * KS + o) * hw + p, ds, mask=p_in)
             dq += ds[:, None] * key
-        tl.store(dq_ptr + bn * D * hw + d[None, :] * hw + p[:, None], dq * scale, mask=qk_mask)
+        _store(dq_ptr, bn, D, hw, d, D, p, p_in, dq * scale)
 
     @triton.jit
-    def _backward_key(
-        q_ptr, ds_ptr, dk_ptr, H, W, D, scale,
-        KS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
+    def _backward_gather(
+        tap_ptr, src_ptr, dst_ptr, H, W, C, scale,
+        KS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
     ):  # fmt: skip
+        """``dst[j] = scale * sum_o tap[o, j - o] * src[j - o]`` per block of KEY pixels ``j``: ``dk`` from
+        ``ds`` and the queries, ``dv`` from ``p`` and ``dout`` (the queries that see key ``j`` at tap ``o``)."""
         bn = tl.program_id(0).to(tl.int64)
         hw = H * W
-        j = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
-        j_in = j < hw
-        y, x = j // W, j % W
-        d = tl.arange(0, BLOCK_D)
-        dk = tl.zeros([BLOCK_P, BLOCK_D], tl.float32)
+        j, j_in, y, x = _pixels(H, W, BLOCK_P)
+        c = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+        acc = tl.zeros([BLOCK_P, BLOCK_C], tl.float32)
         for o in tl.static_range(KS * KS):
-            yy = y - (o // KS - KS // 2)  # the query that sees key j at offset o
-            xx = x - (o % KS - KS // 2)
-            ok = j_in & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
-            i = yy * W + xx
-            ds = tl.load(ds_ptr + (bn * KS * KS + o) * hw + i, mask=ok, other=0.0)
-            qm = ok[:, None] & (d < D)[None, :]
-            q = tl.load(q_ptr + bn * D * hw + d[None, :] * hw + i[:, None], mask=qm, other=0.0)
-            dk += ds[:, None] * q.to(tl.float32)
-        dk_mask = j_in[:, None] & (d < D)[None, :]
-        tl.store(dk_ptr + bn * D * hw + d[None, :] * hw + j[:, None], dk * scale, mask=dk_mask)
-
-    @triton.jit
-    def _backward_value(
-        p_ptr, dout_ptr, dv_ptr, H, W, DV,
-        KS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_DV: tl.constexpr,
-    ):  # fmt: skip
-        bn = tl.program_id(0).to(tl.int64)
-        hw = H * W
-        j = tl.program_id(1) * BLOCK_P + tl.arange(0, BLOCK_P)
-        j_in = j < hw
-        y, x = j // W, j % W
-        c = tl.program_id(2) * BLOCK_DV + tl.arange(0, BLOCK_DV)
-        dv = tl.zeros([BLOCK_P, BLOCK_DV], tl.float32)
-        for o in tl.static_range(KS * KS):
-            yy = y - (o // KS - KS // 2)
-            xx = x - (o % KS - KS // 2)
-            ok = j_in & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
-            i = yy * W + xx
-            w = tl.load(p_ptr + (bn * KS * KS + o) * hw + i, mask=ok, other=0.0)
-            gm = ok[:, None] & (c < DV)[None, :]
-            g = tl.load(dout_ptr + bn * DV * hw + c[None, :] * hw + i[:, None], mask=gm, other=0.0)
-            dv += w[:, None] * g
-        dv_mask = j_in[:, None] & (c < DV)[None, :]
-        tl.store(dv_ptr + bn * DV * hw + c[None, :] * hw + j[:, None], dv, mask=dv_mask)
+            i, ok = _moved(y, x, j_in, H, W, KS // 2 - o // KS, KS // 2 - o % KS)
+            tap = tl.load(tap_ptr + (bn * KS * KS + o) * hw + i, mask=ok, other=0.0)
+            acc += tap[:, None] * _load(src_ptr, bn, C, hw, c, C, i, ok)
+        _store(dst_ptr, bn, C, hw, c, C, j, j_in, acc * scale)
 
 
 def _blocks(d: int, dv: int) -> tuple[int, int]:
@@ -248,9 +225,11 @@ class _NeighborhoodAttentionTriton(torch.autograd.Function):
             q, k, v, bias32, lse, delta, dout, dq, taps[0], taps[1], n, h, w, d, dv_width, float(scale),
             KS=ks, HAS_BIAS=bias is not None, BLOCK_P=BLOCK_P, BLOCK_D=block_d, BLOCK_DV=block_dv,
         )  # fmt: skip
-        _backward_key[(b * n, rows)](q, taps[1], dk, h, w, d, float(scale), KS=ks, BLOCK_P=BLOCK_P, BLOCK_D=block_d)
-        _backward_value[(b * n, rows, triton.cdiv(dv_width, block_dv))](
-            taps[0], dout, dv, h, w, dv_width, KS=ks, BLOCK_P=BLOCK_P, BLOCK_DV=block_dv
+        _backward_gather[(b * n, rows, 1)](
+            taps[1], q, dk, h, w, d, float(scale), KS=ks, BLOCK_P=BLOCK_P, BLOCK_C=block_d
+        )
+        _backward_gather[(b * n, rows, triton.cdiv(dv_width, block_dv))](
+            taps[0], dout, dv, h, w, dv_width, 1.0, KS=ks, BLOCK_P=BLOCK_P, BLOCK_C=block_dv
         )
         dbias = None
         if bias is not None and ctx.needs_input_grad[3]:

@@ -263,20 +263,35 @@ def run_upsample(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_train(args: argparse.Namespace) -> int:
-    from radiosharp.bench.train import bench_train
+def _run_on_recipe(
+    args: argparse.Namespace, checks: list[tuple[bool, str]], measure: Callable[[Any], dict[str, Any]]
+) -> dict[str, Any] | None:
+    """The recipe of ``args`` measured by ``measure``; None (after one error line) when a check fails or
+    the recipe is bad."""
     from radiosharp.recipe import RecipeError, load_recipe
 
     try:
-        if args.steps < 1 or args.warmup < 0 or args.stats_images < 2:
-            raise ValueError(
-                f"need --steps >= 1, --warmup >= 0 and --stats-images >= 2, got {args.steps}, "
-                f"{args.warmup}, {args.stats_images}"
-            )
-        recipe = load_recipe(args.recipe, args.overrides)
-        report = bench_train(recipe, args.steps, args.warmup, args.stats_images)
+        for bad, message in checks:
+            if bad:
+                raise ValueError(message)
+        return measure(load_recipe(args.recipe, args.overrides))
     except (RecipeError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
+        return None
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from radiosharp.bench.train import bench_train
+
+    checks = [
+        (
+            args.steps < 1 or args.warmup < 0 or args.stats_images < 2,
+            f"need --steps >= 1, --warmup >= 0 and --stats-images >= 2, got {args.steps}, {args.warmup}, "
+            f"{args.stats_images}",
+        )
+    ]
+    report = _run_on_recipe(args, checks, lambda r: bench_train(r, args.steps, args.warmup, args.stats_images))
+    if report is None:
         return 2
     _emit(report, args.json, train_tables(report))
     return 0
@@ -284,20 +299,22 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_profile(args: argparse.Namespace) -> int:
     from radiosharp.bench.profile import profile_table, profile_training
-    from radiosharp.recipe import RecipeError, load_recipe
 
-    try:
-        if args.steps < 1 or args.warmup < 0 or args.top < 1 or args.stats_images < 2:
-            raise ValueError(
-                f"need --steps >= 1, --warmup >= 0, --top >= 1 and --stats-images >= 2, got {args.steps}, "
-                f"{args.warmup}, {args.top}, {args.stats_images}"
-            )
-        if args.trace is not None and Path(args.trace).is_dir():
-            raise ValueError(f"--trace {args.trace} is a folder; give a file path, e.g. {args.trace}/trace.json")
-        recipe = load_recipe(args.recipe, args.overrides)
-        report = profile_training(recipe, args.steps, args.warmup, args.top, args.trace, args.stats_images)
-    except (RecipeError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    checks = [
+        (
+            args.steps < 1 or args.warmup < 0 or args.top < 1 or args.stats_images < 2,
+            f"need --steps >= 1, --warmup >= 0, --top >= 1 and --stats-images >= 2, got {args.steps}, "
+            f"{args.warmup}, {args.top}, {args.stats_images}",
+        ),
+        (
+            args.trace is not None and Path(args.trace).is_dir(),
+            f"--trace {args.trace} is a folder; give a file path, e.g. {args.trace}/trace.json",
+        ),
+    ]
+    report = _run_on_recipe(
+        args, checks, lambda r: profile_training(r, args.steps, args.warmup, args.top, args.trace, args.stats_images)
+    )
+    if report is None:
         return 2
     _emit(report, args.json, profile_table(report))
     return 0
@@ -310,10 +327,7 @@ def run_attention(args: argparse.Namespace) -> int:
 
     known = TINY_SHAPES if args.tiny else SHAPES
     try:
-        names = args.shapes or list(known)
-        bad = [n for n in names if n not in known]
-        if bad:
-            raise ValueError(f"unknown --shapes {bad}; choose from {', '.join(known)}")
+        names = cli_memory.pick_shapes(args.shapes, known)
         backends = args.backends or list(BACKENDS)
         bad = [b for b in backends if b not in kernel_backends or b == "auto"]
         if bad:

@@ -45,6 +45,15 @@ def add_parsers(sub: Any) -> None:
     ds.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH")
 
 
+def pick_shapes(requested: list[str] | None, known: dict[str, Any]) -> list[str]:
+    """The ``--shapes`` asked for (default: every known one); ValueError naming the choices otherwise."""
+    names = requested or list(known)
+    bad = [n for n in names if n not in known]
+    if bad:
+        raise ValueError(f"unknown --shapes {bad}; choose from {', '.join(known)}")
+    return names
+
+
 def _threads(args: argparse.Namespace) -> None:
     if args.threads is not None:
         if args.threads < 1:
@@ -86,10 +95,7 @@ def run_downsample(args: argparse.Namespace, emit: Emit, progress: Callable[[str
 
     known = TINY_SHAPES if args.tiny else SHAPES
     try:
-        names = args.shapes or list(known)
-        bad = [n for n in names if n not in known]
-        if bad:
-            raise ValueError(f"unknown --shapes {bad}; choose from {', '.join(known)}")
+        names = pick_shapes(args.shapes, known)
         if args.repeats < 1 or args.warmup < 0:
             raise ValueError(f"need --repeats >= 1 and --warmup >= 0, got {args.repeats}, {args.warmup}")
         _threads(args)
