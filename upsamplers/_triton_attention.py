@@ -71,12 +71,14 @@ if triton is not None:
     def _load(ptr, bn, width, hw, cols, ncols, pix, pix_ok):
         """``[pixels, cols]`` float32 of a ``[B*N, width, H*W]`` map (zero where masked)."""
         mask = pix_ok[:, None] & (cols < ncols)[None, :]
-        return tl.load(ptr + bn * width * hw + cols[None, :] * hw + pix[:, None], mask=mask, other=0.0).to(tl.float32)
+        return tl.load(ptr + bn * width * hw + cols[None, :].to(tl.int64) * hw + pix[:, None], mask=mask, other=0.0).to(
+            tl.float32
+        )
 
     @triton.jit
     def _store(ptr, bn, width, hw, cols, ncols, pix, pix_ok, value):
         mask = pix_ok[:, None] & (cols < ncols)[None, :]
-        tl.store(ptr + bn * width * hw + cols[None, :] * hw + pix[:, None], value, mask=mask)
+        tl.store(ptr + bn * width * hw + cols[None, :].to(tl.int64) * hw + pix[:, None], value, mask=mask)
 
     @triton.jit
     def _pixels(H, W, BLOCK_P: tl.constexpr):
