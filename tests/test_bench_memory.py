@@ -50,13 +50,16 @@ def test_bench_downsample_times_both_window_methods_with_equal_outputs(tmp_path)
 
 def test_memory_checks_say_disagrees_when_a_row_is_off():
     row = {"status": "ok", "method": "featup", "factor": 4, "max_rel_diff": 1e-7, "bounded_working_mib": 100.0}
+    row["peak_ratio"] = 0.5
     report = {"teacher": "sam", "budget_mb": 512.0, "rows": [row]}
-    assert [holds for _, holds, _ in bounded_checks({"reports": [report]})] == [True, True]
-    report["rows"] = [{**row, "max_rel_diff": 1e-3, "bounded_working_mib": 600.0}]
+    assert [holds for _, holds, _ in bounded_checks({"reports": [report]})] == [True, True, True]
+    report["rows"] = [{**row, "max_rel_diff": 1e-3, "bounded_working_mib": 600.0, "peak_ratio": 1.8}]
     checks = bounded_checks({"reports": [report]})
-    assert [holds for _, holds, _ in checks] == [False, False] and "over: featup 4x" in checks[1][2]
+    assert [holds for _, holds, _ in checks] == [False, False, False] and "over: featup 4x" in checks[2][2]
+    assert "higher: featup 4x" in checks[1][2]
     down = {"shape": "s", "phase": "fwd+bwd", "method": "auto", "time_vs_taps": 1.3, "max_abs_diff": 0.0}
-    assert [holds for _, holds, _ in downsample_checks({"report": {"rows": [down]}})] == [False]
+    down["peak_vs_taps"] = 2.0
+    assert [holds for _, holds, _ in downsample_checks({"report": {"rows": [down]}})] == [False, False]
 
 
 def test_quick_bounded_and_downsample_sections_write_their_tables(tmp_path):

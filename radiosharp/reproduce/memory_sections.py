@@ -54,6 +54,14 @@ def bounded_checks(data: dict[str, Any]) -> list[tuple[str, bool | None, str]]:
         )
         measured = [r for r in rows if r["bounded_working_mib"] is not None]
         if measured:
+            higher = [f"{r['method']} {r['factor']}x" for r in measured if r["peak_ratio"] > 1.0]
+            out.append(
+                (
+                    f"{report['teacher']}: no bounded call holds more memory at its peak than the unbounded one",
+                    not higher,
+                    f"higher: {', '.join(higher)}" if higher else "",
+                )
+            )
             over = [f"{r['method']} {r['factor']}x" for r in measured if r["bounded_working_mib"] > report["budget_mb"]]
             worst = max(measured, key=lambda r: r["bounded_working_mib"])
             out.append(
@@ -96,4 +104,12 @@ def downsample_checks(data: dict[str, Any]) -> list[tuple[str, bool | None, str]
                 f"{row['time_vs_taps']:.2f}x the loop's time, outputs differ by {row['max_abs_diff']:.1e}",
             )
         )
+        if row["peak_vs_taps"] is not None:
+            out.append(
+                (
+                    f"one unfold holds no more memory than the tap loop, fwd+bwd, {row['shape']}",
+                    row["peak_vs_taps"] <= 1.0,
+                    f"{row['peak_vs_taps']:.2f}x the loop's peak",
+                )
+            )
     return out
