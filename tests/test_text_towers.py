@@ -145,20 +145,11 @@ def test_siglip_open_clip_text_tower_reads_the_text_keys(tmp_path):
 
 
 def tiny_siglip_model():
+    """A whole transformers ``SiglipModel`` with the tiny ``siglip-hf`` towers' configs (its own seeded weights)."""
     from transformers import SiglipConfig, SiglipModel
 
-    text = dict(
-        vocab_size=49408,
-        hidden_size=32,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        max_position_embeddings=16,
-        projection_size=48,
-    )
-    vision = dict(
-        hidden_size=48, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4, image_size=112, patch_size=14
-    )
+    towers = tiny("siglip-hf", text=True)
+    text, vision = towers.text_tower.encoder.config.to_dict(), towers.model.config.to_dict()
     torch.manual_seed(0)
     return SiglipModel(SiglipConfig(text_config=text, vision_config=vision)).eval()
 

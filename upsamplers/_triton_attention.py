@@ -93,6 +93,16 @@ if triton is not None:
         return yy * W + xx, pix_ok & (yy >= 0) & (yy < H) & (xx >= 0) & (xx < W)
 
     @triton.jit
+    def _queries(q_ptr, H, W, D, scale, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr):
+        """This program's map ``bn``, ``hw = H * W``, its block of pixels (:func:`_pixels`), the key
+        channels ``d`` and the scaled ``[pixels, D]`` queries: ``bn, hw, p, p_in, y, x, d, q``."""
+        bn = tl.program_id(0).to(tl.int64)
+        hw = H * W
+        p, p_in, y, x = _pixels(H, W, BLOCK_P)
+        d = tl.arange(0, BLOCK_D)
+        return bn, hw, p, p_in, y, x, d, _load(q_ptr, bn, D, hw, d, D, p, p_in) * scale
+
+    @triton.jit
     def _logits(q, k_ptr, bias_ptr, bn, N, D, hw, d, j, ok, o, KS: tl.constexpr, HAS_BIAS: tl.constexpr):
         """The scaled ``q . k[j]`` (+ ``bias[head, o]``) of tap ``o``, and the keys read."""
         key = _load(k_ptr, bn, D, hw, d, D, j, ok)
@@ -108,12 +118,8 @@ if triton is not None:
         KS: tl.constexpr, HAS_BIAS: tl.constexpr,
         BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     ):  # fmt: skip
-        bn = tl.program_id(0).to(tl.int64)
-        hw = H * W
-        p, p_in, y, x = _pixels(H, W, BLOCK_P)
-        d = tl.arange(0, BLOCK_D)
+        bn, hw, p, p_in, y, x, d, q = _queries(q_ptr, H, W, D, scale, BLOCK_P, BLOCK_D)
         c = tl.program_id(2) * BLOCK_DV + tl.arange(0, BLOCK_DV)
-        q = _load(q_ptr, bn, D, hw, d, D, p, p_in) * scale
         m = tl.full([BLOCK_P], float("-inf"), tl.float32)
         den = tl.zeros([BLOCK_P], tl.float32)
         acc = tl.zeros([BLOCK_P, BLOCK_DV], tl.float32)
@@ -142,11 +148,7 @@ if triton is not None:
         KS: tl.constexpr, HAS_BIAS: tl.constexpr,
         BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     ):  # fmt: skip
-        bn = tl.program_id(0).to(tl.int64)
-        hw = H * W
-        p, p_in, y, x = _pixels(H, W, BLOCK_P)
-        d = tl.arange(0, BLOCK_D)
-        q = _load(q_ptr, bn, D, hw, d, D, p, p_in) * scale
+        bn, hw, p, p_in, y, x, d, q = _queries(q_ptr, H, W, D, scale, BLOCK_P, BLOCK_D)
         lse = tl.load(lse_ptr + bn * hw + p, mask=p_in, other=0.0)
         delta = tl.load(delta_ptr + bn * hw + p, mask=p_in, other=0.0)
         dq = tl.zeros([BLOCK_P, BLOCK_D], tl.float32)

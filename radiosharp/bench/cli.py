@@ -210,7 +210,16 @@ def run_upsample(args: argparse.Namespace) -> int:
     except (VizError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    progress = _progress(args)
+    # the measurement settings both tables share
+    measure: dict[str, Any] = {
+        "factors": factors,
+        "methods": methods,
+        "batch": args.batch,
+        "warmup": args.warmup,
+        "repeats": repeats,
+        "precision": args.precision,
+        "progress": _progress(args),
+    }
     if naf:
         from radiosharp.bench.upsampler_cost import plot_upsampler_cost, upsampler_cost_teacher_markdown
 
@@ -221,16 +230,10 @@ def run_upsample(args: argparse.Namespace) -> int:
             reports.append(
                 bench_upsampler_cost(
                     teacher,
-                    factors,
-                    methods,
-                    args.batch,
-                    args.warmup,
-                    repeats,
-                    args.precision,
                     grid=side,
                     query_chunk=args.query_chunk,
-                    progress=progress,
                     teacher_max_factor=args.teacher_max_factor if args.teacher_max_factor is not None else 0,
+                    **measure,
                 )
             )
             teacher.to("cpu")
@@ -247,18 +250,7 @@ def run_upsample(args: argparse.Namespace) -> int:
         _emit(combined, args.json, "\n\n".join(texts))
         return 0
     teacher = teachers[0].to(device)
-    report = bench_upsample(
-        teacher,
-        factors,
-        methods,
-        args.batch,
-        args.warmup,
-        repeats,
-        args.views,
-        not args.no_train,
-        args.precision,
-        progress=progress,
-    )
+    report = bench_upsample(teacher, views=args.views, train=not args.no_train, **measure)
     _emit(report, args.json, upsample_tables(report))
     return 0
 
