@@ -17,6 +17,9 @@ builder was called with, defaults filled in (its bound signature), minus the
 ``structural`` arguments the system passes itself (an upsampler's ``factor``, ``dim``
 and ``patch_size``). An export stores that config to rebuild the module; the builder
 itself never hand-keeps the list.
+
+A builder parameter annotated with an option-group dataclass (:mod:`radiosharp.option_groups`)
+is registered as that group's fields: options several builders share are declared once.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ import inspect
 import pkgutil
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
+
+from radiosharp.option_groups import expand_option_groups
 
 Builder = TypeVar("Builder", bound=Callable[..., Any])
 
@@ -62,9 +67,10 @@ class Registry:
 
     def register(self, name: str) -> Callable[[Builder], Builder]:
         def decorator(builder: Builder) -> Builder:
-            entry = self._recording(name, builder) if self.records else builder
+            expanded: Callable[..., Any] = expand_option_groups(builder)
+            entry = self._recording(name, expanded) if self.records else expanded
             known = self._entries.get(name)
-            if known is not None and getattr(known, "__wrapped__", known) is not builder:
+            if known is not None and inspect.unwrap(known) is not inspect.unwrap(builder):
                 raise ValueError(f"{self.kind} '{name}' is registered twice")
             self._entries[name] = entry
             return entry  # type: ignore[return-value]
@@ -155,14 +161,18 @@ def _numeric_options(builder: Callable[..., Any], params: dict[str, inspect.Para
     """``{option: "an integer" | "a number"}`` for the builder's options typed int or float.
 
     The type is the annotation when it is ``int`` / ``float`` (or either or None), else
-    the type of a numeric default; options typed otherwise are not checked here. An
+    the type of a numeric default (a class builder's types are its ``__init__``'s); options typed
+    otherwise are not checked here. An
     integer option takes only an integer (``3.5`` is refused), a number option either.
     """
     import types
     import typing
 
+    # the annotated callable: an option-group builder's flat signature, else a class builder's __init__
+    owner: Any = inspect.unwrap(builder, stop=lambda f: "__signature__" in getattr(f, "__dict__", {}))
+    target = owner.__init__ if isinstance(owner, type) else owner  # type: ignore[misc]
     try:
-        hints = typing.get_type_hints(builder)
+        hints = typing.get_type_hints(target)
     except Exception:  # an annotation that does not resolve: fall back to the defaults
         hints = {}
     out: dict[str, str] = {}

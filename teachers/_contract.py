@@ -11,8 +11,9 @@ without the weights; its features teach nothing.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +26,38 @@ SIZES = ("tiny", "real", "random")
 
 
 # ----------------------------------------------------------------------------- options
+
+
+@dataclass(frozen=True)
+class WeightOptions:
+    """The options every teacher builder takes (an option group, :mod:`radiosharp.option_groups`).
+
+    ``size``: ``real``, ``tiny`` or ``random`` (module docstring); ``weights``: a local
+    state-dict file; ``native_size``: the input side the teacher runs at by default (the
+    family's default for ``size`` when None); ``seed``: the random weights of ``tiny`` /
+    ``random``. A builder's docstring says what each means for its family.
+    """
+
+    size: Literal["tiny", "real", "random"] = "real"
+    weights: str | None = None
+    native_size: int | None = None
+    seed: int = 0
+
+    def check(self, family: str) -> None:
+        """``size`` is one of :data:`SIZES`, and ``size: random`` takes no weights."""
+        check_size(family, self.size, self.weights)
+
+    def weights_and_native(self, family: str, natives: tuple[int, int], patch_size: int) -> tuple[Path | None, int]:
+        """The checked weights file and the native size (:func:`weights_and_native`)."""
+        return weights_and_native(family, self.size, self.weights, self.native_size, natives, patch_size)
+
+
+@dataclass(frozen=True)
+class HubWeightOptions(WeightOptions):
+    """:class:`WeightOptions` and ``cache_dir``: the Hugging Face cache real weights are read
+    from (default HF_HUB_CACHE)."""
+
+    cache_dir: str | None = None
 
 
 class TeacherRequest(NamedTuple):

@@ -12,7 +12,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Literal, NamedTuple
 
-from teachers._contract import SIZES, FrozenTeacher, check_choice, weights_and_native
+from radiosharp.option_groups import expand_option_groups
+from teachers._contract import SIZES, FrozenTeacher, HubWeightOptions, check_choice
 from teachers._timm import build_timm_dino_teacher
 
 SOURCES = ("timm", "hf")
@@ -37,31 +38,24 @@ def dino_builder(family: DinoFamily, doc: str, module: str) -> Callable[..., Fro
     function of the family's ``module`` (so it pickles and prints as one)."""
 
     def build(
-        size: Literal["tiny", "real", "random"] = "real",
-        source: Literal["timm", "hf"] = "timm",
-        model: str | None = None,
-        weights: str | None = None,
-        native_size: int | None = None,
-        cache_dir: str | None = None,
-        seed: int = 0,
-        layer: int = -1,
+        common: HubWeightOptions, source: Literal["timm", "hf"] = "timm", model: str | None = None, layer: int = -1
     ) -> FrozenTeacher:
-        name = family.name
+        name, size = family.name, common.size
         check_choice(name, "size", size, SIZES)
         check_choice(name, "source", source, SOURCES)
         model = model or family.default_models[source]
-        family.check_random(size, weights, source, model)
-        natives = (family.tiny_native, family.real_native)
-        weights_path, native = weights_and_native(name, size, weights, native_size, natives, family.patch)
+        family.check_random(size, common.weights, source, model)
+        weights_path, native = common.weights_and_native(name, (family.tiny_native, family.real_native), family.patch)
         teacher: FrozenTeacher
         if source == "timm":
+            pattern, tiny = family.timm_pattern, family.timm_tiny
             teacher = build_timm_dino_teacher(
-                name, family.timm_pattern, family.timm_tiny, size, model, weights_path, native, cache_dir, seed, layer
+                name, pattern, tiny, size, model, weights_path, native, common.cache_dir, common.seed, layer
             )
         else:
-            teacher = family.build_hf(size, model, weights_path, native, cache_dir, seed, layer)
+            teacher = family.build_hf(size, model, weights_path, native, common.cache_dir, common.seed, layer)
         return teacher.freeze()
 
     build.__name__ = build.__qualname__ = f"build_{family.name}"
     build.__doc__, build.__module__ = doc, module
-    return build
+    return expand_option_groups(build)

@@ -9,10 +9,11 @@ here once, so the registry reads and records the same explicit options for both 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 from radiosharp.contracts import CLIP_MEAN, CLIP_STD
-from teachers._contract import TeacherRequest, check_text_layer
+from radiosharp.option_groups import expand_option_groups
+from teachers._contract import HubWeightOptions, TeacherRequest, check_text_layer
 from teachers._open_clip import OpenClipViTTeacher, build_open_clip_teacher, build_open_clip_text_only
 from teachers._text import TextTower, text_tower_builder
 
@@ -38,20 +39,26 @@ def open_clip_builders(
     """
 
     def build(
-        size: Literal["tiny", "real", "random"] = "real",
+        common: HubWeightOptions,
         model: str = default_model,
         pretrained: str | None = default_pretrained,
-        weights: str | None = None,
-        native_size: int | None = None,
-        cache_dir: str | None = None,
-        seed: int = 0,
         text: bool = False,
         layer: int = -1,
     ) -> OpenClipViTTeacher:
         check_text_layer(family, text, layer)
         if check_model is not None:
-            check_model(model, cache_dir)
-        request = TeacherRequest(size, model, pretrained, weights, native_size, cache_dir, seed, text, layer)
+            check_model(model, common.cache_dir)
+        request = TeacherRequest(
+            common.size,
+            model,
+            pretrained,
+            common.weights,
+            common.native_size,
+            common.cache_dir,
+            common.seed,
+            text,
+            layer,
+        )
         return build_open_clip_teacher(family, request, CLIP_MEAN, CLIP_STD)
 
     def build_text_tower(**options: Any) -> TextTower:
@@ -62,6 +69,7 @@ def open_clip_builders(
     build.__name__ = build.__qualname__ = name
     build.__doc__ = doc
     build.__module__ = build_text_tower.__module__ = module
+    build = expand_option_groups(build)
     build_text_tower.__name__ = build_text_tower.__qualname__ = f"{name}_text_tower"
     build_text_tower.__doc__ = (
         f"Only the text tower of ``{name}(**same options, text=True)`` (no vision tower built).\n\n"

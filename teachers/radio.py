@@ -37,7 +37,15 @@ from torch import nn
 
 from radiosharp.contracts import TeacherOutput
 from radiosharp.registry import STUDENTS, TEACHERS
-from teachers._contract import FINAL_LAYER, SIZES, FrozenTeacher, check_choice, check_layer, resolve_native_size
+from teachers._contract import (
+    FINAL_LAYER,
+    SIZES,
+    FrozenTeacher,
+    WeightOptions,
+    check_choice,
+    check_layer,
+    resolve_native_size,
+)
 from teachers._hub import missing_weights
 
 FAMILY = "radio"
@@ -177,14 +185,11 @@ def _run_student(run: str) -> nn.Module:
 
 @TEACHERS.register(FAMILY)
 def build_radio_teacher(
-    size: Literal["tiny", "real", "random"] = "real",
+    common: WeightOptions,
     source: Literal["hub", "run"] = "hub",
     model: str = DEFAULT_VERSION,
     repo: str = DEFAULT_REPO,
-    weights: str | None = None,
     adaptor: str | None = None,
-    native_size: int | None = None,
-    seed: int = 0,
     layer: int = -1,
 ) -> FrozenTeacher:
     """RADIO (``teachers.<key>.family: radio``) as a frozen teacher.
@@ -203,13 +208,14 @@ def build_radio_teacher(
       the option), after the backbone's final norm (RADIO's ``forward_intermediates(norm=True)``);
       an intermediate layer gives no summary and takes no adaptor.
     """
+    size, weights, native_size = common.size, common.weights, common.native_size
     check_choice(FAMILY, "size", size, SIZES)
     check_choice(FAMILY, "source", source, SOURCES)
     if size == "random":
         raise ValueError(f"{FAMILY}: size=random is not available (the architecture is in the checkpoint); use tiny")
     _check_adaptor_layer(adaptor, layer)
     if size == "tiny" or source == "run":
-        student = _tiny_student(seed) if size == "tiny" else _run_student(model)
+        student = _tiny_student(common.seed) if size == "tiny" else _run_student(model)
         default = TINY_NATIVE if size == "tiny" else RUN_NATIVE
         native = resolve_native_size(FAMILY, native_size, default, int(student.patch_size))
         return StudentRadioTeacher(student.float(), native, adaptor, layer).freeze()

@@ -13,7 +13,7 @@ windows; the global layers resize their relative-position tables themselves).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
@@ -22,12 +22,11 @@ from radiosharp.contracts import IMAGENET_MEAN, IMAGENET_STD, TeacherOutput, see
 from radiosharp.registry import TEACHERS
 from teachers._contract import (
     FrozenTeacher,
+    HubWeightOptions,
     check_choice,
     check_layer,
-    check_size,
     jitter_zero_tables,
     resize_pos_grid,
-    weights_and_native,
 )
 from teachers._transformers import hf_from_pretrained, hf_vision_config
 from teachers._weights import load_weights_file
@@ -101,15 +100,7 @@ class SamTeacher(FrozenTeacher):
 
 
 @TEACHERS.register(FAMILY)
-def build_sam(
-    size: Literal["tiny", "real", "random"] = "real",
-    model: str = DEFAULT_MODEL,
-    weights: str | None = None,
-    native_size: int | None = None,
-    cache_dir: str | None = None,
-    seed: int = 0,
-    layer: int = -1,
-) -> SamTeacher:
+def build_sam(common: HubWeightOptions, model: str = DEFAULT_MODEL, layer: int = -1) -> SamTeacher:
     """SAM's image encoder through transformers ``SamVisionModel``.
 
     - ``size``: ``real``, ``tiny`` (a ``SamVisionModel`` of width 40, 2 blocks, 2 heads,
@@ -127,26 +118,26 @@ def build_sam(
     """
     from transformers import SamVisionConfig, SamVisionModel
 
-    check_size(FAMILY, size, weights)
-    if size == "random":
+    common.check(FAMILY)
+    if common.size == "random":
         check_choice(FAMILY, "model (with size=random)", model, list(RANDOM_CONFIGS))
-    weights_path, native = weights_and_native(FAMILY, size, weights, native_size, (TINY_NATIVE, REAL_NATIVE), PATCH)
-    if size in ("tiny", "random"):
-        if size == "tiny":
+    weights_path, native = common.weights_and_native(FAMILY, (TINY_NATIVE, REAL_NATIVE), PATCH)
+    if common.size in ("tiny", "random"):
+        if common.size == "tiny":
             config = SamVisionConfig(**TINY_CONFIG, image_size=native, patch_size=PATCH)
         else:
             config = SamVisionConfig(
                 **RANDOM_CONFIGS[model], image_size=REAL_NATIVE, patch_size=PATCH, initializer_range=0.02
             )
-        with seeded(seed):
+        with seeded(common.seed):
             net = SamVisionModel(config)
             jitter_zero_tables(net, ("pos_embed", "rel_pos_h", "rel_pos_w"))
     else:
-        config = hf_vision_config(FAMILY, model, cache_dir, HF_MODEL_TYPES)
+        config = hf_vision_config(FAMILY, model, common.cache_dir, HF_MODEL_TYPES)
         net = (
             SamVisionModel(config)
             if weights_path is not None
-            else hf_from_pretrained(FAMILY, SamVisionModel, model, cache_dir)
+            else hf_from_pretrained(FAMILY, SamVisionModel, model, common.cache_dir)
         )
     if weights_path is not None:
         load_weights_file(net.vision_encoder, weights_path, FAMILY, prefixes=WEIGHT_PREFIXES)

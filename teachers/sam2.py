@@ -22,14 +22,14 @@ or a local ``weights:`` file in transformers layout.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
 from radiosharp.contracts import IMAGENET_MEAN, IMAGENET_STD, TeacherOutput, seeded
 from radiosharp.registry import TEACHERS
-from teachers._contract import FrozenTeacher, check_choice, check_size, jitter_zero_tables, weights_and_native
+from teachers._contract import FrozenTeacher, HubWeightOptions, check_choice, jitter_zero_tables
 from teachers._hub import fetch_hub_file, missing_weights
 from teachers._transformers import hf_vision_config
 from teachers._weights import load_weights_file
@@ -132,14 +132,7 @@ def _checkpoint(model: str, cache_dir: str | None) -> Path:
 
 
 @TEACHERS.register(FAMILY)
-def build_sam2(
-    size: Literal["tiny", "real", "random"] = "real",
-    model: str = DEFAULT_MODEL,
-    weights: str | None = None,
-    native_size: int | None = None,
-    cache_dir: str | None = None,
-    seed: int = 0,
-) -> Sam2Teacher:
+def build_sam2(common: HubWeightOptions, model: str = DEFAULT_MODEL) -> Sam2Teacher:
     """SAM 2's Hiera image encoder (``teachers.<key>.family: sam2``) through transformers.
 
     - ``size``: ``real``, ``tiny`` (a Hiera of widths 8-64 over 4 stages of 1, 1, 2, 1
@@ -155,12 +148,12 @@ def build_sam2(
     """
     from transformers import Sam2VisionModel
 
-    check_size(FAMILY, size, weights)
-    weights_path, native = weights_and_native(FAMILY, size, weights, native_size, (TINY_NATIVE, REAL_NATIVE), 32)
-    config = _config(size, model, native, cache_dir)
-    if size == "real" and weights_path is None:  # the checkpoint before the (slow) build
-        weights_path = _checkpoint(model, cache_dir)
-    with seeded(seed):  # the weights of size: tiny / random; real ones are loaded over them
+    common.check(FAMILY)
+    weights_path, native = common.weights_and_native(FAMILY, (TINY_NATIVE, REAL_NATIVE), 32)
+    config = _config(common.size, model, native, common.cache_dir)
+    if common.size == "real" and weights_path is None:  # the checkpoint before the (slow) build
+        weights_path = _checkpoint(model, common.cache_dir)
+    with seeded(common.seed):  # the weights of size: tiny / random; real ones are loaded over them
         net = Sam2VisionModel(config)
         jitter_zero_tables(net, ("pos_embed", "pos_embed_window"))
     if weights_path is not None:

@@ -29,6 +29,7 @@ from radiosharp.registry import TEACHERS
 from teachers._contract import (
     SIZES,
     FrozenTeacher,
+    HubWeightOptions,
     TeacherRequest,
     check_choice,
     check_random_size,
@@ -260,14 +261,10 @@ def _resolve(
 
 @TEACHERS.register(FAMILY)
 def build_siglip(
-    size: Literal["tiny", "real", "random"] = "real",
+    common: HubWeightOptions,
     source: Literal["open_clip", "hf"] = "open_clip",
     model: str | None = None,
     pretrained: str | None = None,
-    weights: str | None = None,
-    native_size: int | None = None,
-    cache_dir: str | None = None,
-    seed: int = 0,
     text: bool = False,
     layer: int = -1,
 ) -> FrozenTeacher:
@@ -296,10 +293,13 @@ def build_siglip(
       intermediate layer gives no summary (the MAP head reads the last block) and takes
       no text tower.
     """
+    size, weights = common.size, common.weights
     model, pretrained, weights_path = _resolve(size, source, model, pretrained, weights)
     check_random_size(FAMILY, size, weights, text, source, ("open_clip",))
     check_text_layer(FAMILY, text, layer)
-    request = TeacherRequest(size, model, pretrained, weights_path, native_size, cache_dir, seed, text, layer)
+    request = TeacherRequest(
+        size, model, pretrained, weights_path, common.native_size, common.cache_dir, common.seed, text, layer
+    )
     if source == "open_clip":
         teacher = _build_open_clip(request)
     else:

@@ -23,12 +23,12 @@ branches to both.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
 from radiosharp.registry import TEACHERS
-from teachers._contract import check_choice, check_size, weights_and_native
+from teachers._contract import HubWeightOptions, check_choice
 from teachers._transformers import HFAttentionPoolTeacher, hf_pretrained_or_seeded, hf_vision_config
 from teachers._weights import load_weights_file
 
@@ -109,15 +109,7 @@ def _config(size: str, model: str, cache_dir: str | None) -> Any:
 
 
 @TEACHERS.register(FAMILY)
-def build_siglip2(
-    size: Literal["tiny", "real", "random"] = "real",
-    model: str = DEFAULT_MODEL,
-    weights: str | None = None,
-    native_size: int | None = None,
-    cache_dir: str | None = None,
-    seed: int = 0,
-    layer: int = -1,
-) -> Siglip2Teacher:
+def build_siglip2(common: HubWeightOptions, model: str = DEFAULT_MODEL, layer: int = -1) -> Siglip2Teacher:
     """SigLIP 2 NaFlex (``teachers.<key>.family: siglip2``), any aspect ratio.
 
     - ``size``: ``real``, ``tiny`` (a ``Siglip2VisionModel`` of width 48, 2 blocks, 4 heads,
@@ -136,10 +128,12 @@ def build_siglip2(
     """
     from transformers import Siglip2VisionModel
 
-    check_size(FAMILY, size, weights)
-    weights_path, native = weights_and_native(FAMILY, size, weights, native_size, (TINY_NATIVE, REAL_NATIVE), PATCH)
-    config = _config(size, model, cache_dir)
-    net = hf_pretrained_or_seeded(FAMILY, Siglip2VisionModel, model, config, size, weights_path, cache_dir, seed)
+    common.check(FAMILY)
+    weights_path, native = common.weights_and_native(FAMILY, (TINY_NATIVE, REAL_NATIVE), PATCH)
+    config = _config(common.size, model, common.cache_dir)
+    net = hf_pretrained_or_seeded(
+        FAMILY, Siglip2VisionModel, model, config, common.size, weights_path, common.cache_dir, common.seed
+    )
     if weights_path is not None:
         load_weights_file(net, weights_path, FAMILY, prefixes=WEIGHT_PREFIXES)
     return Siglip2Teacher(net.float(), native, layer).freeze()

@@ -26,7 +26,7 @@ from torch import nn
 
 from radiosharp.contracts import seeded
 from radiosharp.registry import TEACHERS
-from teachers._contract import SIZES, check_choice, check_random_size, resolve_native_size
+from teachers._contract import HubWeightOptions, check_choice, resolve_native_size
 from teachers._timm import TimmViTTeacher, check_timm_name, create_timm_vit, load_timm_checkpoint, timm_checkpoint
 from teachers._weights import check_weights_path
 
@@ -50,12 +50,8 @@ def _summary_kind(trunk: nn.Module, summary: str) -> str | None:
 
 @TEACHERS.register(FAMILY)
 def build_timm_teacher(
-    size: Literal["tiny", "real", "random"] = "real",
+    common: HubWeightOptions,
     model: str = DEFAULT_MODEL,
-    weights: str | None = None,
-    native_size: int | None = None,
-    cache_dir: str | None = None,
-    seed: int = 0,
     summary: Literal["auto", "cls", "head", "none"] = "auto",
     layer: int = -1,
 ) -> TimmViTTeacher:
@@ -74,13 +70,12 @@ def build_timm_teacher(
     - ``layer``: the block whose patch tokens are the features (``-1``: the last, as without
       the option), after the final norm; an intermediate layer gives no summary.
     """
-    check_choice(FAMILY, "size", size, SIZES)
+    common.check(FAMILY)
     check_choice(FAMILY, "summary", summary, ("auto", "cls", "head", "none"))
-    check_random_size(FAMILY, size, weights)
     check_timm_name(FAMILY, model, "vit_*")
-    weights_path = check_weights_path(FAMILY, weights)
-    path = timm_checkpoint(FAMILY, size, model, weights_path, cache_dir)
-    with seeded(seed):  # the weights of size: tiny / random; real ones are loaded over them
+    weights_path = check_weights_path(FAMILY, common.weights)
+    path = timm_checkpoint(FAMILY, common.size, model, weights_path, common.cache_dir)
+    with seeded(common.seed):  # the weights of size: tiny / random; real ones are loaded over them
         try:
             probe = create_timm_vit(model, **TINY)  # patch size and structure, cheaply
         except TypeError as err:  # a CNN or hybrid: no ViT dims / dynamic_img_size
@@ -92,9 +87,10 @@ def build_timm_teacher(
             )
         patch = int(probe.patch_embed.patch_size[0])
         cfg_side = int(probe.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
-        default = TINY_GRID * patch if size == "tiny" else max(patch, cfg_side // patch * patch)
-        native = resolve_native_size(FAMILY, native_size, default, patch)
-        trunk = create_timm_vit(model, img_size=native, **TINY) if size == "tiny" else create_timm_vit(model)
+        tiny = common.size == "tiny"
+        default = TINY_GRID * patch if tiny else max(patch, cfg_side // patch * patch)
+        native = resolve_native_size(FAMILY, common.native_size, default, patch)
+        trunk = create_timm_vit(model, img_size=native, **TINY) if tiny else create_timm_vit(model)
     load_timm_checkpoint(trunk, path, FAMILY, WEIGHT_PREFIXES)
     cfg = trunk.pretrained_cfg
     kind = _summary_kind(trunk, summary)

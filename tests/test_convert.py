@@ -31,7 +31,7 @@ from radiosharp.convert import (
     save_converted,
 )
 from radiosharp.convert.__main__ import main as convert_main
-from upsamplers.jbu import BORDERS, JBUStack, JointBilateralUpsampler, joint_bilateral_filter
+from upsamplers.jbu import BORDERS, JBUOptions, JBUStack, JointBilateralUpsampler, joint_bilateral_filter
 
 D64 = torch.float64
 REPO = Path(__file__).resolve().parents[1]
@@ -147,8 +147,8 @@ def test_fixup_adds_featups_modules_and_is_the_filter_when_they_are_zero():
 
 def test_ascending_factor_order_runs_the_smallest_prime_first():
     assert [s.factor for s in JBUStack(6).stages] == [3, 2]
-    assert [s.factor for s in JBUStack(6, factor_order="ascending").stages] == [2, 3]
-    assert [s.factor for s in JBUStack(12, factor_order="ascending").stages] == [2, 2, 3]
+    assert [s.factor for s in JBUStack(6, JBUOptions(factor_order="ascending")).stages] == [2, 3]
+    assert [s.factor for s in JBUStack(12, JBUOptions(factor_order="ascending")).stages] == [2, 2, 3]
     torch.manual_seed(4)
     desc = featup(6)
     asc = featup(6, factor_order="ascending")

@@ -1,6 +1,7 @@
 """Attention pieces the attention-based upsamplers (jafar, loftup) share: 2-D rotary position
 embedding, query-chunked cross-attention (peak memory bounded at any output size), head-averaged
-attention over shared values, and the small image encoder and norms around them.
+attention over shared values, the small image encoder and norms around them, and the options both
+take (:class:`AttentionOptions`, an option group: :mod:`radiosharp.option_groups`).
 
 Both run their arithmetic in float32 and return the input dtype, so a bf16 model works
 (JAFAR's upstream RoPE fails in bf16).
@@ -8,11 +9,14 @@ Both run their arithmetic in float32 and return the input dtype, so a bf16 model
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from radiosharp.contracts import IMAGENET_MEAN, IMAGENET_STD
+from upsamplers._base import Upsampler
 
 DEFAULT_QUERY_CHUNK = 4096  # queries per attention call: [chunk x keys] logits per head at most
 
@@ -107,18 +111,54 @@ def image_encoder(dim: int, depth: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def check_attention_options(
-    name: str, dim: int, qk_dim: int, num_heads: int, query_chunk: int | None, head_multiple: int = 4
-) -> None:
-    """One-line errors for the options every global-attention upsampler takes: the feature width
-    ``dim``, a ``qk_dim`` that splits into ``num_heads`` heads of a multiple of ``head_multiple``
-    channels (2-D RoPE needs 4), and ``query_chunk``."""
-    if dim < 1:
-        raise ValueError(f"{name}: dim must be >= 1 (the teacher's feature width), got {dim}")
-    if num_heads < 1 or qk_dim < 1 or qk_dim % (head_multiple * num_heads):
-        raise ValueError(
-            f"{name}: qk_dim={qk_dim} must be a positive multiple of "
-            f"{head_multiple}*num_heads={head_multiple * num_heads}"
-        )
-    if query_chunk is not None and query_chunk < 1:
-        raise ValueError(f"{name}: query_chunk must be >= 1 or None, got {query_chunk}")
+@dataclass(frozen=True)
+class AttentionOptions:
+    """What every global-attention upsampler takes: the query/key width ``qk_dim``, split into
+    ``num_heads`` heads, and ``query_chunk``, the most queries one attention call scores (None:
+    all at once)."""
+
+    qk_dim: int = 64
+    num_heads: int = 4
+    query_chunk: int | None = DEFAULT_QUERY_CHUNK
+
+    def check(self, name: str, dim: int, head_multiple: int = 4) -> None:
+        """One-line errors naming upsampler ``name``: the feature width ``dim`` must be >= 1, and
+        ``qk_dim`` must split into heads of a multiple of ``head_multiple`` channels (2-D RoPE needs 4)."""
+        heads, qk_dim, chunk = self.num_heads, self.qk_dim, self.query_chunk
+        if dim < 1:
+            raise ValueError(f"{name}: dim must be >= 1 (the teacher's feature width), got {dim}")
+        if heads < 1 or qk_dim < 1 or qk_dim % (head_multiple * heads):
+            raise ValueError(
+                f"{name}: qk_dim={qk_dim} must be a positive multiple of "
+                f"{head_multiple}*num_heads={head_multiple * heads}"
+            )
+        if chunk is not None and chunk < 1:
+            raise ValueError(f"{name}: query_chunk must be >= 1 or None, got {chunk}")
+
+
+class GlobalAttentionUpsampler(Upsampler):
+    """Base of the global-attention upsamplers (jafar, loftup): every output pixel is a mean over heads
+    of softmax-weighted sums of all low-res features, the values never projected (:meth:`attend`).
+
+    ``head_multiple``: the channels per head must be a multiple of it (4 when the heads take 2-D RoPE).
+    """
+
+    trainable = True
+
+    def __init__(
+        self, name: str, factor: int, dim: int, patch_size: int, attention: AttentionOptions, head_multiple: int = 4
+    ) -> None:
+        attention.check(name, dim, head_multiple)
+        super().__init__(factor, dim, patch_size)
+        self.qk_dim, self.num_heads, self.query_chunk = attention.qk_dim, attention.num_heads, attention.query_chunk
+
+    def attend(self, q: Tensor, k: Tensor, lowres: Tensor, out_size: tuple[int, int]) -> Tensor:
+        """``[B,C,*out_size]`` in ``lowres``'s dtype: the head-averaged attention of the query tokens
+        ``q`` over the key tokens ``k`` (``[B,heads,N,d]``), the values ``lowres``'s pixels."""
+        b, c = lowres.shape[:2]
+        values = lowres.flatten(2).transpose(1, 2)  # [B, h*w, C]
+        out = head_averaged_attention(q, k, values, self.query_chunk)  # [B, oh*ow, C] float32
+        return out.transpose(1, 2).reshape(b, c, *out_size).to(lowres.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, qk_dim={self.qk_dim}, num_heads={self.num_heads}"

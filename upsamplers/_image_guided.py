@@ -1,8 +1,11 @@
 """Pieces the image-guided neighbourhood-attention upsamplers (naf, anyup) share: the two-branch
 image encoder, value heads that interleave channels (a channel's filter depends on its index only,
-for any width), RoPE per head and the Gaussian prior over window offsets."""
+for any width), RoPE per head, the Gaussian prior over window offsets, and the options they share
+(:class:`WindowOptions`, an option group: :mod:`radiosharp.option_groups`)."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +15,35 @@ from radiosharp.images import resize
 from upsamplers._attention import ImageNormalize, grid_positions, rope_2d
 from upsamplers._base import Featurize, Upsampler
 from upsamplers._kernels import neighborhood_attention, window_offsets
+
+
+@dataclass(frozen=True)
+class WindowOptions:
+    """What every image-guided window upsampler takes: the window side ``kernel_size`` (odd), the
+    image encoding's width ``encoder_dim`` (a multiple of 4 per head, for the RoPE), ``num_heads``,
+    ``encoder_blocks`` residual blocks per branch, the RoPE base ``rope_base`` and ``image_scale``
+    (the encoder runs on the image resized to that many times the output grid)."""
+
+    kernel_size: int = 9
+    encoder_dim: int = 64
+    num_heads: int = 4
+    encoder_blocks: int = 2
+    rope_base: float = 100.0
+    image_scale: int = 1
+
+    def check(self, name: str) -> None:
+        """One-line errors naming upsampler ``name`` and the option that is out of range."""
+        if self.kernel_size < 1 or self.kernel_size % 2 == 0:
+            raise ValueError(f"{name}: kernel_size must be odd (e.g. 5, 7, 9), got {self.kernel_size}")
+        if self.num_heads < 1 or self.encoder_dim < 1 or self.encoder_dim % (4 * self.num_heads):
+            raise ValueError(
+                f"{name}: encoder_dim={self.encoder_dim} must be a positive multiple of 4 * "
+                f"num_heads={self.num_heads} (each head's RoPE needs a multiple of 4 channels)"
+            )
+        if self.encoder_blocks < 0 or self.image_scale < 1:
+            raise ValueError(
+                f"{name}: need encoder_blocks >= 0 and image_scale >= 1, got {self.encoder_blocks}, {self.image_scale}"
+            )
 
 
 def group_count(channels: int, most: int = 8) -> int:
@@ -97,33 +129,12 @@ class ImageGuidedWindowUpsampler(Upsampler):
 
     trainable = True
 
-    def __init__(
-        self,
-        name: str,
-        factor: int,
-        patch_size: int,
-        kernel_size: int,
-        encoder_dim: int,
-        num_heads: int,
-        encoder_blocks: int,
-        rope_base: float,
-        image_scale: int,
-    ) -> None:
+    def __init__(self, name: str, factor: int, patch_size: int, window: WindowOptions) -> None:
         super().__init__(factor, 0, patch_size)
-        if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"{name}: kernel_size must be odd (e.g. 5, 7, 9), got {kernel_size}")
-        if num_heads < 1 or encoder_dim < 1 or encoder_dim % (4 * num_heads):
-            raise ValueError(
-                f"{name}: encoder_dim={encoder_dim} must be a positive multiple of 4 * num_heads={num_heads} "
-                "(each head's RoPE needs a multiple of 4 channels)"
-            )
-        if encoder_blocks < 0 or image_scale < 1:
-            raise ValueError(
-                f"{name}: need encoder_blocks >= 0 and image_scale >= 1, got {encoder_blocks}, {image_scale}"
-            )
-        self.kernel_size, self.num_heads = kernel_size, num_heads
-        self.rope_base, self.image_scale = float(rope_base), image_scale
-        self.position_bias = nn.Parameter(gaussian_offset_bias(num_heads, kernel_size, float(factor)))
+        window.check(name)
+        self.kernel_size, self.num_heads = window.kernel_size, window.num_heads
+        self.rope_base, self.image_scale = float(window.rope_base), window.image_scale
+        self.position_bias = nn.Parameter(gaussian_offset_bias(window.num_heads, window.kernel_size, float(factor)))
 
     def attention_inputs(self, images: Tensor, lowres: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
         """Rotated queries and keys ``[B,heads,D/heads,H,W]`` on the output grid ``size``."""

@@ -46,7 +46,14 @@ from torch import Tensor, nn
 
 from radiosharp.registry import UPSAMPLERS
 from upsamplers._base import resize
-from upsamplers._image_guided import ConvBlock, ImageEncoder, ImageGuidedWindowUpsampler, conv_branch, rotary_heads
+from upsamplers._image_guided import (
+    ConvBlock,
+    ImageEncoder,
+    ImageGuidedWindowUpsampler,
+    WindowOptions,
+    conv_branch,
+    rotary_heads,
+)
 
 
 class FeatureUnification(nn.Module):
@@ -80,17 +87,11 @@ class AnyUpUpsampler(ImageGuidedWindowUpsampler):
         factor: int = 2,
         dim: int = 0,
         patch_size: int = 14,
-        kernel_size: int = 9,
-        encoder_dim: int = 64,
+        window: WindowOptions = WindowOptions(),
         basis_size: int = 32,
-        num_heads: int = 4,
-        encoder_blocks: int = 2,
-        rope_base: float = 100.0,
-        image_scale: int = 1,
     ) -> None:
-        super().__init__(
-            "anyup", factor, patch_size, kernel_size, encoder_dim, num_heads, encoder_blocks, rope_base, image_scale
-        )  # dim: feature-agnostic, any width passes
+        super().__init__("anyup", factor, patch_size, window)  # dim: feature-agnostic, any width passes
+        encoder_dim, encoder_blocks = window.encoder_dim, window.encoder_blocks
         self.image_encoder = ImageEncoder(encoder_dim, encoder_blocks)
         self.query_encoder = conv_branch(encoder_dim, encoder_dim, 1, 1)
         self.key_encoder = conv_branch(encoder_dim, encoder_dim, 1, 1)

@@ -31,44 +31,38 @@ from torch import Tensor, nn
 from radiosharp.images import resize
 from radiosharp.registry import UPSAMPLERS
 from upsamplers._attention import (
-    DEFAULT_QUERY_CHUNK,
+    AttentionOptions,
     ChannelNorm,
+    GlobalAttentionUpsampler,
     ImageNormalize,
-    check_attention_options,
     grid_positions,
-    head_averaged_attention,
     image_encoder,
     rope_2d,
     to_tokens,
 )
-from upsamplers._base import Featurize, Upsampler
+from upsamplers._base import Featurize
 
 
-class JafarUpsampler(Upsampler):
+class JafarUpsampler(GlobalAttentionUpsampler):
     """The JAFAR attention upsampler (see the module docstring)."""
-
-    trainable = True
 
     def __init__(
         self,
         factor: int = 2,
         dim: int = 0,
         patch_size: int = 14,
-        qk_dim: int = 64,
-        num_heads: int = 4,
+        attention: AttentionOptions = AttentionOptions(),
         encoder_depth: int = 3,
         encoder_scale: int = 1,
         rope_base: float = 100.0,
-        query_chunk: int | None = DEFAULT_QUERY_CHUNK,
     ) -> None:
-        check_attention_options("jafar", dim, qk_dim, num_heads, query_chunk)
         if encoder_depth < 1 or encoder_scale < 1:
             raise ValueError(
                 f"jafar: encoder_depth and encoder_scale must be >= 1, got {encoder_depth}, {encoder_scale}"
             )
-        super().__init__(factor, dim, patch_size)
-        self.num_heads, self.qk_dim = num_heads, qk_dim
-        self.encoder_scale, self.rope_base, self.query_chunk = encoder_scale, rope_base, query_chunk
+        super().__init__("jafar", factor, dim, patch_size, attention)
+        qk_dim = attention.qk_dim
+        self.encoder_scale, self.rope_base = encoder_scale, rope_base
         self.normalize = ImageNormalize()
         self.encoder = image_encoder(qk_dim, encoder_depth)
         self.query_norm = ChannelNorm(qk_dim)
@@ -90,7 +84,7 @@ class JafarUpsampler(Upsampler):
         self, images: Tensor, lowres: Tensor, featurize: Featurize, tile_features: Tensor | None = None
     ) -> Tensor:
         self.check_inputs(images, lowres)
-        (b, c, h, w), (oh, ow) = lowres.shape, self.output_size(lowres)
+        (h, w), (oh, ow) = lowres.shape[-2:], self.output_size(lowres)
         encoded = self.encode(images, (oh, ow))
         queries = self.query_proj(self.query_norm(resize(encoded, (oh, ow))))
         feats = self.feature_norm(lowres.to(encoded.dtype))
@@ -98,12 +92,7 @@ class JafarUpsampler(Upsampler):
         keys = self.key_proj(self.key_norm(keys))
         q = rope_2d(to_tokens(queries, self.num_heads), grid_positions(oh, ow, lowres.device), self.rope_base)
         k = rope_2d(to_tokens(keys, self.num_heads), grid_positions(h, w, lowres.device), self.rope_base)
-        values = lowres.flatten(2).transpose(1, 2)  # [B, h*w, C]
-        out = head_averaged_attention(q, k, values, self.query_chunk)  # [B, oh*ow, C] float32
-        return out.transpose(1, 2).reshape(b, c, oh, ow).to(lowres.dtype)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, qk_dim={self.qk_dim}, num_heads={self.num_heads}"
+        return self.attend(q, k, lowres, (oh, ow))
 
 
 # the class is the builder (one signature); the registry records its options as build_config

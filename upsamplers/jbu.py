@@ -47,6 +47,8 @@ weights of each pixel are materialized, as in FeatUp.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
@@ -61,6 +63,31 @@ PRE_UPSAMPLE = ("bilinear", "bicubic")
 BORDERS = ("mask", "reflect")
 FACTOR_ORDERS = ("descending", "ascending")
 FIXUP_SCALE = 0.1  # FeatUp's weight on both fixup terms
+
+
+@dataclass(frozen=True)
+class JBUOptions:
+    """The options of a JBU stack (an option group, :mod:`radiosharp.option_groups`): each stage's
+    window side ``kernel_size`` (odd) and range-key width ``key_dim``, and ``pre_upsample`` /
+    ``fixup`` / ``border`` / ``factor_order``, which restore the reference codes' choices (module
+    docstring): FeatUp = bicubic, true, reflect; NVlabs FeatSharp = reflect, ascending."""
+
+    kernel_size: int = 7
+    key_dim: int = 32
+    pre_upsample: str = "bilinear"
+    fixup: bool = False
+    border: str = "mask"
+    factor_order: str = "descending"
+
+    def check(self) -> None:
+        """One-line errors for an option out of range (before any stage is built)."""
+        if self.key_dim < 1:
+            raise ValueError(f"featup: key_dim must be >= 1, got {self.key_dim}")
+        check_choice("pre_upsample", self.pre_upsample, PRE_UPSAMPLE)
+        check_choice("border", self.border, BORDERS)
+        check_choice("factor_order", self.factor_order, FACTOR_ORDERS)
+        if not isinstance(self.fixup, bool):
+            raise ValueError(f"featup: fixup must be true or false; got {self.fixup!r}")
 
 
 def check_choice(option: str, value: object, valid: tuple[str, ...]) -> str:
@@ -226,18 +253,11 @@ class JointBilateralUpsampler(nn.Module):
             )
             weights = weights + FIXUP_SCALE * self.fixup_proj(torch.cat([weights, guidance], dim=1))
             return apply_window_weights(upsampled, weights, self.kernel_size, self.border)
-        if self.border == "mask":
-            return joint_bilateral_filter(
-                upsampled,
-                keys * self.range_temperature,
-                keys,
-                self.spatial_logits(),
-                self.kernel_size,
-                self.attention_backend,
-            )
-        # reflect: filter the reflect-padded maps; inside the crop no window leaves the padded map,
-        # so the kernel's masking never acts there
-        keys, upsampled = _pad(keys, r, "reflect"), _pad(upsampled, r, "reflect")
+        reflect = self.border == "reflect"
+        if reflect:
+            # filter the reflect-padded maps, then crop; inside the crop no window leaves the padded
+            # map, so the kernel's masking never acts there
+            keys, upsampled = _pad(keys, r, "reflect"), _pad(upsampled, r, "reflect")
         out = joint_bilateral_filter(
             upsampled,
             keys * self.range_temperature,
@@ -246,7 +266,7 @@ class JointBilateralUpsampler(nn.Module):
             self.kernel_size,
             self.attention_backend,
         )
-        return out[..., r : r + size[0], r : r + size[1]]
+        return out[..., r : r + size[0], r : r + size[1]] if reflect else out
 
     def extra_repr(self) -> str:
         extra = "" if self.pre_upsample == "bilinear" else f", pre_upsample={self.pre_upsample}"
@@ -255,33 +275,25 @@ class JointBilateralUpsampler(nn.Module):
 
 
 class JBUStack(nn.Module):
-    """One :class:`JointBilateralUpsampler` per prime factor of ``factor`` (``factor_order``), then FeatUp's
-    final residual when ``fixup`` (which needs the feature width ``dim``)."""
+    """One :class:`JointBilateralUpsampler` per prime factor of ``factor`` (``options.factor_order``), then
+    FeatUp's final residual when ``options.fixup`` (which needs the feature width ``dim``)."""
 
-    def __init__(
-        self,
-        factor: int,
-        kernel_size: int = 7,
-        key_dim: int = 32,
-        pre_upsample: str = "bilinear",
-        fixup: bool = False,
-        border: str = "mask",
-        factor_order: str = "descending",
-        dim: int = 0,
-    ) -> None:
+    def __init__(self, factor: int, options: JBUOptions = JBUOptions(), dim: int = 0) -> None:
         super().__init__()
+        options.check()
         self.factor = factor
-        self.factor_order = check_choice("factor_order", factor_order, FACTOR_ORDERS)
-        if fixup and dim < 1:
+        self.factor_order = options.factor_order
+        if options.fixup and dim < 1:
             raise ValueError(
                 "featup: fixup=true needs the feature width dim >= 1 (its final 1x1 residual is dim x dim)"
             )
+        stage = dict(pre_upsample=options.pre_upsample, fixup=options.fixup, border=options.border)
         self.stages = nn.ModuleList(
-            JointBilateralUpsampler(f, kernel_size, key_dim, pre_upsample=pre_upsample, fixup=fixup, border=border)
-            for f in stage_factors(factor, factor_order)
+            JointBilateralUpsampler(f, options.kernel_size, options.key_dim, **stage)
+            for f in stage_factors(factor, options.factor_order)
         )
         # FeatUp's layout (Dropout2d, Conv2d): the conv is `fixup_proj.1`
-        self.fixup_proj = nn.Sequential(nn.Dropout2d(0.2), nn.Conv2d(dim, dim, 1)) if fixup else None
+        self.fixup_proj = nn.Sequential(nn.Dropout2d(0.2), nn.Conv2d(dim, dim, 1)) if options.fixup else None
         self.checkpoint_activations = False  # checkpoint_activations option: see FeatUpUpsampler
 
     def forward(self, features: Tensor, images: Tensor) -> Tensor:
@@ -297,7 +309,9 @@ class JBUStack(nn.Module):
 
 
 class FeatUpUpsampler(Upsampler):
-    """The JBU stack behind the upsampler interface (the ``featup`` registry entry).
+    """FeatUp's JBU stack behind the upsampler interface (the ``featup`` registry entry): the
+    :class:`JBUOptions` (FeatUp = ``pre_upsample: bicubic``, ``fixup: true``, ``border: reflect``;
+    NVlabs FeatSharp = ``border: reflect``, ``factor_order: ascending``).
 
     ``checkpoint_activations``: under autograd each stage runs under ``torch.utils.checkpoint``
     (its activations are recomputed in backward; the same loss and gradients, less memory).
@@ -307,20 +321,18 @@ class FeatUpUpsampler(Upsampler):
 
     def __init__(
         self,
-        factor: int,
-        dim: int,
-        patch_size: int,
-        kernel_size: int = 7,
-        key_dim: int = 32,
-        pre_upsample: str = "bilinear",
-        fixup: bool = False,
-        border: str = "mask",
-        factor_order: str = "descending",
+        factor: int = 2,
+        dim: int = 0,
+        patch_size: int = 14,
+        jbu: JBUOptions = JBUOptions(),
         checkpoint_activations: bool = False,
     ) -> None:
+        jbu.check()
+        if not isinstance(checkpoint_activations, bool):
+            raise ValueError(f"featup: checkpoint_activations must be true or false; got {checkpoint_activations!r}")
         super().__init__(factor, dim, patch_size)
-        self.jbu = JBUStack(factor, kernel_size, key_dim, pre_upsample, fixup, border, factor_order, dim)
-        self.jbu.checkpoint_activations = bool(checkpoint_activations)
+        self.jbu = JBUStack(factor, jbu, dim)
+        self.jbu.checkpoint_activations = checkpoint_activations
 
     def forward(
         self, images: Tensor, lowres: Tensor, featurize: Featurize, tile_features: Tensor | None = None
@@ -329,30 +341,5 @@ class FeatUpUpsampler(Upsampler):
         return self.jbu(lowres, images)
 
 
-@UPSAMPLERS.register("featup")
-def build_featup(
-    factor: int = 2,
-    dim: int = 0,
-    patch_size: int = 14,
-    kernel_size: int = 7,
-    key_dim: int = 32,
-    pre_upsample: str = "bilinear",
-    fixup: bool = False,
-    border: str = "mask",
-    factor_order: str = "descending",
-    checkpoint_activations: bool = False,
-) -> FeatUpUpsampler:
-    """FeatUp's JBU stack; ``pre_upsample``/``fixup``/``border``/``factor_order`` restore the reference
-    codes' choices (module docstring): FeatUp = bicubic, true, reflect; NVlabs FeatSharp = reflect, ascending."""
-    if key_dim < 1:
-        raise ValueError(f"featup: key_dim must be >= 1, got {key_dim}")
-    check_choice("pre_upsample", pre_upsample, PRE_UPSAMPLE)
-    check_choice("border", border, BORDERS)
-    check_choice("factor_order", factor_order, FACTOR_ORDERS)
-    if not isinstance(fixup, bool):
-        raise ValueError(f"featup: fixup must be true or false; got {fixup!r}")
-    if not isinstance(checkpoint_activations, bool):
-        raise ValueError(f"featup: checkpoint_activations must be true or false; got {checkpoint_activations!r}")
-    return FeatUpUpsampler(
-        factor, dim, patch_size, kernel_size, key_dim, pre_upsample, fixup, border, factor_order, checkpoint_activations
-    )
+# the class is the builder (one signature); the registry records its options as build_config
+build_featup = UPSAMPLERS.register("featup")(FeatUpUpsampler)

@@ -31,15 +31,8 @@ from torch import Tensor, nn
 
 from radiosharp.images import resize
 from radiosharp.registry import UPSAMPLERS
-from upsamplers._attention import (
-    DEFAULT_QUERY_CHUNK,
-    ChannelNorm,
-    check_attention_options,
-    grid_positions,
-    head_averaged_attention,
-    to_tokens,
-)
-from upsamplers._base import Featurize, Upsampler
+from upsamplers._attention import AttentionOptions, ChannelNorm, GlobalAttentionUpsampler, grid_positions, to_tokens
+from upsamplers._base import Featurize
 
 
 def fourier_features(x: Tensor, num_freqs: int) -> Tensor:
@@ -57,26 +50,21 @@ def pixel_code(images: Tensor, size: tuple[int, int]) -> Tensor:
     return torch.cat([rgb, yx], dim=1)
 
 
-class LoftUpUpsampler(Upsampler):
+class LoftUpUpsampler(GlobalAttentionUpsampler):
     """The LoftUp coordinate cross-attention upsampler (see the module docstring)."""
-
-    trainable = True
 
     def __init__(
         self,
         factor: int = 2,
         dim: int = 0,
         patch_size: int = 14,
-        qk_dim: int = 64,
-        num_heads: int = 4,
+        attention: AttentionOptions = AttentionOptions(),
         num_freqs: int = 6,
-        query_chunk: int | None = DEFAULT_QUERY_CHUNK,
     ) -> None:
-        check_attention_options("loftup", dim, qk_dim, num_heads, query_chunk, head_multiple=1)
         if num_freqs < 0:
             raise ValueError(f"loftup: num_freqs must be >= 0, got {num_freqs}")
-        super().__init__(factor, dim, patch_size)
-        self.qk_dim, self.num_heads, self.num_freqs, self.query_chunk = qk_dim, num_heads, num_freqs, query_chunk
+        super().__init__("loftup", factor, dim, patch_size, attention, head_multiple=1)
+        qk_dim, self.num_freqs = attention.qk_dim, num_freqs
         code_dim = 5 * (1 + 2 * num_freqs)
         self.stem = nn.Sequential(
             nn.Conv2d(code_dim, qk_dim, 3, padding=1),
@@ -101,18 +89,16 @@ class LoftUpUpsampler(Upsampler):
         self, images: Tensor, lowres: Tensor, featurize: Featurize, tile_features: Tensor | None = None
     ) -> Tensor:
         self.check_inputs(images, lowres)
-        (b, c, h, w), (oh, ow) = lowres.shape, self.output_size(lowres)
+        (h, w), (oh, ow) = lowres.shape[-2:], self.output_size(lowres)
         queries = self.query_proj(self.query_norm(self.encode(images, (oh, ow))))
         lr_code = self.encode(images, (h, w))
         tokens = self.feature_proj(self.feature_norm(lowres.to(lr_code.dtype))) + lr_code
         keys = self.key_proj(self.key_norm(tokens))
-        values = lowres.flatten(2).transpose(1, 2)  # [B, h*w, C]
         q, k = to_tokens(queries, self.num_heads), to_tokens(keys, self.num_heads)
-        out = head_averaged_attention(q, k, values, self.query_chunk)  # [B, oh*ow, C] float32
-        return out.transpose(1, 2).reshape(b, c, oh, ow).to(lowres.dtype)
+        return self.attend(q, k, lowres, (oh, ow))
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, qk_dim={self.qk_dim}, num_heads={self.num_heads}, num_freqs={self.num_freqs}"
+        return f"{super().extra_repr()}, num_freqs={self.num_freqs}"
 
 
 # the class is the builder (one signature); the registry records its options as build_config

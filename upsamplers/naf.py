@@ -43,30 +43,20 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from radiosharp.registry import UPSAMPLERS
-from upsamplers._image_guided import ImageEncoder, ImageGuidedWindowUpsampler, rotary_heads
+from upsamplers._image_guided import ImageEncoder, ImageGuidedWindowUpsampler, WindowOptions, rotary_heads
 
 
 class NafUpsampler(ImageGuidedWindowUpsampler):
     """Image-guided ``k x k`` neighbourhood attention over bilinearly lifted features (module docstring)."""
 
     def __init__(
-        self,
-        factor: int = 2,
-        dim: int = 0,
-        patch_size: int = 14,
-        kernel_size: int = 9,
-        encoder_dim: int = 64,
-        num_heads: int = 4,
-        encoder_blocks: int = 2,
-        rope_base: float = 100.0,
-        image_scale: int = 1,
+        self, factor: int = 2, dim: int = 0, patch_size: int = 14, window: WindowOptions = WindowOptions()
     ) -> None:
-        super().__init__(
-            "naf", factor, patch_size, kernel_size, encoder_dim, num_heads, encoder_blocks, rope_base, image_scale
-        )  # dim: feature-agnostic, any width passes
-        self.encoder = ImageEncoder(encoder_dim, encoder_blocks)
-        self.to_q = nn.Conv2d(encoder_dim, encoder_dim, 1)
-        self.to_k = nn.Conv2d(encoder_dim, encoder_dim, 1)
+        super().__init__("naf", factor, patch_size, window)  # dim: feature-agnostic, any width passes
+        width = window.encoder_dim
+        self.encoder = ImageEncoder(width, window.encoder_blocks)
+        self.to_q = nn.Conv2d(width, width, 1)
+        self.to_k = nn.Conv2d(width, width, 1)
 
     def attention_inputs(self, images: Tensor, lowres: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
         """Rotated queries and keys ``[B,heads,D/heads,H,W]`` on the output grid, from the image only."""

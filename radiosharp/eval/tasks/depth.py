@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from radiosharp.eval.examples import EXAMPLES, write_examples
@@ -11,7 +9,7 @@ from radiosharp.eval.features import train_val_features
 from radiosharp.eval.metrics import depth_errors
 from radiosharp.eval.probes import fit_binned_depth_probe, fit_depth_probe
 from radiosharp.eval.task import EvalContext, over_seeds
-from radiosharp.eval.tasks._dense import DenseProbeTask, dense_probe_builder
+from radiosharp.eval.tasks._dense import DenseProbeTask, ProbeOptions
 from radiosharp.registry import TASKS
 
 HEADS = ("binned", "linear")
@@ -57,8 +55,7 @@ class DepthTask(DenseProbeTask):
 
 
 @TASKS.register("depth")
-@dense_probe_builder
-def build_depth(min_depth: float = 1e-3, head: str = "binned", bins: int = 256, **probe: Any) -> DepthTask:
+def build_depth(probe: ProbeOptions, min_depth: float = 1e-3, head: str = "binned", bins: int = 256) -> DepthTask:
     """Depth probe on data with ``depth`` (pixels <= ``min_depth`` or non-finite are invalid);
     ``head``: ``binned`` (``bins`` fixed bins, Probe3D) or ``linear``. The probe options
     (``steps``, ``lr``, ... ) are the dense probes' shared ones (``_dense``)."""
@@ -66,4 +63,4 @@ def build_depth(min_depth: float = 1e-3, head: str = "binned", bins: int = 256, 
         raise ValueError(f"head '{head}' is not valid; valid: {', '.join(HEADS)}")
     if bins < 2:
         raise ValueError(f"bins must be >= 2, got {bins}")
-    return DepthTask(min_depth=min_depth, head=head, bins=bins, **probe)
+    return DepthTask(probe, min_depth=min_depth, head=head, bins=bins)

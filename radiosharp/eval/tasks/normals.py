@@ -22,7 +22,7 @@ from radiosharp.eval.features import FeatureSet, describe_data, train_val_featur
 from radiosharp.eval.metrics import normal_errors
 from radiosharp.eval.probes import DenseLinearProbe, fit_dense_probe, predict_dense
 from radiosharp.eval.task import EvalContext, TaskSkipped, over_seeds
-from radiosharp.eval.tasks._dense import DenseProbeTask, dense_probe_builder
+from radiosharp.eval.tasks._dense import DenseProbeTask, ProbeOptions
 from radiosharp.registry import TASKS
 
 
@@ -156,13 +156,12 @@ class NormalsTask(DenseProbeTask):
 
 
 @TASKS.register("normals")
-@dense_probe_builder
 def build_normals(
-    focal: float | None = None, min_depth: float = 1e-3, max_jump: float = 0.01, **probe: Any
+    probe: ProbeOptions, focal: float | None = None, min_depth: float = 1e-3, max_jump: float = 0.01
 ) -> NormalsTask:
     """Linear surface-normal probe on data with ``normals`` or, failing that, ``depth``.
 
     ``focal`` (pixels; default the image width), ``min_depth`` and ``max_jump`` (the relative second
     difference of depth that marks a discontinuity) are ``normals_from_depth``'s, used only for normals derived
     from depth. The probe options (``steps``, ``lr``, ... ) are the dense probes' shared ones (``_dense``)."""
-    return NormalsTask(focal=focal, min_depth=min_depth, max_jump=max_jump, **probe)
+    return NormalsTask(probe, focal=focal, min_depth=min_depth, max_jump=max_jump)

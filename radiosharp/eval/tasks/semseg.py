@@ -13,7 +13,7 @@ from radiosharp.eval.features import FeatureSet, describe_data, train_val_featur
 from radiosharp.eval.metrics import confusion_matrix, mean_iou, small_segment_pixels
 from radiosharp.eval.probes import fit_segmentation_probe, predict_segmentation
 from radiosharp.eval.task import EvalContext, over_seeds
-from radiosharp.eval.tasks._dense import DenseProbeTask, dense_probe_builder
+from radiosharp.eval.tasks._dense import DenseProbeTask, ProbeOptions
 from radiosharp.registry import TASKS
 
 
@@ -92,10 +92,9 @@ def _max_class(*masks: torch.Tensor, ignore_index: int = 255) -> int:
 
 
 @TASKS.register("semseg")
-@dense_probe_builder
 def build_semseg(
-    num_classes: int | None = None, small_area: float = 0.01, ignore_index: int = 255, **probe: Any
+    probe: ProbeOptions, num_classes: int | None = None, small_area: float = 0.01, ignore_index: int = 255
 ) -> SemsegTask:
     """Linear segmentation probe; ``num_classes`` defaults to the data's, else max mask class + 1.
     The probe options (``steps``, ``lr``, ... ) are the dense probes' shared ones (``_dense``)."""
-    return SemsegTask(num_classes=num_classes, small_area=small_area, ignore_index=ignore_index, **probe)
+    return SemsegTask(probe, num_classes=num_classes, small_area=small_area, ignore_index=ignore_index)
