@@ -126,6 +126,7 @@ def test_the_shipped_zero2_recipe_avoids_lamb():
 # ----------------------------------------------------------------------------- real DeepSpeed, 2 processes
 
 
+@pytest.mark.slow  # ~85 s on 2 cores; the fast set keeps DeepSpeed through accelerate launch (below)
 @pytest.mark.subprocess
 @needs_deepspeed
 def test_zero2_on_two_processes_trains_as_one_process_shards_resumes_and_exports_float32(tmp_path):

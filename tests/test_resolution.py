@@ -258,6 +258,7 @@ def test_a_resumed_stochastic_run_equals_the_uninterrupted_one(tmp_path, phis):
     assert losses[1] == pytest.approx(losses[0], abs=1e-6)
 
 
+@pytest.mark.slow  # ~20 s; the fast set keeps two-process equality in tests/test_engine.py
 @pytest.mark.subprocess
 def test_two_processes_draw_alike_and_equal_one_process(tmp_path, phis):
     """torchrun, 2 CPU processes: every rank draws the same sizes (else DDP would hang or
