@@ -32,19 +32,15 @@ from typing import Any, TypeVar
 Builder = TypeVar("Builder", bound=Callable[..., Any])
 
 
-def _signed(builder: Callable[..., Any]) -> Callable[..., Any]:
-    """What holds the builder's annotations: a class's ``__init__``, else the builder."""
-    return builder.__init__ if isinstance(builder, type) else builder  # type: ignore[misc]
-
-
-def _groups(builder: Callable[..., Any]) -> dict[str, type]:
-    """``{parameter: dataclass}`` for the builder's parameters annotated with a dataclass."""
+def builder_type_hints(builder: Callable[..., Any]) -> dict[str, Any]:
+    """The resolved annotations of a builder's options: an expanded builder's flat ones (through any
+    wrapper that copied them), else a class builder's ``__init__``'s, else the function's own; ``{}``
+    when an annotation does not resolve."""
+    owner: Any = inspect.unwrap(builder, stop=lambda f: "__signature__" in getattr(f, "__dict__", {}))
     try:
-        hints = typing.get_type_hints(_signed(builder))
-    except Exception:  # an annotation that does not resolve: no group can be read from it
+        return typing.get_type_hints(owner.__init__ if isinstance(owner, type) else owner)
+    except Exception:  # an annotation that does not resolve: nothing can be read from it
         return {}
-    params = inspect.signature(builder).parameters
-    return {key: hint for key, hint in hints.items() if key in params and dataclasses.is_dataclass(hint)}
 
 
 def expand_option_groups(builder: Builder) -> Builder:
@@ -53,11 +49,13 @@ def expand_option_groups(builder: Builder) -> Builder:
     A builder without option groups is returned as it is. Two groups (or a group and the
     builder) that declare the same option name are refused when the builder is defined.
     """
-    groups = _groups(builder)
+    signature = inspect.signature(builder)
+    hints = builder_type_hints(builder)
+    groups = {
+        key: hint for key, hint in hints.items() if key in signature.parameters and dataclasses.is_dataclass(hint)
+    }
     if not groups:
         return builder
-    signature = inspect.signature(builder)
-    hints = typing.get_type_hints(_signed(builder))
     params: list[inspect.Parameter] = []
     annotations: dict[str, Any] = {}
     for key, param in signature.parameters.items():

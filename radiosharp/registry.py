@@ -31,7 +31,7 @@ import pkgutil
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
-from radiosharp.option_groups import expand_option_groups
+from radiosharp.option_groups import builder_type_hints, expand_option_groups
 
 Builder = TypeVar("Builder", bound=Callable[..., Any])
 
@@ -161,20 +161,14 @@ def _numeric_options(builder: Callable[..., Any], params: dict[str, inspect.Para
     """``{option: "an integer" | "a number"}`` for the builder's options typed int or float.
 
     The type is the annotation when it is ``int`` / ``float`` (or either or None), else
-    the type of a numeric default (a class builder's types are its ``__init__``'s); options typed
-    otherwise are not checked here. An
-    integer option takes only an integer (``3.5`` is refused), a number option either.
+    the type of a numeric default (the annotations: :func:`~radiosharp.option_groups.builder_type_hints`);
+    options typed otherwise are not checked here. An integer option takes only an integer (``3.5`` is
+    refused), a number option either.
     """
     import types
     import typing
 
-    # the annotated callable: an option-group builder's flat signature, else a class builder's __init__
-    owner: Any = inspect.unwrap(builder, stop=lambda f: "__signature__" in getattr(f, "__dict__", {}))
-    target = owner.__init__ if isinstance(owner, type) else owner  # type: ignore[misc]
-    try:
-        hints = typing.get_type_hints(target)
-    except Exception:  # an annotation that does not resolve: fall back to the defaults
-        hints = {}
+    hints = builder_type_hints(builder)  # {} when they do not resolve: the defaults decide
     out: dict[str, str] = {}
     for key, param in params.items():
         hint = hints.get(key)

@@ -59,6 +59,16 @@ class HubWeightOptions(WeightOptions):
 
     cache_dir: str | None = None
 
+    def request(
+        self, model: str, pretrained: str | None, text: bool, layer: int, weights: str | Path | None = None
+    ) -> TeacherRequest:
+        """These options with the family's own as one :class:`TeacherRequest` (``weights``: a resolved
+        weights file in place of ``self.weights``)."""
+        chosen = self.weights if weights is None else weights
+        return TeacherRequest(
+            self.size, model, pretrained, chosen, self.native_size, self.cache_dir, self.seed, text, layer
+        )
+
 
 class TeacherRequest(NamedTuple):
     """A builder's options as one value, passed between a family's build helpers."""

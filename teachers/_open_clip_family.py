@@ -48,18 +48,7 @@ def open_clip_builders(
         check_text_layer(family, text, layer)
         if check_model is not None:
             check_model(model, common.cache_dir)
-        request = TeacherRequest(
-            common.size,
-            model,
-            pretrained,
-            common.weights,
-            common.native_size,
-            common.cache_dir,
-            common.seed,
-            text,
-            layer,
-        )
-        return build_open_clip_teacher(family, request, CLIP_MEAN, CLIP_STD)
+        return build_open_clip_teacher(family, common.request(model, pretrained, text, layer), CLIP_MEAN, CLIP_STD)
 
     def build_text_tower(**options: Any) -> TextTower:
         request = TeacherRequest(**{key: options[key] for key in TEXT_TOWER_OPTIONS}, text=True)

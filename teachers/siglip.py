@@ -297,9 +297,7 @@ def build_siglip(
     model, pretrained, weights_path = _resolve(size, source, model, pretrained, weights)
     check_random_size(FAMILY, size, weights, text, source, ("open_clip",))
     check_text_layer(FAMILY, text, layer)
-    request = TeacherRequest(
-        size, model, pretrained, weights_path, common.native_size, common.cache_dir, common.seed, text, layer
-    )
+    request = common.request(model, pretrained, text, layer, weights=weights_path)
     if source == "open_clip":
         teacher = _build_open_clip(request)
     else:

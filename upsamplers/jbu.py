@@ -80,7 +80,8 @@ class JBUOptions:
     factor_order: str = "descending"
 
     def check(self) -> None:
-        """One-line errors for an option out of range (before any stage is built)."""
+        """One-line errors for an option out of range, before any stage is built (a stack of factor 1
+        builds none, so the choices a stage checks are checked here too)."""
         if self.key_dim < 1:
             raise ValueError(f"featup: key_dim must be >= 1, got {self.key_dim}")
         check_choice("pre_upsample", self.pre_upsample, PRE_UPSAMPLE)
@@ -327,7 +328,6 @@ class FeatUpUpsampler(Upsampler):
         jbu: JBUOptions = JBUOptions(),
         checkpoint_activations: bool = False,
     ) -> None:
-        jbu.check()
         if not isinstance(checkpoint_activations, bool):
             raise ValueError(f"featup: checkpoint_activations must be true or false; got {checkpoint_activations!r}")
         super().__init__(factor, dim, patch_size)
