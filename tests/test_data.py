@@ -265,7 +265,7 @@ def test_depth_folder_reads_16bit_png_and_npy(tmp_path):
     assert torch.equal(scaled[0]["depth"], torch.from_numpy(mm.astype(np.float32)))
     smooth = build(source="depth_folder", root=str(tmp_path), size=4, depth_resize="bilinear")
     assert smooth[0]["depth"].shape == (4, 4)
-    with pytest.raises(ValueError, match="valid: nearest, bilinear"):
+    with pytest.raises(ValueError, match="^depth_folder: depth_resize 'cubic' is not valid; valid: nearest, bilinear$"):
         build(source="depth_folder", root=str(tmp_path), depth_resize="cubic")
 
 

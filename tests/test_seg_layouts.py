@@ -332,7 +332,7 @@ def test_nyu_bts_reads_millimetres_as_metres_and_pairs_by_prefix(tmp_path):
     with pytest.warns(UserWarning):
         raw = build(source="nyu_bts", root=str(root), size=SIDE, depth_scale=1.0)
     assert raw[0]["depth"][0, :2].tolist() == [1000.0, 2000.0]
-    with pytest.raises(DataError, match="depth_resize 'cubic' is not valid"):
+    with pytest.raises(DataError, match="^nyu_bts: depth_resize 'cubic' is not valid; valid: nearest, bilinear$"):
         build(source="nyu_bts", root=str(root), depth_resize="cubic")
 
 
@@ -399,3 +399,31 @@ def test_every_layout_source_builds_by_name_and_loads_in_batches(tmp_path):
             assert batch["mask"].dtype == torch.long and ds.num_classes == len(ds.class_names)
     with pytest.raises(ValueError, match="num_classes"):  # the label space is the layout's, not an option
         build(source="cityscapes", root=configs["cityscapes"]["root"], num_classes=3)
+
+
+FOLDER_LAYOUTS = {
+    "seg_folder": (
+        "SegFolder",
+        ["root", "size", "images", "masks", "list_file", "reduce_zero_label", "num_classes", "class_names"],
+    ),
+    "depth_folder": ("DepthFolder", ["root", "size", "images", "depth", "depth_scale", "depth_resize", "list_file"]),
+    "nyu_bts": ("NyuBts", ["root", "size", "depth_scale", "depth_resize", "list_file"]),
+    "pascal_context": ("PascalContext", ["root", "size", "split", "reduce_zero_label", "list_file"]),
+    "cityscapes": ("Cityscapes", ["root", "size", "split", "labels"]),
+    "coco_stuff27": ("CocoStuff27", ["root", "size", "split", "list_file"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FOLDER_LAYOUTS))
+def test_a_folder_layout_source_is_its_own_class_with_one_typed_signature(name, tmp_path):
+    from radiosharp.data import paired_folders, seg_layouts
+
+    class_name, options = FOLDER_LAYOUTS[name]
+    cls = getattr(paired_folders, class_name, None) or getattr(seg_layouts, class_name)
+    assert DATASETS.get(name) is cls
+    assert list(DATASETS.options(name)) == options
+    # the registry's number check reads the class's annotations: a string size is refused before any folder is read
+    with pytest.raises(ValueError, match=f"^bad value at 'size': data source '{name}' takes an integer there"):
+        DATASETS.build(name, root=str(tmp_path / "absent"), size="big")
+    with pytest.raises(DataNotFoundError, match=name):
+        DATASETS.build(name, root=str(tmp_path / "absent"))

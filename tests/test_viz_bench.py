@@ -246,6 +246,15 @@ def test_table_columns_are_aligned():
     assert lines[0].endswith("ms") and len(lines[0]) == len(lines[2])
 
 
+def test_with_ratios_puts_each_ratio_column_after_its_measure():
+    from radiosharp.bench.table import milliseconds, record_table, with_ratios
+
+    columns = with_ratios("x ref", [("ms", milliseconds("t"), "t_ratio"), ("MiB", "m", "m_ratio")])
+    assert [header for header, _ in columns] == ["ms", "x ref", "MiB", "x ref"]
+    text = record_table([{"t": 0.25, "t_ratio": 2.0, "m": 3.5, "m_ratio": 0.5}], columns)
+    assert text.splitlines()[2].split() == ["250", "2", "3.5", "0.5"]
+
+
 # ----------------------------------------------------------------------------- bench: commands
 
 

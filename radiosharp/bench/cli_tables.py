@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from radiosharp.bench.table import Column, format_table, milliseconds, record_table
+from radiosharp.bench.table import Column, format_table, milliseconds, record_table, with_ratios
 
 MB = "MiB"
 
@@ -14,13 +14,18 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else seconds * 1e3
 
 
+def _timing(report: dict[str, Any]) -> str:
+    """How a report's times were taken: ``batch B, <precision>, median of R after W warm-up``."""
+    r = report
+    return f"batch {r['batch']}, {r['precision']}, median of {r['repeats']} after {r['warmup']} warm-up"
+
+
 def upsample_tables(report: dict[str, Any]) -> str:
     """The inference table, the training-step table and the crossover lines."""
     t = report["teacher"]
     head = (
         f"teacher {t['name']} (native {t['native_size']}px, patch {t['patch_size']}, dim {t['embed_dim']}) "
-        f"on {report['device']}, batch {report['batch']}, {report['precision']}, median of "
-        f"{report['repeats']} after {report['warmup']} warm-up; {report['weights']}\n"
+        f"on {report['device']}, {_timing(report)}; {report['weights']}\n"
         f"x teacher = cost / cost of the teacher at u x input; peak memory: {report['memory']}"
     )
     columns: list[Column] = [
@@ -28,14 +33,15 @@ def upsample_tables(report: dict[str, Any]) -> str:
         ("method", "method"),
         ("input px", "input_size"),
         ("teacher imgs", "teacher_images"),
-        ("ms", milliseconds("time_s")),
-        ("x teacher", "time_ratio"),
-        ("ms excl", milliseconds("time_excl_s")),
-        ("x teacher", "time_excl_ratio"),
-        (f"peak {MB}", "peak_mb"),
-        ("x teacher", "mem_ratio"),
-        (f"{MB} excl", "peak_excl_mb"),
-        ("x teacher", "mem_excl_ratio"),
+        *with_ratios(
+            "x teacher",
+            [
+                ("ms", milliseconds("time_s"), "time_ratio"),
+                ("ms excl", milliseconds("time_excl_s"), "time_excl_ratio"),
+                (f"peak {MB}", "peak_mb", "mem_ratio"),
+                (f"{MB} excl", "peak_excl_mb", "mem_excl_ratio"),
+            ],
+        ),
     ]
     parts = [head, record_table(report["rows"], columns)]
     if report["train"]:
@@ -77,8 +83,7 @@ def upsampler_cost_tables(report: dict[str, Any]) -> str:
     head = (
         f"upsamplers alone (teacher excluded): {t['name']} features ({t['embed_dim']} channels) on a "
         f"{t['grid']}x{t['grid']} grid (teacher input {t['input_size']}px, patch {t['patch_size']}; image u x that) "
-        f"on {where(report)}, batch {report['batch']}, {report['precision']}, median of {report['repeats']} "
-        f"after {report['warmup']} warm-up, timed round-robin; {report['weights']}\n"
+        f"on {where(report)}, {_timing(report)}, timed round-robin; {report['weights']}\n"
         f"fwd: no-grad forward; fwd+bwd: forward + {report['backward']}; x bil = cost / cost of bilinear at the "
         f"same u; peak memory: {report['memory']}"
     )
@@ -87,14 +92,15 @@ def upsampler_cost_tables(report: dict[str, Any]) -> str:
         ("method", "method"),
         ("params", "params"),
         ("grad wrt", lambda r: r["grad_wrt"] or ""),
-        ("fwd ms", milliseconds("fwd_s")),
-        ("x bil", "fwd_ratio"),
-        ("fwd+bwd ms", milliseconds("fwd_bwd_s")),
-        ("x bil", "fwd_bwd_ratio"),
-        (f"fwd {MB}", "fwd_peak_mb"),
-        ("x bil", "fwd_mem_ratio"),
-        (f"fwd+bwd {MB}", "fwd_bwd_peak_mb"),
-        ("x bil", "fwd_bwd_mem_ratio"),
+        *with_ratios(
+            "x bil",
+            [
+                ("fwd ms", milliseconds("fwd_s"), "fwd_ratio"),
+                ("fwd+bwd ms", milliseconds("fwd_bwd_s"), "fwd_bwd_ratio"),
+                (f"fwd {MB}", "fwd_peak_mb", "fwd_mem_ratio"),
+                (f"fwd+bwd {MB}", "fwd_bwd_peak_mb", "fwd_bwd_mem_ratio"),
+            ],
+        ),
         ("status", lambda r: "ok" if r["status"] == "ok" else f"failed ({r['error']})"),
     ]
     return f"{head}\n\n{record_table(report['rows'], columns)}"

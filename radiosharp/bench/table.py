@@ -43,3 +43,11 @@ def record_table(records: Sequence[Mapping[str, Any]], columns: Sequence[Column]
 def milliseconds(key: str) -> Callable[[Mapping[str, Any]], float | None]:
     """A column reading seconds at ``key`` as milliseconds (None stays None)."""
     return lambda r: None if r[key] is None else r[key] * 1e3
+
+
+def with_ratios(
+    ratio_header: str, measures: Sequence[tuple[str, str | Callable[[Mapping[str, Any]], Any], str]]
+) -> list[Column]:
+    """Each measure ``(header, key or record -> value, ratio key)`` as two columns: the measure, then its
+    ratio to the table's reference under ``ratio_header`` (``x teacher``, ``x bil``)."""
+    return [column for header, get, ratio in measures for column in ((header, get), (ratio_header, ratio))]

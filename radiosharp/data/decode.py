@@ -33,15 +33,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from radiosharp.data.errors import DataError
+from radiosharp.data.errors import DataError, UnreadableFileError
 
 Source = str | os.PathLike | bytes
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm")
-
-
-class UnreadableFileError(OSError):
-    """A file that cannot be decoded; the message says why."""
 
 
 EXIF_ORIENTATION_TAG = 0x0112

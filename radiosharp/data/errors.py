@@ -10,15 +10,15 @@ run (a bad mask is only seen when it is read).
 
 :class:`DataNotFoundError` is a ``DataError`` that is also a ``FileNotFoundError``.
 
-One unreadable sample is not a ``DataError``: the readers raise
-:class:`radiosharp.data.decode.UnreadableFileError` and the sources skip that sample.
+One unreadable sample is not a ``DataError``: the readers of :mod:`radiosharp.data.decode`
+raise :class:`UnreadableFileError` (an ``OSError``) and the sources skip that sample.
 """
 
 from __future__ import annotations
 
 import re
 
-__all__ = ["DataError", "DataNotFoundError", "first_line", "one_line"]
+__all__ = ["DataError", "DataNotFoundError", "UnreadableFileError", "first_line", "one_line"]
 
 
 class DataError(ValueError):
@@ -27,6 +27,10 @@ class DataError(ValueError):
 
 class DataNotFoundError(DataError, FileNotFoundError):
     """A data folder or file that does not exist."""
+
+
+class UnreadableFileError(OSError):
+    """One file that cannot be decoded (the source skips its sample); the message says why."""
 
 
 def first_line(err: BaseException | str) -> str:

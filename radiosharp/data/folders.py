@@ -23,8 +23,8 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from radiosharp.data.decode import IMAGE_EXTENSIONS, UnreadableFileError, is_image_file, normalize_extensions, read_rgb
-from radiosharp.data.errors import DataError, DataNotFoundError
+from radiosharp.data.decode import IMAGE_EXTENSIONS, is_image_file, normalize_extensions, read_rgb
+from radiosharp.data.errors import DataError, DataNotFoundError, UnreadableFileError
 from radiosharp.data.skipping import SkippedSample
 from radiosharp.data.transforms import LabelledSource, check_size, image_to_square
 from radiosharp.registry import DATASETS

@@ -36,15 +36,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from radiosharp.data.decode import (
-    UnreadableFileError,
-    depth_in_units,
-    orient,
-    read_depth_array,
-    read_mask,
-    read_rgb_oriented,
-)
-from radiosharp.data.errors import DataError
+from radiosharp.data.decode import depth_in_units, orient, read_depth_array, read_mask, read_rgb_oriented
+from radiosharp.data.errors import DataError, UnreadableFileError
 from radiosharp.data.skipping import SkippedSample
 from radiosharp.data.transforms import LabelledSource, check_size, depth_to_square, image_to_square, mask_to_square
 from radiosharp.registry import DATASETS

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from radiosharp.data.decode import UnreadableFileError, read_rgb
-from radiosharp.data.errors import DataError, DataNotFoundError
+from radiosharp.data.decode import read_rgb
+from radiosharp.data.errors import DataError, DataNotFoundError, UnreadableFileError
 from radiosharp.data.photos import CATALOGUE, load_photo
 from radiosharp.data.samples import load_sample
 from radiosharp.data.transforms import image_to_square

@@ -54,8 +54,8 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from radiosharp.data.decode import UnreadableFileError, exif_orientation, read_rgb
-from radiosharp.data.errors import DataError, DataNotFoundError
+from radiosharp.data.decode import exif_orientation, read_rgb
+from radiosharp.data.errors import DataError, DataNotFoundError, UnreadableFileError
 from radiosharp.data.folders import existing_folder
 from radiosharp.data.skipping import SkippedSample
 from radiosharp.data.transforms import check_size, image_to_square

@@ -53,17 +53,16 @@ from torch.utils.data import Dataset
 
 from radiosharp.data.decode import (
     IMAGE_EXTENSIONS,
-    UnreadableFileError,
     depth_in_units,
     orient,
     read_depth_array,
     read_mask,
     read_rgb_oriented,
 )
-from radiosharp.data.errors import DataError, DataNotFoundError
+from radiosharp.data.errors import DataError, DataNotFoundError, UnreadableFileError
 from radiosharp.data.folders import existing_folder, list_images
 from radiosharp.data.skipping import SkippedSample
-from radiosharp.data.transforms import DEPTH_RESIZE_MODES, check_size, depth_to_square, image_to_square, mask_to_square
+from radiosharp.data.transforms import check_depth_resize, check_size, depth_to_square, image_to_square, mask_to_square
 from radiosharp.registry import DATASETS
 
 IGNORE_INDEX = 255
@@ -219,7 +218,12 @@ class PairedFolder(Dataset):
 
 
 class SegFolder(PairedFolder):
-    """Images + single-channel PNG class masks (255 = ignore); see module doc."""
+    """Images + class masks of the same stem (ADE20K/VOC style; the ``seg_folder`` data source): ``mask``
+    [S,S] long, 255 = ignore; see the module doc.
+
+    ``num_classes`` / ``class_names`` tell the probes the label space (else they use the
+    largest class seen); ``reduce_zero_label`` maps ADE20K's 0 = "other" to ignore.
+    """
 
     kind = "seg_folder"
     target_key = "mask"
@@ -227,14 +231,14 @@ class SegFolder(PairedFolder):
 
     def __init__(
         self,
-        root,
-        size=224,
-        images="images",
-        masks="masks",
-        list_file=None,
-        reduce_zero_label=False,
-        num_classes=None,
-        class_names=None,
+        root: str | os.PathLike | None = None,
+        size: int = 224,
+        images: str = "images",
+        masks: str = "masks",
+        list_file: str | None = None,
+        reduce_zero_label: bool = False,
+        num_classes: int | None = None,
+        class_names: list[str] | None = None,
     ) -> None:
         super().__init__(root, size, images, masks, list_file)
         self.reduce_zero_label = reduce_zero_label
@@ -273,19 +277,28 @@ class SegFolder(PairedFolder):
 
 
 class DepthFolder(PairedFolder):
-    """Images + depth maps (16-bit PNG, ``.npy``, float TIFF); see module doc."""
+    """Images + depth maps of the same stem (NYU style; the ``depth_folder`` data source): 16-bit PNG,
+    ``.npy``, float TIFF; ``depth`` [S,S] float, metres when scaled; see the module doc.
+
+    ``depth_scale`` multiplies the stored values (default: 1/1000 for integer files,
+    1 for float files); ``depth_resize`` is ``nearest`` (default) or ``bilinear``.
+    """
 
     kind = "depth_folder"
     target_key = "depth"
     target_extensions = DEPTH_EXTENSIONS
 
     def __init__(
-        self, root, size=224, images="images", depth="depth", depth_scale=None, depth_resize="nearest", list_file=None
+        self,
+        root: str | os.PathLike | None = None,
+        size: int = 224,
+        images: str = "images",
+        depth: str = "depth",
+        depth_scale: float | None = None,
+        depth_resize: str = "nearest",
+        list_file: str | None = None,
     ) -> None:
-        if depth_resize not in DEPTH_RESIZE_MODES:
-            raise DataError(
-                f"depth_folder: depth_resize '{depth_resize}' is not valid; valid: {', '.join(DEPTH_RESIZE_MODES)}"
-            )
+        check_depth_resize(depth_resize, self.kind)
         try:
             super().__init__(root, size, images, depth, list_file)
         except DataError:
@@ -306,38 +319,6 @@ class DepthFolder(PairedFolder):
         return depth_to_square(target, self.size, self.depth_resize)
 
 
-@DATASETS.register("seg_folder")
-def build_seg_folder(
-    root: str | None = None,
-    size: int = 224,
-    images: str = "images",
-    masks: str = "masks",
-    list_file: str | None = None,
-    reduce_zero_label: bool = False,
-    num_classes: int | None = None,
-    class_names: list[str] | None = None,
-) -> SegFolder:
-    """Images + class masks of the same stem (ADE20K/VOC style); ``mask`` [S,S] long, 255 = ignore.
-
-    ``num_classes`` / ``class_names`` tell the probes the label space (else they use the
-    largest class seen); ``reduce_zero_label`` maps ADE20K's 0 = "other" to ignore.
-    """
-    return SegFolder(root, size, images, masks, list_file, reduce_zero_label, num_classes, class_names)
-
-
-@DATASETS.register("depth_folder")
-def build_depth_folder(
-    root: str | None = None,
-    size: int = 224,
-    images: str = "images",
-    depth: str = "depth",
-    depth_scale: float | None = None,
-    depth_resize: str = "nearest",
-    list_file: str | None = None,
-) -> DepthFolder:
-    """Images + depth maps of the same stem (NYU style); ``depth`` [S,S] float, metres when scaled.
-
-    ``depth_scale`` multiplies the stored values (default: 1/1000 for integer files,
-    1 for float files); ``depth_resize`` is ``nearest`` (default) or ``bilinear``.
-    """
-    return DepthFolder(root, size, images, depth, depth_scale, depth_resize, list_file)
+# the classes are the builders (one signature each)
+build_seg_folder = DATASETS.register("seg_folder")(SegFolder)
+build_depth_folder = DATASETS.register("depth_folder")(DepthFolder)

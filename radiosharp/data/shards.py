@@ -22,8 +22,8 @@ from typing import Any
 
 from torch.utils.data import IterableDataset
 
-from radiosharp.data.decode import UnreadableFileError, read_rgb
-from radiosharp.data.errors import DataError, DataNotFoundError
+from radiosharp.data.decode import read_rgb
+from radiosharp.data.errors import DataError, DataNotFoundError, UnreadableFileError
 from radiosharp.data.skipping import SkippedSample
 from radiosharp.data.transforms import check_size, image_to_square
 from radiosharp.registry import DATASETS

@@ -197,14 +197,10 @@ def fit_segmentation_probe(
 
 
 def predict_segmentation(
-    probe: DenseLinearProbe,
-    features: torch.Tensor,
-    size: tuple[int, int],
-    batch_size: int = 16,
-    device: str | torch.device = "cpu",
+    probe: DenseLinearProbe, features: torch.Tensor, size: tuple[int, int], **kwargs
 ) -> torch.Tensor:
-    """Class per pixel ``[N,S,S]`` (argmax of the upsampled logits)."""
-    return predict_dense(probe, features, size, batch_size, device, reduce=lambda logits: logits.argmax(1))
+    """Class per pixel ``[N,S,S]`` (argmax of the upsampled logits); ``kwargs`` as :func:`predict_dense`'s."""
+    return predict_dense(probe, features, size, reduce=lambda logits: logits.argmax(1), **kwargs)
 
 
 class DepthProbe(nn.Module):

@@ -58,12 +58,17 @@ CITYSCAPES_TRAIN_ID_TABLE = IdTable(
 
 
 class Cityscapes(RemappedSegFolder):
-    """Cityscapes ``leftImg8bit`` images with their ``gtFine`` masks as 19 train ids; see module doc."""
+    """Cityscapes ``leftImg8bit/<split>`` + ``gtFine/<split>`` (the ``cityscapes`` data source); ``mask`` as the
+    19 train ids, 255 = ignore; see the module doc.
+
+    ``labels: label_ids`` (default) maps the ``*_gtFine_labelIds.png`` files; ``train_ids``
+    reads ``*_gtFine_labelTrainIds.png`` as they are.
+    """
 
     kind = "cityscapes"
 
     def __init__(
-        self, root: str | os.PathLike | None, size: int = 224, split: str = "val", labels: str = "label_ids"
+        self, root: str | os.PathLike | None = None, size: int = 224, split: str = "val", labels: str = "label_ids"
     ) -> None:
         if labels not in CITYSCAPES_LABELS:
             raise DataError(f"cityscapes: labels '{labels}' is not valid; valid: {', '.join(CITYSCAPES_LABELS)}")
@@ -93,13 +98,5 @@ class Cityscapes(RemappedSegFolder):
         return message
 
 
-@DATASETS.register("cityscapes")
-def build_cityscapes(
-    root: str | None = None, size: int = 224, split: str = "val", labels: str = "label_ids"
-) -> Cityscapes:
-    """Cityscapes ``leftImg8bit/<split>`` + ``gtFine/<split>``; ``mask`` as the 19 train ids, 255 = ignore.
-
-    ``labels: label_ids`` (default) maps the ``*_gtFine_labelIds.png`` files; ``train_ids``
-    reads ``*_gtFine_labelTrainIds.png`` as they are.
-    """
-    return Cityscapes(root, size, split, labels)
+# the class is the builder (one signature)
+build_cityscapes = DATASETS.register("cityscapes")(Cityscapes)

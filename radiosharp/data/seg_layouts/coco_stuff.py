@@ -182,12 +182,17 @@ def coco_split_folder(split: str) -> str:
 
 
 class CocoStuff27(RemappedSegFolder):
-    """COCO-Stuff-164k images with their fine-id masks as the 27 coarse classes; see module doc."""
+    """COCO-Stuff-164k ``images/<split>2017`` + ``annotations/<split>2017`` (the ``coco_stuff27`` data source); its
+    fine-id masks as ``mask`` in the 27 coarse classes; see the module doc.
+
+    ``list_file`` (relative to ``root``) keeps the listed image ids, e.g. a curated
+    ``Coco164kFull_Stuff_Coarse_7.txt``.
+    """
 
     kind = "coco_stuff27"
 
     def __init__(
-        self, root: str | os.PathLike | None, size: int = 224, split: str = "val", list_file: str | None = None
+        self, root: str | os.PathLike | None = None, size: int = 224, split: str = "val", list_file: str | None = None
     ) -> None:
         folder = coco_split_folder(split)
         super().__init__(
@@ -195,13 +200,5 @@ class CocoStuff27(RemappedSegFolder):
         )
 
 
-@DATASETS.register("coco_stuff27")
-def build_coco_stuff27(
-    root: str | None = None, size: int = 224, split: str = "val", list_file: str | None = None
-) -> CocoStuff27:
-    """COCO-Stuff-164k ``images/<split>2017`` + ``annotations/<split>2017``; ``mask`` as the 27 coarse classes.
-
-    ``list_file`` (relative to ``root``) keeps the listed image ids, e.g. a curated
-    ``Coco164kFull_Stuff_Coarse_7.txt``.
-    """
-    return CocoStuff27(root, size, split, list_file)
+# the class is the builder (one signature)
+build_coco_stuff27 = DATASETS.register("coco_stuff27")(CocoStuff27)

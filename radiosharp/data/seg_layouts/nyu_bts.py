@@ -10,27 +10,29 @@ from radiosharp.data.decode import IMAGE_EXTENSIONS
 from radiosharp.data.errors import DataError, DataNotFoundError
 from radiosharp.data.folders import existing_folder, list_images
 from radiosharp.data.paired_folders import BTS_DEPTH_PREFIX, BTS_IMAGE_PREFIX, DEPTH_EXTENSIONS, DepthFolder
-from radiosharp.data.transforms import DEPTH_RESIZE_MODES, check_size
+from radiosharp.data.transforms import check_depth_resize, check_size
 from radiosharp.registry import DATASETS
 
 
 class NyuBts(DepthFolder):
-    """NYU Depth v2 in the BTS layout: ``<scene>/rgb_<n>.jpg`` + ``<scene>/sync_depth_<n>.png``; see module doc."""
+    """NYU Depth v2 in BTS's ``<scene>/rgb_<n>.jpg`` + ``<scene>/sync_depth_<n>.png`` layout (the ``nyu_bts`` data
+    source); ``depth`` in metres; see the module doc.
+
+    ``depth_scale`` / ``depth_resize`` as in ``depth_folder``; ``list_file`` in BTS's
+    ``rgb_path depth_path focal`` format picks and orders the pairs.
+    """
 
     kind = "nyu_bts"
 
     def __init__(
         self,
-        root: str | os.PathLike | None,
+        root: str | os.PathLike | None = None,
         size: int = 224,
         depth_scale: float | None = None,
         depth_resize: str = "nearest",
         list_file: str | None = None,
     ) -> None:
-        if depth_resize not in DEPTH_RESIZE_MODES:
-            raise DataError(
-                f"nyu_bts: depth_resize '{depth_resize}' is not valid; valid: {', '.join(DEPTH_RESIZE_MODES)}"
-            )
+        check_depth_resize(depth_resize, self.kind)
         base = existing_folder(root, "nyu_bts root")
         self.root, self.size = base, check_size(size)
         self.image_root = self.target_root = base
@@ -103,17 +105,5 @@ class NyuBts(DepthFolder):
         return pairs
 
 
-@DATASETS.register("nyu_bts")
-def build_nyu_bts(
-    root: str | None = None,
-    size: int = 224,
-    depth_scale: float | None = None,
-    depth_resize: str = "nearest",
-    list_file: str | None = None,
-) -> NyuBts:
-    """NYU Depth v2 in BTS's ``<scene>/rgb_<n>.jpg`` + ``<scene>/sync_depth_<n>.png`` layout; ``depth`` in metres.
-
-    ``depth_scale`` / ``depth_resize`` as in ``depth_folder``; ``list_file`` in BTS's
-    ``rgb_path depth_path focal`` format picks and orders the pairs.
-    """
-    return NyuBts(root, size, depth_scale, depth_resize, list_file)
+# the class is the builder (one signature)
+build_nyu_bts = DATASETS.register("nyu_bts")(NyuBts)

@@ -92,13 +92,18 @@ def pascal_context_table(reduce_zero_label: bool) -> IdTable:
 
 
 class PascalContext(RemappedSegFolder):
-    """Pascal-Context (mmsegmentation's converted layout) with 59 or 60 classes; see module doc."""
+    """Pascal-Context in mmsegmentation's converted layout (the ``pascal_context`` data source): ``JPEGImages`` +
+    ``SegmentationClassContext`` of ``ImageSets/SegmentationContext/<split>.txt``, 59 or 60 classes; see the module doc.
+
+    ``reduce_zero_label: true`` (default): 59 classes, background ignored; ``false``: 60
+    classes with background = 0. ``list_file`` (relative to ``root``) replaces the split's list.
+    """
 
     kind = "pascal_context"
 
     def __init__(
         self,
-        root: str | os.PathLike | None,
+        root: str | os.PathLike | None = None,
         size: int = 224,
         split: str = "val",
         reduce_zero_label: bool = True,
@@ -118,17 +123,5 @@ class PascalContext(RemappedSegFolder):
         self.reduce_zero_label = reduce_zero_label  # what the id table does (map_mask), for whoever reads it
 
 
-@DATASETS.register("pascal_context")
-def build_pascal_context(
-    root: str | None = None,
-    size: int = 224,
-    split: str = "val",
-    reduce_zero_label: bool = True,
-    list_file: str | None = None,
-) -> PascalContext:
-    """Pascal-Context ``JPEGImages`` + ``SegmentationClassContext`` of ``ImageSets/SegmentationContext/<split>.txt``.
-
-    ``reduce_zero_label: true`` (default): 59 classes, background ignored; ``false``: 60
-    classes with background = 0. ``list_file`` (relative to ``root``) replaces the split's list.
-    """
-    return PascalContext(root, size, split, reduce_zero_label, list_file)
+# the class is the builder (one signature)
+build_pascal_context = DATASETS.register("pascal_context")(PascalContext)
