@@ -217,11 +217,12 @@ def test_featsharp_block_gives_the_same_output_on_every_backend():
 
 
 def test_featsharp_rejects_an_unknown_attention_backend():
+    from upsamplers._base import UpsampleSpec
     from upsamplers.featsharp import FeatSharpUpsampler
 
     with pytest.raises(ValueError, match="attention_backend must be one of"):
-        FeatSharpUpsampler(2, 8, 4, attention_backend="natten")
-    assert FeatSharpUpsampler(2, 8, 4, attention_backend="reference").block.attn.backend == "reference"
+        FeatSharpUpsampler(UpsampleSpec(2, 8, 4), attention_backend="natten")
+    assert FeatSharpUpsampler(UpsampleSpec(2, 8, 4), attention_backend="reference").block.attn.backend == "reference"
 
 
 @needs_flex

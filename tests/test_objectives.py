@@ -20,7 +20,7 @@ from radiosharp.objectives import ObjectiveConfig, ObjectiveError, check_objecti
 from radiosharp.objectives.step import objective_step
 from radiosharp.objectives.targets import crop_offsets
 from radiosharp.upsampled import UpsampledTeacher
-from upsamplers._base import Upsampler
+from upsamplers._base import Upsampler, UpsampleSpec
 
 VIEWS = ViewConfig(num_views=3, zoom=(1.0, 1.5))
 SELF_SUPERVISED = ("low_to_high", "crop_hires", "hires_teacher")
@@ -36,7 +36,7 @@ class OracleUpsampler(Upsampler):
 def upsampled(name: str, factor: int = 2, teacher: PatchTeacher | PixelTeacher | None = None) -> UpsampledTeacher:
     teacher = teacher or PatchTeacher()
     if name == "oracle":
-        up = OracleUpsampler(factor, teacher.embed_dim, teacher.patch_size)
+        up = OracleUpsampler(UpsampleSpec(factor, teacher.embed_dim, teacher.patch_size))
     else:
         up = build_upsampler(name, factor=factor, dim=teacher.embed_dim, patch_size=teacher.patch_size)
     return UpsampledTeacher(teacher, up)
@@ -88,7 +88,7 @@ def test_crop_hires_consistency_is_zero_for_a_block_constant_output():
         def forward(self, images, lowres, featurize, tile_features=None):
             return torch.nn.functional.interpolate(lowres, scale_factor=self.factor, mode="nearest")
 
-    up.upsampler = Nearest(2, 8, 4)
+    up.upsampler = Nearest(UpsampleSpec(2, 8, 4))
     images = torch.rand(2, 3, 64, 64)
     only_crop = ObjectiveConfig(name="crop_hires")
     with_consistency = ObjectiveConfig(name="crop_hires", consistency=5.0)

@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 
 import radiosharp
+from radiosharp.option_groups import expand_option_groups
 from radiosharp.registry import UPSAMPLERS
-from upsamplers._base import Upsampler
+from upsamplers._base import Upsampler, UpsampleSpec
 
 TINY = {"family": "dinov2", "size": "tiny"}
 FACTORS = (2, 4)
@@ -24,8 +25,8 @@ SIMULATED = "simulated out of memory in the backward"
 class BackwardBoom(Upsampler):
     """Bilinear with one weight whose forward refuses to run with autograd on (a stand-in for an OOM)."""
 
-    def __init__(self, factor: int = 2, dim: int = 0, patch_size: int = 14) -> None:
-        super().__init__(factor, dim, patch_size)
+    def __init__(self, spec: UpsampleSpec = UpsampleSpec()) -> None:
+        super().__init__(spec)
         self.scale = torch.nn.Parameter(torch.ones(()))
 
     def forward(self, images, lowres, featurize, tile_features=None):
@@ -62,7 +63,7 @@ def report(teacher):
     UPSAMPLERS.names()  # load the plug-ins first
     messages: list[str] = []
     with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(UPSAMPLERS._entries, "zz_backward_boom", BackwardBoom)
+        mp.setitem(UPSAMPLERS._entries, "zz_backward_boom", expand_option_groups(BackwardBoom))  # as register does
         mp.setitem(UPSAMPLERS._entries, "zz_build_fails", build_fails)
         names = UPSAMPLERS.names()
         out = bench_upsampler_cost(

@@ -19,7 +19,7 @@ from radiosharp.debias import Debias
 from radiosharp.downsampler import AttentionDownsampler
 from radiosharp.registry import TEACHERS, UPSAMPLERS
 from radiosharp.upsampled import UpsampledTeacher, load_upsampled_teacher, save_upsampler
-from upsamplers._base import prime_factors
+from upsamplers._base import UpsampleSpec, prime_factors
 from upsamplers.featsharp import FeatSharpUpsampler
 from upsamplers.tiles import tile_mosaic
 
@@ -40,6 +40,26 @@ class CountingFeaturize:
 @pytest.fixture(scope="module")
 def teacher() -> PatchTeacher:
     return PatchTeacher()
+
+
+def test_every_upsampler_takes_the_spec_as_its_first_flat_options_and_checks_it_in_one_place():
+    from upsamplers.jbu import FeatUpUpsampler
+    from upsamplers.tiles import build_s2
+
+    for name in UPSAMPLERS.names():
+        assert list(UPSAMPLERS.options(name))[:3] == ["factor", "dim", "patch_size"], name
+        assert UPSAMPLERS.options(name)["factor"].default == 2 and UPSAMPLERS.options(name)["patch_size"].default == 14
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match=rf"^upsampler factor must be an integer >= 1, got {bad!r}$"):
+            UpsampleSpec(factor=bad)
+    with pytest.raises(ValueError, match=r"^upsampler patch_size must be >= 1, got 0$"):
+        radiosharp.create_upsampler("naf", patch_size=0)
+    up = FeatUpUpsampler(UpsampleSpec(4, 8, 2))  # built directly, a class takes the spec
+    assert (up.factor, up.dim, up.patch_size) == (4, 8, 2)
+    assert radiosharp.create_upsampler("anyup", factor=2, dim=384).dim == 0  # feature-agnostic: any width
+    s2 = build_s2(3, 4, 7, 0.25)  # the registered builder takes the flat options, positionally too
+    assert (s2.factor, s2.dim, s2.patch_size, s2.beta) == (3, 4, 7, 0.25)
+    assert s2.build_config == {"name": "s2", "beta": 0.25}  # the spec is structural: filled from the teacher
 
 
 def build(name: str, factor: int, teacher: Teacher, **options) -> nn.Module:

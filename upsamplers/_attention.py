@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from radiosharp.contracts import IMAGENET_MEAN, IMAGENET_STD
-from upsamplers._base import Upsampler
+from upsamplers._base import Upsampler, UpsampleSpec
 
 DEFAULT_QUERY_CHUNK = 4096  # queries per attention call: [chunk x keys] logits per head at most
 
@@ -145,11 +145,9 @@ class GlobalAttentionUpsampler(Upsampler):
 
     trainable = True
 
-    def __init__(
-        self, name: str, factor: int, dim: int, patch_size: int, attention: AttentionOptions, head_multiple: int = 4
-    ) -> None:
-        attention.check(name, dim, head_multiple)
-        super().__init__(factor, dim, patch_size)
+    def __init__(self, name: str, spec: UpsampleSpec, attention: AttentionOptions, head_multiple: int = 4) -> None:
+        attention.check(name, spec.dim, head_multiple)
+        super().__init__(spec)
         self.qk_dim, self.num_heads, self.query_chunk = attention.qk_dim, attention.num_heads, attention.query_chunk
 
     def attend(self, q: Tensor, k: Tensor, lowres: Tensor, out_size: tuple[int, int]) -> Tensor:

@@ -10,6 +10,7 @@ upsamplers can run the teacher on crops. The teacher's input size is implied:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor, nn
@@ -19,11 +20,30 @@ from radiosharp.images import resize  # noqa: F401 (the upsamplers and their use
 from upsamplers._mosaic import Featurize, cut_tiles, tile_mosaic
 
 
+@dataclass(frozen=True)
+class UpsampleSpec:
+    """What the system gives every upsampler (an option group: builders show it as the flat options
+    ``factor``, ``dim``, ``patch_size``, the registry's structural options, filled from the teacher):
+    the integer factor ``u >= 1``, the teacher's feature width (0: any width) and its patch size (the
+    pixels of the teacher's input per low-res cell)."""
+
+    factor: int = 2
+    dim: int = 0
+    patch_size: int = 14
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.factor, int) or isinstance(self.factor, bool) or self.factor < 1:
+            raise ValueError(f"upsampler factor must be an integer >= 1, got {self.factor!r}")
+        if self.patch_size < 1:
+            raise ValueError(f"upsampler patch_size must be >= 1, got {self.patch_size}")
+
+
 class Upsampler(nn.Module):
     """Base of every upsampler: ``forward(images, lowres, featurize, tile_features=None) -> [B,C,u*h,u*w]``.
 
-    ``factor``, ``dim`` and ``patch_size`` are the structural arguments the system
-    passes to every builder; ``build_config`` (set by the registry when the module is
+    Built from an :class:`UpsampleSpec` (kept as ``factor``, ``dim`` and ``patch_size``) and the
+    upsampler's own options: ``__init__(self, spec: UpsampleSpec = UpsampleSpec(), <options>)``, the
+    class registered as its builder. ``build_config`` (set by the registry when the module is
     built) holds the registry name and recipe options, so an export can rebuild it. ``trainable`` says whether the
     upsampler has weights to learn (bilinear, tiles and S2 do not).
 
@@ -41,15 +61,9 @@ class Upsampler(nn.Module):
     trainable: bool = False
     uses_tiles: bool = False
 
-    def __init__(self, factor: int, dim: int, patch_size: int) -> None:
+    def __init__(self, spec: UpsampleSpec = UpsampleSpec()) -> None:
         super().__init__()
-        if not isinstance(factor, int) or factor < 1:
-            raise ValueError(f"upsampler factor must be an integer >= 1, got {factor!r}")
-        if patch_size < 1:
-            raise ValueError(f"upsampler patch_size must be >= 1, got {patch_size}")
-        self.factor = factor
-        self.dim = dim
-        self.patch_size = patch_size
+        self.factor, self.dim, self.patch_size = spec.factor, spec.dim, spec.patch_size
         self.build_config: dict[str, Any] = {}
 
     def check_inputs(self, images: Tensor, lowres: Tensor) -> None:

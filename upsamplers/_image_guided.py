@@ -5,7 +5,7 @@ for any width), RoPE per head, the Gaussian prior over window offsets, and the o
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from radiosharp.images import resize
 from upsamplers._attention import ImageNormalize, grid_positions, rope_2d
-from upsamplers._base import Featurize, Upsampler
+from upsamplers._base import Featurize, Upsampler, UpsampleSpec
 from upsamplers._kernels import neighborhood_attention, window_offsets
 
 
@@ -124,17 +124,19 @@ class ImageGuidedWindowUpsampler(Upsampler):
     """``k x k`` neighbourhood attention over the bilinearly lifted features, with queries and keys
     from :meth:`attention_inputs` (the subclass's) and a learned per-head offset bias.
 
-    Feature-agnostic: the values are never projected, so any width passes (``dim`` is stored as 0).
+    Feature-agnostic: the values are never projected, so any width passes (the spec's ``dim`` is stored as 0).
     """
 
     trainable = True
 
-    def __init__(self, name: str, factor: int, patch_size: int, window: WindowOptions) -> None:
-        super().__init__(factor, 0, patch_size)
+    def __init__(self, name: str, spec: UpsampleSpec, window: WindowOptions) -> None:
+        super().__init__(replace(spec, dim=0))
         window.check(name)
         self.kernel_size, self.num_heads = window.kernel_size, window.num_heads
         self.rope_base, self.image_scale = float(window.rope_base), window.image_scale
-        self.position_bias = nn.Parameter(gaussian_offset_bias(window.num_heads, window.kernel_size, float(factor)))
+        self.position_bias = nn.Parameter(
+            gaussian_offset_bias(window.num_heads, window.kernel_size, float(spec.factor))
+        )
 
     def attention_inputs(self, images: Tensor, lowres: Tensor, size: tuple[int, int]) -> tuple[Tensor, Tensor]:
         """Rotated queries and keys ``[B,heads,D/heads,H,W]`` on the output grid ``size``."""

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from radiosharp.registry import UPSAMPLERS
-from upsamplers._base import resize
+from upsamplers._base import UpsampleSpec, resize
 from upsamplers._image_guided import (
     ConvBlock,
     ImageEncoder,
@@ -83,14 +83,9 @@ class AnyUpUpsampler(ImageGuidedWindowUpsampler):
     """Image queries, image+feature keys, feature values, ``k x k`` window (module docstring)."""
 
     def __init__(
-        self,
-        factor: int = 2,
-        dim: int = 0,
-        patch_size: int = 14,
-        window: WindowOptions = WindowOptions(),
-        basis_size: int = 32,
+        self, spec: UpsampleSpec = UpsampleSpec(), window: WindowOptions = WindowOptions(), basis_size: int = 32
     ) -> None:
-        super().__init__("anyup", factor, patch_size, window)  # dim: feature-agnostic, any width passes
+        super().__init__("anyup", spec, window)  # feature-agnostic: any width passes
         encoder_dim, encoder_blocks = window.encoder_dim, window.encoder_blocks
         self.image_encoder = ImageEncoder(encoder_dim, encoder_blocks)
         self.query_encoder = conv_branch(encoder_dim, encoder_dim, 1, 1)

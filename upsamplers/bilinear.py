@@ -21,6 +21,5 @@ class BilinearUpsampler(Upsampler):
         return F.interpolate(lowres, size=self.output_size(lowres), mode="bilinear", align_corners=False)
 
 
-@UPSAMPLERS.register("bilinear")
-def build_bilinear(factor: int = 2, dim: int = 0, patch_size: int = 14) -> BilinearUpsampler:
-    return BilinearUpsampler(factor, dim, patch_size)
+# the class is the builder: its options are the UpsampleSpec's (factor, dim, patch_size)
+build_bilinear = UPSAMPLERS.register("bilinear")(BilinearUpsampler)

@@ -51,7 +51,7 @@ import torch.utils.checkpoint
 from torch import Tensor, nn
 
 from radiosharp.registry import UPSAMPLERS
-from upsamplers._base import Featurize, Upsampler
+from upsamplers._base import Featurize, Upsampler, UpsampleSpec
 from upsamplers._kernels import BACKENDS, neighborhood_attention, neighborhood_attention_flex, window_offsets
 from upsamplers._triton_attention import neighborhood_attention_triton
 
@@ -200,9 +200,7 @@ def check_buffers(inputs: tuple[str, ...] | list[str], residual: str) -> tuple[t
     return names, None if residual == "none" else names.index(residual)
 
 
-def build_base(
-    base: str | dict[str, Any], factor: int, dim: int, patch_size: int, jbu_kernel_size: int, key_dim: int
-) -> Upsampler:
+def build_base(base: str | dict[str, Any], spec: UpsampleSpec, jbu_kernel_size: int, key_dim: int) -> Upsampler:
     """The residual-path upsampler: a registered upsampler's name or ``{name: ..., options}``.
 
     ``featup`` given by name takes ``jbu_kernel_size`` / ``key_dim`` (the options FeatSharp
@@ -224,7 +222,7 @@ def build_base(
             f"featsharp: jbu_kernel_size/key_dim apply to base featup only; give {name}'s options as "
             f"base: {{name: {name}, ...}}"
         )
-    return build_upsampler(cfg, "featsharp.base", factor=factor, dim=dim, patch_size=patch_size)
+    return build_upsampler(cfg, "featsharp.base", factor=spec.factor, dim=spec.dim, patch_size=spec.patch_size)
 
 
 class FeatSharpUpsampler(Upsampler):
@@ -241,9 +239,7 @@ class FeatSharpUpsampler(Upsampler):
 
     def __init__(
         self,
-        factor: int = 2,
-        dim: int = 0,
-        patch_size: int = 14,
+        spec: UpsampleSpec = UpsampleSpec(),
         base: str | dict[str, Any] = "featup",
         inputs: tuple[str, ...] = BUFFERS,
         residual: str = "base",
@@ -257,7 +253,8 @@ class FeatSharpUpsampler(Upsampler):
         checkpoint_activations: bool = False,
         attention_backend: str = "auto",
     ) -> None:
-        super().__init__(factor, dim, patch_size)
+        super().__init__(spec)
+        factor, dim = spec.factor, spec.dim
         if attention_backend not in BACKENDS:
             raise ValueError(
                 f"featsharp: attention_backend must be one of {', '.join(BACKENDS)}; got {attention_backend!r}"
@@ -283,7 +280,7 @@ class FeatSharpUpsampler(Upsampler):
                 f"valid choices: {', '.join(map(str, valid))}"
             )
         uses_base = "base" in self.inputs
-        self.base = build_base(base, factor, dim, patch_size, jbu_kernel_size, key_dim) if uses_base else None
+        self.base = build_base(base, spec, jbu_kernel_size, key_dim) if uses_base else None
         self.tile_pos = nn.Parameter(torch.zeros(1, dim, factor, factor)) if "tiles" in self.inputs else None
         self.block = FeatSharpBlock(
             dim,

@@ -40,7 +40,7 @@ from upsamplers._attention import (
     rope_2d,
     to_tokens,
 )
-from upsamplers._base import Featurize
+from upsamplers._base import Featurize, UpsampleSpec
 
 
 class JafarUpsampler(GlobalAttentionUpsampler):
@@ -48,9 +48,7 @@ class JafarUpsampler(GlobalAttentionUpsampler):
 
     def __init__(
         self,
-        factor: int = 2,
-        dim: int = 0,
-        patch_size: int = 14,
+        spec: UpsampleSpec = UpsampleSpec(),
         attention: AttentionOptions = AttentionOptions(),
         encoder_depth: int = 3,
         encoder_scale: int = 1,
@@ -60,8 +58,8 @@ class JafarUpsampler(GlobalAttentionUpsampler):
             raise ValueError(
                 f"jafar: encoder_depth and encoder_scale must be >= 1, got {encoder_depth}, {encoder_scale}"
             )
-        super().__init__("jafar", factor, dim, patch_size, attention)
-        qk_dim = attention.qk_dim
+        super().__init__("jafar", spec, attention)
+        qk_dim, dim = attention.qk_dim, spec.dim
         self.encoder_scale, self.rope_base = encoder_scale, rope_base
         self.normalize = ImageNormalize()
         self.encoder = image_encoder(qk_dim, encoder_depth)

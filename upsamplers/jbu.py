@@ -56,7 +56,7 @@ from torch import Tensor, nn
 
 from radiosharp.contracts import IMAGENET_MEAN, IMAGENET_STD
 from radiosharp.registry import UPSAMPLERS
-from upsamplers._base import Featurize, Upsampler, prime_factors
+from upsamplers._base import Featurize, Upsampler, UpsampleSpec, prime_factors
 from upsamplers._kernels import neighborhood_attention, window_offsets
 
 PRE_UPSAMPLE = ("bilinear", "bicubic")
@@ -321,17 +321,12 @@ class FeatUpUpsampler(Upsampler):
     trainable = True
 
     def __init__(
-        self,
-        factor: int = 2,
-        dim: int = 0,
-        patch_size: int = 14,
-        jbu: JBUOptions = JBUOptions(),
-        checkpoint_activations: bool = False,
+        self, spec: UpsampleSpec = UpsampleSpec(), jbu: JBUOptions = JBUOptions(), checkpoint_activations: bool = False
     ) -> None:
         if not isinstance(checkpoint_activations, bool):
             raise ValueError(f"featup: checkpoint_activations must be true or false; got {checkpoint_activations!r}")
-        super().__init__(factor, dim, patch_size)
-        self.jbu = JBUStack(factor, jbu, dim)
+        super().__init__(spec)
+        self.jbu = JBUStack(spec.factor, jbu, spec.dim)
         self.jbu.checkpoint_activations = checkpoint_activations
 
     def forward(

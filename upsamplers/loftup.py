@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from radiosharp.images import resize
 from radiosharp.registry import UPSAMPLERS
 from upsamplers._attention import AttentionOptions, ChannelNorm, GlobalAttentionUpsampler, grid_positions, to_tokens
-from upsamplers._base import Featurize
+from upsamplers._base import Featurize, UpsampleSpec
 
 
 def fourier_features(x: Tensor, num_freqs: int) -> Tensor:
@@ -54,17 +54,12 @@ class LoftUpUpsampler(GlobalAttentionUpsampler):
     """The LoftUp coordinate cross-attention upsampler (see the module docstring)."""
 
     def __init__(
-        self,
-        factor: int = 2,
-        dim: int = 0,
-        patch_size: int = 14,
-        attention: AttentionOptions = AttentionOptions(),
-        num_freqs: int = 6,
+        self, spec: UpsampleSpec = UpsampleSpec(), attention: AttentionOptions = AttentionOptions(), num_freqs: int = 6
     ) -> None:
         if num_freqs < 0:
             raise ValueError(f"loftup: num_freqs must be >= 0, got {num_freqs}")
-        super().__init__("loftup", factor, dim, patch_size, attention, head_multiple=1)
-        qk_dim, self.num_freqs = attention.qk_dim, num_freqs
+        super().__init__("loftup", spec, attention, head_multiple=1)
+        qk_dim, dim, self.num_freqs = attention.qk_dim, spec.dim, num_freqs
         code_dim = 5 * (1 + 2 * num_freqs)
         self.stem = nn.Sequential(
             nn.Conv2d(code_dim, qk_dim, 3, padding=1),

@@ -43,16 +43,15 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from radiosharp.registry import UPSAMPLERS
+from upsamplers._base import UpsampleSpec
 from upsamplers._image_guided import ImageEncoder, ImageGuidedWindowUpsampler, WindowOptions, rotary_heads
 
 
 class NafUpsampler(ImageGuidedWindowUpsampler):
     """Image-guided ``k x k`` neighbourhood attention over bilinearly lifted features (module docstring)."""
 
-    def __init__(
-        self, factor: int = 2, dim: int = 0, patch_size: int = 14, window: WindowOptions = WindowOptions()
-    ) -> None:
-        super().__init__("naf", factor, patch_size, window)  # dim: feature-agnostic, any width passes
+    def __init__(self, spec: UpsampleSpec = UpsampleSpec(), window: WindowOptions = WindowOptions()) -> None:
+        super().__init__("naf", spec, window)  # feature-agnostic: any width passes
         width = window.encoder_dim
         self.encoder = ImageEncoder(width, window.encoder_blocks)
         self.to_q = nn.Conv2d(width, width, 1)

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from radiosharp.registry import UPSAMPLERS
-from upsamplers._base import Featurize, Upsampler
+from upsamplers._base import Featurize, Upsampler, UpsampleSpec
 from upsamplers._mosaic import cut_tiles, stitch_tiles, tile_mosaic  # noqa: F401 (re-exported)
 
 
@@ -31,8 +31,8 @@ class TilesUpsampler(Upsampler):
 class S2Upsampler(Upsampler):
     """S2-style blend: ``beta * bilinear(lowres) + (1 - beta) * tiles``."""
 
-    def __init__(self, factor: int, dim: int, patch_size: int, beta: float = 0.5) -> None:
-        super().__init__(factor, dim, patch_size)
+    def __init__(self, spec: UpsampleSpec = UpsampleSpec(), beta: float = 0.5) -> None:
+        super().__init__(spec)
         if not 0.0 <= beta <= 1.0:
             raise ValueError(f"s2: beta must be in [0, 1], got {beta}")
         self.beta = beta
@@ -51,11 +51,6 @@ class S2Upsampler(Upsampler):
         return f"{super().extra_repr()}, beta={self.beta}"
 
 
-@UPSAMPLERS.register("tiles")
-def build_tiles(factor: int = 2, dim: int = 0, patch_size: int = 14) -> TilesUpsampler:
-    return TilesUpsampler(factor, dim, patch_size)
-
-
-@UPSAMPLERS.register("s2")
-def build_s2(factor: int = 2, dim: int = 0, patch_size: int = 14, beta: float = 0.5) -> S2Upsampler:
-    return S2Upsampler(factor, dim, patch_size, beta)
+# the classes are the builders (their options: the UpsampleSpec's, and s2's beta)
+build_tiles = UPSAMPLERS.register("tiles")(TilesUpsampler)
+build_s2 = UPSAMPLERS.register("s2")(S2Upsampler)

@@ -26,6 +26,7 @@ fwd+bwd on CPU an ``n/a`` row.
 
 from __future__ import annotations
 
+import inspect
 import platform
 from collections.abc import Callable
 from typing import Any
@@ -60,8 +61,7 @@ def _inputs(shape: tuple, device: torch.device, dtype: torch.dtype, seed: int = 
 def _featsharp_class() -> Any:
     from radiosharp.registry import UPSAMPLERS
 
-    entry = UPSAMPLERS.get("featsharp")
-    return getattr(entry, "__wrapped__", entry)
+    return inspect.unwrap(UPSAMPLERS.get("featsharp"))  # the class under the registry's wrappers
 
 
 def kernels() -> tuple[Callable[..., Any], Callable[..., Any], tuple[str, ...]]:
