@@ -16,8 +16,10 @@ def _ms(seconds: float | None) -> float | None:
 
 def _timing(report: dict[str, Any]) -> str:
     """How a report's times were taken: ``batch B, <precision>, median of R after W warm-up``."""
-    r = report
-    return f"batch {r['batch']}, {r['precision']}, median of {r['repeats']} after {r['warmup']} warm-up"
+    return (
+        f"batch {report['batch']}, {report['precision']}, "
+        f"median of {report['repeats']} after {report['warmup']} warm-up"
+    )
 
 
 def upsample_tables(report: dict[str, Any]) -> str:

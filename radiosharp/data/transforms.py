@@ -54,12 +54,11 @@ def mask_to_square(mask: torch.Tensor, size: int) -> torch.Tensor:
     return square.long().contiguous()
 
 
-def check_depth_resize(mode: str, where: str = "") -> str:
-    """``mode`` if it is one of :data:`DEPTH_RESIZE_MODES`, else a DataError naming ``where`` and the valid modes."""
+def check_depth_resize(mode: str, where: str = "") -> None:
+    """A DataError naming ``where`` and the valid modes unless ``mode`` is one of :data:`DEPTH_RESIZE_MODES`."""
     if mode not in DEPTH_RESIZE_MODES:
         at = f"{where}: " if where else ""
         raise DataError(f"{at}depth_resize '{mode}' is not valid; valid: {', '.join(DEPTH_RESIZE_MODES)}")
-    return mode
 
 
 def depth_to_square(depth: torch.Tensor, size: int, mode: str = "nearest") -> torch.Tensor:
